@@ -1,0 +1,260 @@
+"""Typed run configuration, read from TOML and validated once, at the edge.
+
+Every error names the field (``train.lr``), the value, and what was expected. Method settings
+live in the ``[method]`` table beside ``name``; they are validated by the chosen method's own
+settings dataclass, so a typo in a method setting is caught before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"
+    root: str | None = None  # a directory with mnist/, fashion-mnist/...; else $EQUIPRUNE_DATA, cache
+    batch_size: int = 128
+    eval_batch_size: int = 2000
+    train_subset: int | None = None  # use only the first N training examples (quick looks, tests)
+    test_subset: int | None = None
+
+    def __post_init__(self):
+        from .data import DATASETS
+
+        DATASETS.get(self.dataset, "data.dataset")
+        _positive(self, "batch_size", "eval_batch_size")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _positive(self, name)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512, 256])
+    activation: str = "relu"
+
+    def __post_init__(self):
+        from .models import ACTIVATIONS, MODELS
+
+        MODELS.get(self.name, "model.name")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"model.activation: got {self.activation!r}, expected one of {sorted(ACTIVATIONS)}"
+            )
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # the whole budget, fine-tuning after compaction included
+    finetune_epochs: int = 0  # of `epochs`, how many train the compacted model
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    finetune_lr: float | None = None  # defaults to lr
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"  # per phase: pruning, then fine-tuning
+
+    def __post_init__(self):
+        _positive(self, "epochs")
+        if not 0 <= self.finetune_epochs < self.epochs:
+            raise ConfigError(
+                f"train.finetune_epochs: must be in [0, epochs) = [0, {self.epochs}), "
+                f"got {self.finetune_epochs}"
+            )
+        _positive(self, "lr")
+        if self.finetune_lr is not None:
+            _positive(self, "finetune_lr")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+
+    @property
+    def prune_epochs(self) -> int:
+        return self.epochs - self.finetune_epochs
+
+
+@dataclass
+class MethodConfig:
+    name: str = "game"
+    preset: str | None = None
+    exclude: list[str] = field(default_factory=list)  # layers (module names) left ungated
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def build(self):
+        """The configured method object (validates the settings)."""
+        from .methods import build_method
+
+        return build_method(self.name, self.preset, self.settings, tuple(self.exclude))
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    def __post_init__(self):
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        self.method.build()  # validate method settings now, not after data loading
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (None values dropped: TOML has no null)."""
+        d = dataclasses.asdict(self)
+        method = d.pop("method")
+        d["method"] = {"name": method["name"], **_resolved_method_settings(self.method)}
+        if method["exclude"]:
+            d["method"]["exclude"] = method["exclude"]
+        return _drop_none(d)
+
+
+def _resolved_method_settings(mc: MethodConfig) -> dict[str, Any]:
+    settings = mc.build().settings
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _positive(obj, *names: str) -> None:
+    section = {DataConfig: "data", TrainConfig: "train"}.get(type(obj), "")
+    for name in names:
+        v = getattr(obj, name)
+        if not v > 0:
+            raise ConfigError(f"{section}.{name}: must be > 0, got {v!r}")
+
+
+# --- generic dict -> dataclass with type checks -----------------------------------------------
+
+
+def _unknown_key(key: str, allowed: list[str], where: str) -> ConfigError:
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ConfigError(f"{where}: unknown key {key!r}{guess}; expected one of {sorted(allowed)}")
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against type ``tp`` (ints are accepted where floats are expected)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: got {value!r}, expected one of {list(choices)}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def from_dict(cls, data: Any, path: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
+    where = path or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(key, names, where)
+        kwargs[key] = coerce(value, hints[key], f"{path}.{key}" if path else key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
+    data = dict(data)
+    method = data.get("method", {})
+    if isinstance(method, dict):
+        # Method settings sit beside `name` in [method]; gather them for the method to validate.
+        fixed = {"name", "preset", "exclude"}
+        data["method"] = {
+            **{k: v for k, v in method.items() if k in fixed},
+            "settings": {k: v for k, v in method.items() if k not in fixed},
+        }
+    return from_dict(RunConfig, data)
+
+
+def parse_config(text: str, source: str = "<config>") -> RunConfig:
+    """A validated :class:`RunConfig` from TOML text; errors name ``source`` and the field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    try:
+        return run_config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return parse_config(path.read_text(encoding="utf-8"), str(path))
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_dict())

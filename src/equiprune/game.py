@@ -1,0 +1,160 @@
+"""The equilibrium pruner's mathematics: utility, its gradient, best response, projection, presets.
+
+Each player i of a group holds a participation s_i ∈ [0,1] and parameters θ_i. Its utility is
+
+    U_i = B_i − C_i,   B_i = α·σ·s_i·g_i,
+    C_i = β‖θ_i‖²·s_i² + γ·s_i + η·s_i·Σ_{j≠i} s_j⟨θ_i, θ_j⟩,
+
+where g_i is the player's marginal contribution to the loss (see ``benefit_grad``) and σ = −1 for
+the loss-reduction reading of the benefit (σ = +1 for the formula as printed; see ``benefit_sign``).
+On [0,1], |s_i| = s_i, so the L1 cost is linear and its (right) derivative at s_i = 0 is γ: a
+player at zero comes back only when its benefit beats γ.
+
+The competition sum is computed as ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖²: O(n·d) per group, not O(n²·d).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .errors import ConfigError
+
+BenefitSign = Literal["loss_reduction", "as_written"]
+BenefitGrad = Literal["gated", "theta"]
+Update = Literal["ascent", "best_response"]
+
+
+@dataclass(frozen=True)
+class GameSettings:
+    """Costs and dynamics of the participation game.
+
+    - ``alpha``, ``beta``, ``gamma``, ``eta``: benefit weight, L2, L1 and competition costs.
+    - ``lr_s``: step size of projected gradient ascent on the participations.
+    - ``epsilon``: players with s_i < epsilon are removed at the end.
+    - ``benefit_sign``: ``"loss_reduction"`` (default) rewards a player whose growth lowers the loss,
+      B_i = −α·s_i·g_i; ``"as_written"`` uses the paper's printed +α·s_i·g_i.
+    - ``benefit_grad``: ``"gated"`` (default) takes g_i = ⟨∇_{s_iθ_i}L, θ_i⟩ = ∂L/∂s_i, the gradient
+      with respect to the effective parameters; ``"theta"`` takes g_i = ⟨∇_{θ_i}L, θ_i⟩ with respect
+      to the raw ones (for a Linear neuron this equals s_i·∂L/∂s_i, so it vanishes as s_i → 0).
+    - ``update``: ``"ascent"`` (the paper's projected gradient step) or ``"best_response"``
+      (move to the closed-form maximiser of U_i, damped by ``lr_s`` as a fraction of the way).
+    - ``cost_ramp``: fraction of the pruning phase over which β, γ and η rise linearly from 0 to
+      their values (0, the paper's setting, applies them in full from the first step). With
+      strong costs a ramp lets the weakest players leave first, instead of every player declining
+      together until whole layers collapse.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.05
+    gamma: float = 0.05
+    eta: float = 0.0
+    lr_s: float = 0.001
+    epsilon: float = 0.01
+    benefit_sign: BenefitSign = "loss_reduction"
+    benefit_grad: BenefitGrad = "gated"
+    update: Update = "ascent"
+    cost_ramp: float = 0.0
+
+    def __post_init__(self):
+        for name in ("alpha", "beta", "gamma", "eta"):
+            v = getattr(self, name)
+            if not (v >= 0 and v < float("inf")):
+                raise ConfigError(f"method.{name}: must be a finite number >= 0, got {v!r}")
+        if not (0 < self.lr_s < float("inf")):
+            raise ConfigError(f"method.lr_s: must be a finite number > 0, got {self.lr_s!r}")
+        if not (0 <= self.cost_ramp <= 1):
+            raise ConfigError(f"method.cost_ramp: must lie in [0, 1], got {self.cost_ramp!r}")
+        if not (0 <= self.epsilon <= 1):
+            raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
+        if self.update == "best_response" and self.lr_s > 1:
+            raise ConfigError(f"method.lr_s: with update='best_response' it is a damping in (0, 1], got {self.lr_s!r}")
+        for name, allowed in (
+            ("benefit_sign", ("loss_reduction", "as_written")),
+            ("benefit_grad", ("gated", "theta")),
+            ("update", ("ascent", "best_response")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.benefit_sign == "loss_reduction" else 1.0
+
+
+#: The paper's four Table 2 configurations (α = 1, lr_s = 0.001, η = 0 in all of them).
+PRESETS: dict[str, dict[str, float]] = {
+    "very-high-beta": {"alpha": 1.0, "beta": 0.1, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
+    "extreme-beta": {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
+    "l1-sparsity-strong": {"alpha": 1.0, "beta": 0.001, "gamma": 0.1, "eta": 0.0, "lr_s": 0.001},
+    "l1-l2-combined": {"alpha": 1.0, "beta": 0.05, "gamma": 0.05, "eta": 0.0, "lr_s": 0.001},
+}
+
+#: What the paper reports for each preset (MNIST, 784-512-256-10, 20 epochs).
+PAPER_TABLE2: dict[str, dict[str, float]] = {
+    "very-high-beta": {"test_accuracy": 0.9664, "neurons_kept_fraction": 1.0},
+    "extreme-beta": {"test_accuracy": 0.9115, "neurons_kept_fraction": 0.0482},
+    "l1-sparsity-strong": {"test_accuracy": 0.8957, "neurons_kept_fraction": 0.0169},
+    "l1-l2-combined": {"test_accuracy": 0.9154, "neurons_kept_fraction": 0.0195},
+}
+
+
+# --- per-group quantities, all O(n·d) -------------------------------------------------------------
+
+
+def squared_norms(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖θ_i‖² for every player, from its ``(n, d_k)`` parameter blocks."""
+    return sum(b.square().sum(1) for b in blocks)
+
+
+def inner_with_grad(blocks: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """⟨∇_{θ_i}L, θ_i⟩ for every player."""
+    return sum((g * b).sum(1) for b, g in zip(blocks, grads))
+
+
+def competition(blocks: Sequence[torch.Tensor], s: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+    """Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖², in O(n·d)."""
+    return sum(b @ (s @ b) for b in blocks) - s * sq_norms
+
+
+# --- utility and its optimisation -----------------------------------------------------------------
+
+
+def utility(
+    s: torch.Tensor, g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0
+) -> torch.Tensor:
+    """U_i for every player, with g, θ and the others' participations held fixed (``comp``).
+
+    ``cost_scale`` multiplies β, γ and η (the cost ramp)."""
+    benefit = cfg.alpha * cfg.sign * s * g
+    cost = cfg.beta * sq_norms * s**2 + cfg.gamma * s.abs() + cfg.eta * s * comp
+    return benefit - cost_scale * cost
+
+
+def utility_grad(
+    s: torch.Tensor, g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0
+) -> torch.Tensor:
+    """∂U_i/∂s_i, exact for s ∈ [0,1] (the L1 term's right derivative is used at s_i = 0)."""
+    cost_grad = 2 * cfg.beta * sq_norms * s + cfg.gamma + cfg.eta * comp
+    return cfg.alpha * cfg.sign * g - cost_scale * cost_grad
+
+
+def best_response(
+    g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0
+) -> torch.Tensor:
+    """argmax over s_i ∈ [0,1] of U_i: U_i is a concave quadratic in s_i, so the stationary point
+    clipped to [0,1]; with no L2 curvature (β‖θ_i‖² = 0) U_i is linear and the answer is 0 or 1."""
+    g = torch.as_tensor(g)
+    slope = cfg.alpha * cfg.sign * g - cost_scale * (cfg.gamma + cfg.eta * comp)
+    curvature = torch.as_tensor(2 * cost_scale * cfg.beta * sq_norms, dtype=g.dtype, device=g.device)
+    linear = (slope > 0).to(slope.dtype)
+    stationary = slope / curvature.clamp_min(torch.finfo(slope.dtype).tiny)
+    return project(torch.where(curvature > 0, stationary, linear))
+
+
+def project(s: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto the strategy set [0,1]."""
+    return s.clamp(0.0, 1.0)

@@ -1,0 +1,18 @@
+"""Pruning methods behind one interface (:class:`Method`), found by name in :data:`METHODS`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import equilibrium  # noqa: F401  (registers "game")
+from .base import METHODS, Dense, Method
+
+
+def build_method(
+    name: str, preset: str | None = None, settings: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()
+) -> Method:
+    """The method called ``name``, its preset applied and its settings validated field by field."""
+    return METHODS.get(name, "method.name").from_config(preset, settings or {}, exclude)
+
+
+__all__ = ["METHODS", "Method", "Dense", "build_method"]

@@ -1,0 +1,101 @@
+"""The interface every pruning method implements, and the registry of methods.
+
+A method never owns the training loop. The loop calls, in order:
+``prepare`` (wrap the model, once), then per step ``penalty`` (added to the loss) and
+``after_step`` (after the optimizer step), per epoch ``epoch_metrics``, and at the end ``finish``,
+which returns the compacted plain model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..compact import PruneResult
+from ..config import from_dict
+from ..errors import ConfigError
+from ..groups import neuron_players
+from ..registry import Registry
+
+
+class Method:
+    name: ClassVar[str]
+    settings_type: ClassVar[type]
+
+    def __init__(self, settings: Any, exclude: tuple[str, ...] = ()):
+        self.settings = settings
+        self.exclude = tuple(exclude)  # layer names left ungated
+
+    @classmethod
+    def presets(cls) -> dict[str, dict[str, Any]]:
+        """Named bundles of settings; explicit settings override a preset's."""
+        return {}
+
+    @classmethod
+    def from_config(
+        cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = ()
+    ) -> Method:
+        values: dict[str, Any] = {}
+        if preset is not None:
+            presets = cls.presets()
+            if preset not in presets:
+                raise ConfigError(
+                    f"method.preset: unknown preset {preset!r} for method {cls.name!r}; "
+                    f"expected one of {sorted(presets) or 'none (this method has no presets)'}"
+                )
+            values.update(presets[preset])
+        values.update(settings)
+        return cls(from_dict(cls.settings_type, values, "method"), exclude)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Return the module to train (the model itself, or a wrapper that gates it)."""
+        return model
+
+    def before_run(self, trained: nn.Module, steps_per_epoch: int, epochs: int) -> None:
+        """Called once before training under the method (``epochs``: the method's own phase)."""
+
+    def weight_parameters(self, trained: nn.Module) -> list[nn.Parameter]:
+        """The parameters the weight optimizer owns."""
+        return list(trained.parameters())
+
+    def penalty(self, trained: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, trained: nn.Module) -> None:
+        pass
+
+    def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def finish(self, trained: nn.Module) -> PruneResult:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State a checkpoint must keep besides the model's (step counters, schedules)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    pass
+
+
+@METHODS.register("dense")
+class Dense(Method):
+    """No pruning: the reference point every method is compared with."""
+
+    name = "dense"
+    settings_type = DenseSettings
+
+    def finish(self, trained: nn.Module) -> PruneResult:
+        widths = {g.name: g.size for g in neuron_players(trained)}
+        return PruneResult(trained, widths, dict(widths))

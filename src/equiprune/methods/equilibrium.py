@@ -1,0 +1,87 @@
+"""Equilibrium-driven pruning as a method: projected ascent of every player's utility per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import game
+from ..compact import PruneResult, compact
+from ..groups import GatedModel, attach
+from .base import METHODS, Method
+
+#: Bin edges of the participation histogram written each epoch.
+HISTOGRAM_BINS = 20
+
+
+@METHODS.register("game")
+class EquilibriumPruner(Method):
+    """Players are the hidden neurons; participations start at 1 and follow projected gradient
+    ascent (or damped best response) on their utilities after every weight step."""
+
+    name = "game"
+    settings_type = game.GameSettings
+
+    @classmethod
+    def presets(cls) -> dict[str, dict[str, Any]]:
+        return game.PRESETS
+
+    def prepare(self, model: nn.Module) -> GatedModel:
+        return attach(model, self.exclude)
+
+    def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int) -> None:
+        self._ramp_steps = self.settings.cost_ramp * steps_per_epoch * epochs
+        self._step = 0
+
+    def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
+        return trained.weight_parameters()
+
+    def cost_scale(self) -> float:
+        """How much of the costs apply at the current step (the linear cost ramp)."""
+        ramp = getattr(self, "_ramp_steps", 0)
+        return min(1.0, self._step / ramp) if ramp > 0 else 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": getattr(self, "_step", 0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = state["step"]
+
+    @torch.no_grad()
+    def after_step(self, trained: GatedModel) -> None:
+        cfg = self.settings
+        self._step = getattr(self, "_step", 0) + 1
+        scale = self.cost_scale()
+        for group, s in zip(trained.groups, trained.gates):
+            blocks = group.blocks()
+            if cfg.benefit_grad == "gated":
+                g = s.grad if s.grad is not None else torch.zeros_like(s)
+            else:
+                g = game.inner_with_grad(blocks, group.grad_blocks())
+            # Skip the O(n·d) terms whose cost weight is zero: they are most of the step's overhead.
+            sq = game.squared_norms(blocks) if (cfg.beta > 0 or cfg.eta > 0) else 0.0
+            comp = game.competition(blocks, s, sq) if cfg.eta > 0 else 0.0
+            if cfg.update == "ascent":
+                s.add_(game.utility_grad(s, g, sq, comp, cfg, scale), alpha=cfg.lr_s).clamp_(0.0, 1.0)
+            else:
+                s.lerp_(game.best_response(g, sq, comp, cfg, scale), cfg.lr_s)
+
+    def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
+        s_all = torch.cat([s.detach().flatten() for s in trained.gates]).float().cpu()
+        eps = self.settings.epsilon
+        hist = torch.histc(s_all, bins=HISTOGRAM_BINS, min=0.0, max=1.0)
+        return {
+            "players": int(s_all.numel()),
+            "players_alive": int((s_all >= eps).sum()),
+            "alive_fraction": float((s_all >= eps).float().mean()),
+            "alive_per_layer": {
+                g.name: int((s.detach() >= eps).sum()) for g, s in zip(trained.groups, trained.gates)
+            },
+            "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
+            "participation_histogram": [int(c) for c in hist.tolist()],
+        }
+
+    def finish(self, trained: GatedModel) -> PruneResult:
+        return compact(trained, self.settings.epsilon)

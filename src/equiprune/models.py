@@ -1,0 +1,52 @@
+"""Models by name. Each builder returns a plain ``nn.Module``; ``@MODELS.register`` adds one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch.nn as nn
+
+from .errors import ConfigError
+from .registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+
+
+@MODELS.register("mlp")
+def mlp(
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: Sequence[int] = (512, 256),
+    activation: str = "relu",
+) -> nn.Sequential:
+    """Flatten, then Linear + activation per hidden width, then a Linear classifier.
+
+    The paper's MNIST network is ``mlp(hidden=(512, 256))``: 784-512-256-10.
+    """
+    if activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"model.activation: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    if any(int(h) < 1 for h in hidden):
+        raise ConfigError(f"model.hidden: every width must be >= 1, got {list(hidden)}")
+    width = 1
+    for d in input_shape:
+        width *= int(d)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), ACTIVATIONS[activation]()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    return MODELS.get(name, "model.name")(**kwargs)

@@ -1,0 +1,193 @@
+"""Reproduce a paper's table: run its configurations over seeds and summarise beside its figures.
+
+``game-mnist`` runs the four Table 2 configurations of "Pruning as a Game" and equiprune's own best
+configuration, plus the reference every pruning result must face: a dense MLP of the widths that
+the best configuration kept, trained from scratch for the same number of epochs. Finished runs are
+reused and interrupted ones resumed, so the command can simply be started again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import io
+from .config import MethodConfig, RunConfig, parse_config
+from .game import PAPER_TABLE2
+from .runs import RunDir
+from .train import run
+
+
+@dataclass(frozen=True)
+class Suite:
+    package_dir: str  # under equiprune/configs/
+    configs: tuple[str, ...]  # file stems, also the row names
+    best: str  # the configuration whose kept widths the dense reference copies
+    targets: dict[str, float]
+
+
+SUITES = {
+    "game-mnist": Suite(
+        package_dir="game_mnist",
+        configs=("very-high-beta", "extreme-beta", "l1-sparsity-strong", "l1-l2-combined", "equiprune-best"),
+        best="equiprune-best",
+        targets={"max_neurons_kept_fraction": 0.02, "min_test_accuracy": 0.935, "max_undecided_fraction": 0.05},
+    )
+}
+
+DENSE_REFERENCE = "dense-kept-widths"
+
+
+def bundled_config(suite: str, name: str) -> RunConfig:
+    """A configuration shipped with equiprune (``equiprune/configs/<suite>/<name>.toml``)."""
+    path = resources.files("equiprune") / "configs" / SUITES[suite].package_dir / f"{name}.toml"
+    return parse_config(path.read_text(encoding="utf-8"), f"equiprune/configs/{SUITES[suite].package_dir}/{name}.toml")
+
+
+def run_or_reuse(cfg: RunConfig, out: Path, quiet: bool) -> dict[str, Any]:
+    """The results of ``cfg`` in ``out``: read if finished, resumed if interrupted, else run."""
+    rd = RunDir(out)
+    if rd.is_finished():
+        return rd.read_results()
+    return run(cfg, out, resume=rd.checkpoint.is_file(), quiet=quiet)
+
+
+def dense_reference(best: RunConfig, kept: dict[str, int], seed: int) -> RunConfig:
+    """A dense model of the kept widths, trained from scratch with the best run's whole budget."""
+    widths = [kept[name] for name in sorted(kept, key=int)] if all(k.isdigit() for k in kept) else list(kept.values())
+    return dataclasses.replace(
+        best,
+        seed=seed,
+        model=dataclasses.replace(best.model, hidden=widths),
+        train=dataclasses.replace(best.train, finetune_epochs=0, finetune_lr=None),
+        method=MethodConfig(name="dense"),
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    acc_mean, acc_std = _mean_std([r["test_accuracy"] for r in results])
+    kept_mean, kept_std = _mean_std([r["neurons_kept_fraction"] for r in results])
+    settings = cfg.method.build().settings
+    row = {
+        "config": name,
+        "method": cfg.method.name,
+        "alpha": getattr(settings, "alpha", None),
+        "beta": getattr(settings, "beta", None),
+        "gamma": getattr(settings, "gamma", None),
+        "eta": getattr(settings, "eta", None),
+        "lr_s": getattr(settings, "lr_s", None),
+        "test_accuracy_mean": acc_mean,
+        "test_accuracy_std": acc_std,
+        "neurons_kept_fraction_mean": kept_mean,
+        "neurons_kept_fraction_std": kept_std,
+        "neurons_kept": [r["neurons_kept"] for r in results],
+        "params_after_mean": statistics.fmean(r["params_after"] for r in results),
+        "seeds": [r["seed"] for r in results],
+        "seconds_mean": statistics.fmean(r["seconds"] for r in results),
+    }
+    undecided = [r["undecided_fraction"] for r in results if r.get("undecided_fraction") is not None]
+    row["undecided_fraction_mean"] = statistics.fmean(undecided) if undecided else None
+    if name in PAPER_TABLE2:
+        row["paper_test_accuracy"] = PAPER_TABLE2[name]["test_accuracy"]
+        row["paper_neurons_kept_fraction"] = PAPER_TABLE2[name]["neurons_kept_fraction"]
+    return row
+
+
+@dataclass
+class Summary:
+    rows: list[dict[str, Any]]
+    markdown: str
+    json_path: Path
+    md_path: Path
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
+    lines = [
+        f"# {SUITE_TITLES.get(suite.package_dir, suite.package_dir)}",
+        "",
+        f"Mean ± standard deviation over {seeds} seed(s); the paper reports single runs.",
+        "",
+        "| configuration | α | β | γ | η | lr_s | test accuracy | neurons kept | undecided (0.05–0.95) "
+        "| paper: accuracy | paper: kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "–" if v is None else f"{v:g}"  # noqa: E731
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {fmt(r['alpha'])} | {fmt(r['beta'])} | {fmt(r['gamma'])} | {fmt(r['eta'])} "
+            f"| {fmt(r['lr_s'])} | {_pct(r['test_accuracy_mean'])} ± {_pct(r['test_accuracy_std'])} "
+            f"| {_pct(r['neurons_kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
+            f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_neurons_kept_fraction'))} |"
+        )
+    best = next(r for r in rows if r["config"] == suite.best)
+    t = suite.targets
+    checks = [
+        ("neurons kept", best["neurons_kept_fraction_mean"] <= t["max_neurons_kept_fraction"],
+         f"{_pct(best['neurons_kept_fraction_mean'])} ≤ {_pct(t['max_neurons_kept_fraction'], 1)}"),
+        ("test accuracy", best["test_accuracy_mean"] >= t["min_test_accuracy"],
+         f"{_pct(best['test_accuracy_mean'])} ≥ {_pct(t['min_test_accuracy'], 1)}"),
+        ("equilibrium", (best["undecided_fraction_mean"] or 0) <= t["max_undecided_fraction"],
+         f"{_pct(best['undecided_fraction_mean'], 1)} of participations undecided ≤ {_pct(t['max_undecided_fraction'], 0)}"),
+    ]  # fmt: skip
+    lines += ["", f"Targets for `{suite.best}`:", ""]
+    lines += [f"- {name}: {'met' if ok else 'NOT met'} ({text})" for name, ok, text in checks]
+    dense = next((r for r in rows if r["config"] == DENSE_REFERENCE), None)
+    if dense:
+        diff = best["test_accuracy_mean"] - dense["test_accuracy_mean"]
+        verdict = "beats" if diff > dense["test_accuracy_std"] + best["test_accuracy_std"] else (
+            "ties with" if abs(diff) <= dense["test_accuracy_std"] + best["test_accuracy_std"] else "falls short of")
+        lines.append(
+            f"- against a dense model of the kept widths trained from scratch: `{suite.best}` {verdict} it "
+            f"({_pct(best['test_accuracy_mean'])} vs {_pct(dense['test_accuracy_mean'])}, difference {100 * diff:+.2f} points)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+SUITE_TITLES = {"game_mnist": "Pruning as a Game (arXiv 2512.22106), Table 2 on MNIST, reproduced"}
+
+
+def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False) -> Summary:
+    if seeds < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    suite = SUITES[suite_name]
+    out = Path(out)
+    rows, best_results = [], []
+    for name in suite.configs:
+        base = bundled_config(suite_name, name)
+        results = []
+        for seed in range(seeds):
+            cfg = dataclasses.replace(base, seed=seed)
+            if not quiet:
+                print(f"== {name}, seed {seed}")
+            results.append(run_or_reuse(cfg, out / name / f"seed{seed}", quiet))
+        rows.append(_row(name, base, results))
+        if name == suite.best:
+            best_cfg, best_results = base, results
+    dense_results = []
+    for r in best_results:
+        cfg = dense_reference(best_cfg, r["neurons_kept"], r["seed"])
+        if not quiet:
+            print(f"== {DENSE_REFERENCE} {cfg.model.hidden}, seed {r['seed']}")
+        dense_results.append(run_or_reuse(cfg, out / DENSE_REFERENCE / f"seed{r['seed']}", quiet))
+    if dense_results:
+        dense_row = _row(DENSE_REFERENCE, dense_reference(best_cfg, best_results[0]["neurons_kept"], 0), dense_results)
+        dense_row["neurons_kept_fraction_mean"] = rows[-1]["neurons_kept_fraction_mean"]
+        rows.append(dense_row)
+    md = _markdown(suite, rows, seeds)
+    json_path = io.write_json(out / "summary.json", rows)
+    md_path = io.write_text(out / "summary.md", md)
+    return Summary(rows, md, json_path, md_path)

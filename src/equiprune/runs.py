@@ -1,0 +1,87 @@
+"""A run directory: everything one experiment wrote, each file written atomically.
+
+    DIR/config.toml        the resolved configuration (every default filled in)
+    DIR/metrics.jsonl      one JSON object per epoch
+    DIR/checkpoint.pt      the state after the last finished epoch (for --resume)
+    DIR/results.json       the final figures (written last: its presence means "finished")
+    DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., weights_only=False))
+    DIR/model_state.pt     its state_dict alone
+    DIR/*.png              plots
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import io
+from .config import RunConfig, dump_toml, load_config
+from .errors import ConfigError
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.toml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    results = property(lambda self: self.path / "results.json")
+    model = property(lambda self: self.path / "model.pt")
+    model_state = property(lambda self: self.path / "model_state.pt")
+
+    def is_finished(self) -> bool:
+        return self.results.is_file()
+
+    def prepare(self, cfg: RunConfig, resume: bool) -> bool:
+        """Create the directory for ``cfg``; returns True when there is a checkpoint to resume.
+
+        Refuses to mix runs: a directory holding another configuration, or an unfinished run
+        without ``resume``, is an error rather than something silently overwritten.
+        """
+        if self.config.is_file():
+            existing = load_config(self.config)
+            if existing.to_dict() != cfg.to_dict():
+                diff = _diff(existing.to_dict(), cfg.to_dict())
+                raise ConfigError(
+                    f"{self.path} holds a run with another configuration ({diff}); "
+                    "choose another --out directory"
+                )
+            if self.is_finished() and not resume:
+                raise ConfigError(f"{self.path} already holds a finished run; choose another --out directory")
+            if not resume and self.checkpoint.is_file():
+                raise ConfigError(
+                    f"{self.path} holds an unfinished run; pass --resume to continue it, "
+                    "or choose another --out directory"
+                )
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise ConfigError(f"{self.path} exists and is not an equiprune run directory; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        io.write_text(self.config, dump_toml(cfg))
+        return resume and self.checkpoint.is_file()
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        io.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def read_results(self) -> dict[str, Any]:
+        return json.loads(self.results.read_text())
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        path = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = _diff(va, vb, path + ".")
+            if sub:
+                out.append(sub)
+        elif va != vb:
+            out.append(f"{path}: {va!r} there, {vb!r} here")
+    return "; ".join(out)

@@ -1,0 +1,312 @@
+"""One training loop for every method: train, prune, compact, fine-tune, evaluate, write the run.
+
+The loop owns the optimizer, the data order, checkpoints and the run directory; a method sees it
+only through its hooks (``prepare``, ``penalty``, ``after_step``, ``epoch_metrics``, ``finish``).
+
+Budget: ``train.epochs`` counts every epoch. The first ``epochs − finetune_epochs`` train the model
+under the method; then the method's result is compacted and the smaller model is fine-tuned for the
+rest. A checkpoint after every epoch holds everything needed to continue bit for bit (model,
+optimizer, scheduler, RNG state, metrics so far); the data order depends on (seed, epoch) only.
+
+Distributed runs: the loop reads rank and world size from ``torch.distributed`` when a process
+group is initialised, shards each epoch by rank, and lets only rank 0 write files. Participation
+updates use gradients that DDP has already averaged, so they stay identical on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import io
+from .compact import PruneResult
+from .config import RunConfig
+from .data import DATASETS, Batches, Split, load_split
+from .errors import TrainingDiverged
+from .methods import Method
+from .models import create_model
+from .runs import RunDir
+
+#: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
+FINITE_CHECK_EVERY = 25
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    model.train(was_training)
+    return correct / len(split), loss / len(split)
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    ds = DATASETS.get(cfg.data.dataset, "data.dataset")
+    return create_model(
+        cfg.model.name,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        hidden=cfg.model.hidden,
+        activation=cfg.model.activation,
+    )
+
+
+def _optimizer(cfg: RunConfig, params, lr: float, epochs: int, steps_per_epoch: int):
+    t = cfg.train
+    if t.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+@dataclass
+class _State:
+    """Everything that changes during a run and must survive a restart."""
+
+    phase: str = "prune"  # "prune", then "finetune"
+    epoch: int = 0  # epochs finished
+    seconds: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    result: PruneResult | None = None
+    gated_test_accuracy: float | None = None
+
+
+class Trainer:
+    """Runs one configuration into one run directory. ``run()`` returns the results dict."""
+
+    def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False):
+        self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet
+        self.rank, self.world = dist_info()
+        self.device = resolve_device(cfg.device)
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _load_data(self) -> None:
+        d = self.cfg.data
+        train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
+        test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
+        self.train_split = Split(train.x.to(self.device), train.y.to(self.device))
+        self.test_split = Split(test.x.to(self.device), test.y.to(self.device))
+        self.batches = Batches(self.train_split, d.batch_size, True, self.cfg.seed, self.rank, self.world)
+
+    def _new_phase_optimizer(self, params, phase: str) -> None:
+        t = self.cfg.train
+        epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
+        lr = t.lr if phase == "prune" or t.finetune_lr is None else t.finetune_lr
+        self.opt, self.sched = _optimizer(self.cfg, params, lr, epochs, len(self.batches))
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self, st: _State) -> None:
+        if self.rank != 0:
+            return
+        payload = {
+            "phase": st.phase,
+            "epoch": st.epoch,
+            "seconds": st.seconds,
+            "metrics": st.metrics,
+            "gated_test_accuracy": st.gated_test_accuracy,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "method_state": self.method.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        if st.phase == "prune":
+            payload["trained_state"] = self.trained.state_dict()
+        else:
+            # The compacted architecture differs from the configured one: keep the module itself.
+            payload["small_model"] = st.result.model
+            payload["kept"], payload["total"] = st.result.kept, st.result.total
+        io.torch_save(self.run_dir.checkpoint, payload)
+        self.run_dir.write_metrics(st.metrics)
+
+    def _restore(self, st: _State) -> None:
+        ck = torch.load(self.run_dir.checkpoint, map_location=self.device, weights_only=False)
+        st.phase, st.epoch, st.seconds = ck["phase"], ck["epoch"], ck["seconds"]
+        st.metrics, st.gated_test_accuracy = ck["metrics"], ck["gated_test_accuracy"]
+        if st.phase == "prune":
+            self.trained.load_state_dict(ck["trained_state"])
+            self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
+        else:
+            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"])
+            self._new_phase_optimizer(st.result.model.parameters(), "finetune")
+        self.method.load_state_dict(ck["method_state"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        if ck["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _train_epoch(self, model: nn.Module, epoch: int, use_method: bool, bar) -> dict[str, float]:
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(self.batches.epoch(epoch)):
+            model.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if use_method:
+                extra = self.method.penalty(model)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            if use_method:
+                self.method.after_step(model)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(float(loss_sum)):
+                self._diverged(epoch, step, float(loss))
+            bar.update(1)
+        mean_loss = float(loss_sum) / seen
+        if not math.isfinite(mean_loss):
+            self._diverged(epoch, None, mean_loss)
+        return {"loss": mean_loss, "train_accuracy": float(correct) / seen}
+
+    def _diverged(self, epoch: int, step: int | None, value: float) -> None:
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+        kept = (
+            f"the last good checkpoint (after epoch {epoch}) is kept in {self.run_dir.checkpoint}"
+            if epoch > 0
+            else "no epoch had finished, so there is no checkpoint"
+        )
+        raise TrainingDiverged(
+            f"the training loss became {value} at {where}; {kept}. "
+            "Lower train.lr (or the method's step sizes) and start again in a new --out directory."
+        )
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        resuming = self.run_dir.prepare(cfg, self.resume) if self.rank == 0 else self.resume
+        torch.manual_seed(cfg.seed)
+        self.method: Method = cfg.method.build()
+        model = build_model(cfg).to(self.device)
+        params_before = count_params(model)
+        self.trained = self.method.prepare(model).to(self.device)
+        self._load_data()
+        self.method.before_run(self.trained, len(self.batches), cfg.train.prune_epochs)
+        st = _State()
+        if resuming:
+            self._restore(st)
+        else:
+            self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
+
+        total = cfg.train.epochs
+        epochs_bar = tqdm(total=total, initial=st.epoch, desc="epochs", disable=self.quiet, unit="ep")
+        while st.epoch < total:
+            start = time.perf_counter()
+            if st.phase == "prune" and st.epoch == cfg.train.prune_epochs:
+                self._enter_finetune(st)
+            use_method = st.phase == "prune"
+            model_now = self.trained if use_method else st.result.model
+            with tqdm(total=len(self.batches), desc=f"epoch {st.epoch + 1}/{total} ({st.phase})",
+                      leave=False, disable=self.quiet, unit="step") as bar:  # fmt: skip
+                row = self._train_epoch(model_now, st.epoch, use_method, bar)
+            acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
+            row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
+            row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
+            st.epoch += 1
+            st.seconds += time.perf_counter() - start
+            row["seconds"] = st.seconds
+            st.metrics.append(row)
+            self._checkpoint(st)
+            epochs_bar.update(1)
+            if not self.quiet:
+                alive = f", players alive {row['players_alive']}/{row['players']}" if "players_alive" in row else ""
+                tqdm.write(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {acc:.4f}{alive}")
+        epochs_bar.close()
+        if st.phase == "prune":  # no fine-tuning: compact at the very end
+            self._enter_finetune(st)
+        return self._finish(st, params_before)
+
+    def _enter_finetune(self, st: _State) -> None:
+        st.gated_test_accuracy = evaluate(self.trained, self.test_split, self.cfg.data.eval_batch_size)[0]
+        st.result = self.method.finish(self.trained)
+        st.phase = "finetune"
+        if self.cfg.train.finetune_epochs:
+            self._new_phase_optimizer(st.result.model.parameters(), "finetune")
+
+    @staticmethod
+    def _kept_metrics(st: _State) -> dict[str, Any]:
+        kept = sum(st.result.kept.values())
+        total = sum(st.result.total.values())
+        return {"players": total, "players_alive": kept, "alive_fraction": kept / total if total else 1.0,
+                "alive_per_layer": dict(st.result.kept)}  # fmt: skip
+
+    def _finish(self, st: _State, params_before: int) -> dict[str, Any]:
+        small = st.result.model
+        acc, test_loss = evaluate(small, self.test_split, self.cfg.data.eval_batch_size)
+        last_pruning = [r for r in st.metrics if r["phase"] == "prune"]
+        results = {
+            "method": self.cfg.method.name,
+            "seed": self.cfg.seed,
+            "dataset": self.cfg.data.dataset,
+            "epochs": self.cfg.train.epochs,
+            "test_accuracy": acc,
+            "test_loss": test_loss,
+            "test_accuracy_before_compaction": st.gated_test_accuracy,
+            "neurons_kept_fraction": st.result.kept_fraction,
+            "neurons_kept": st.result.kept,
+            "neurons_total": st.result.total,
+            "undecided_fraction": last_pruning[-1].get("undecided_fraction") if last_pruning else None,
+            "params_before": params_before,
+            "params_after": count_params(small),
+            "seconds": st.seconds,
+        }
+        if self.rank == 0:
+            io.torch_save(self.run_dir.model, small)
+            io.torch_save(self.run_dir.model_state, small.state_dict())
+            from .report import plot_run
+
+            plot_run(self.run_dir, st.metrics, getattr(self.method.settings, "epsilon", None))
+            io.write_json(self.run_dir.results, results)
+        return results
+
+
+def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train, prune and compact ``cfg`` into run directory ``out``; returns the results."""
+    return Trainer(cfg, out, resume, quiet).run()

@@ -1,0 +1,119 @@
+"""The game's mathematics against independent references: autograd, naive loops, grid search."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from equiprune import game
+from equiprune.errors import ConfigError
+from equiprune.game import GameSettings
+
+
+def _players(n=6, dims=(5, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.randn(n, d, generator=g, dtype=torch.float64) for d in dims]
+    s = torch.rand(n, generator=g, dtype=torch.float64)
+    grad = torch.randn(n, generator=g, dtype=torch.float64)
+    return blocks, s, grad
+
+
+def test_competition_matches_naive_double_loop():
+    blocks, s, _ = _players(n=7, dims=(4, 3, 1))
+    theta = torch.cat(blocks, dim=1)
+    naive = torch.zeros(7, dtype=torch.float64)
+    for i in range(7):
+        for j in range(7):
+            if j != i:
+                naive[i] += s[j] * torch.dot(theta[i], theta[j])
+    sq = game.squared_norms(blocks)
+    torch.testing.assert_close(game.competition(blocks, s, sq), naive)
+    torch.testing.assert_close(sq, (theta * theta).sum(1))
+
+
+@pytest.mark.parametrize("sign", ["loss_reduction", "as_written"])
+@pytest.mark.parametrize("eta", [0.0, 0.3])
+def test_utility_grad_matches_autograd(sign, eta):
+    blocks, s, g = _players()
+    cfg = GameSettings(alpha=0.7, beta=0.2, gamma=0.05, eta=eta, benefit_sign=sign)
+    sq = game.squared_norms(blocks)
+    comp = game.competition(blocks, s, sq)  # the others' play, held fixed for player i
+    s_var = s.clone().requires_grad_(True)
+    u = game.utility(s_var, g, sq, comp, cfg, cost_scale=0.8)
+    # Each U_i depends on its own s_i only (others fixed): the gradient of the sum is ∂U_i/∂s_i.
+    (auto,) = torch.autograd.grad(u.sum(), s_var)
+    torch.testing.assert_close(game.utility_grad(s, g, sq, comp, cfg, cost_scale=0.8), auto)
+
+
+def test_utility_grad_matches_autograd_through_a_real_loss():
+    """g_i = ∂L/∂s_i from a network, then the full U gradient against autograd of U."""
+    torch.manual_seed(1)
+    w1, w2 = torch.randn(4, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    s = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    loss = ((torch.relu(x @ w1.T) * s) @ w2.T).pow(2).mean()
+    (g,) = torch.autograd.grad(loss, s)
+    cfg = GameSettings(beta=0.1, gamma=0.01, eta=0.05)
+    sq = game.squared_norms([w1])
+    comp = game.competition([w1], s.detach(), sq)
+    s2 = s.detach().clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(game.utility(s2, g, sq, comp, cfg).sum(), s2)
+    torch.testing.assert_close(game.utility_grad(s.detach(), g, sq, comp, cfg), auto)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    g=st.floats(-3, 3),
+    sq=st.floats(0, 4),
+    comp=st.floats(-2, 2),
+    beta=st.floats(0, 1),
+    gamma=st.floats(0, 1),
+    eta=st.floats(0, 1),
+)
+def test_best_response_maximises_utility_on_a_grid(g, sq, comp, beta, gamma, eta):
+    cfg = GameSettings(beta=beta, gamma=gamma, eta=eta)
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    best = game.best_response(t(g), t(sq), t(comp), cfg)
+    grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    u_grid = game.utility(grid, t(g), t(sq), t(comp), cfg)
+    u_best = game.utility(best, t(g), t(sq), t(comp), cfg)
+    assert 0.0 <= float(best) <= 1.0
+    assert float(u_best) >= float(u_grid.max()) - 1e-9
+
+
+def test_best_response_is_a_fixed_point_of_projected_ascent():
+    blocks, s, g = _players(n=20)
+    cfg = GameSettings(beta=0.3, gamma=0.1)
+    sq = game.squared_norms(blocks)
+    br = game.best_response(g, sq, 0.0, cfg)
+    step = game.project(br + 0.01 * game.utility_grad(br, g, sq, 0.0, cfg))
+    torch.testing.assert_close(step, br)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=30))
+def test_projection_stays_in_unit_interval_and_is_idempotent(values):
+    s = game.project(torch.tensor(values, dtype=torch.float64))
+    assert float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+    torch.testing.assert_close(game.project(s), s)
+    inside = [(v, float(p)) for v, p in zip(values, s) if 0 <= v <= 1]
+    assert all(v == p for v, p in inside)
+
+
+def test_presets_are_the_papers_table2():
+    assert game.PRESETS["l1-l2-combined"]["beta"] == 0.05 and game.PRESETS["l1-l2-combined"]["gamma"] == 0.05
+    assert game.PRESETS["extreme-beta"]["beta"] == 0.5 and game.PRESETS["extreme-beta"]["gamma"] == 0.0
+    assert all(p["alpha"] == 1.0 and p["lr_s"] == 0.001 and p["eta"] == 0.0 for p in game.PRESETS.values())
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [("beta", -0.1, "method.beta"), ("epsilon", 1.5, "method.epsilon"), ("lr_s", 0.0, "method.lr_s"),
+     ("gamma", float("nan"), "method.gamma"), ("benefit_sign", "up", "method.benefit_sign"),
+     ("cost_ramp", 2.0, "method.cost_ramp")],
+)  # fmt: skip
+def test_bad_settings_name_the_field(field, value, needle):
+    with pytest.raises(ConfigError, match=needle):
+        dataclasses.replace(GameSettings(), **{field: value})

@@ -1,0 +1,136 @@
+"""Players are found, gated and removed correctly; compaction keeps the gated model's outputs."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from equiprune import game
+from equiprune.compact import compact
+from equiprune.errors import PruningError
+from equiprune.game import GameSettings
+from equiprune.groups import attach, neuron_players
+from equiprune.methods import build_method
+from equiprune.models import mlp
+
+
+def _random_participations(gated, zero_fraction=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for s in gated.gates:
+            s.copy_(torch.rand(s.shape, generator=g))
+            s[torch.rand(s.shape, generator=g) < zero_fraction] = 0.0
+            s[0] = 0.9  # never empty a layer here
+
+
+def test_mlp_players_are_the_hidden_neurons():
+    model = mlp(hidden=(32, 16))
+    groups = neuron_players(model)
+    assert [(g.name, g.size, g.consumer_name) for g in groups] == [("1", 32, "3"), ("3", 16, "5")]
+    assert [type(m) for m in groups[0].between] == [nn.ReLU]
+
+
+def test_gate_multiplies_each_neurons_output():
+    model = mlp(input_shape=(6,), hidden=(5,), num_classes=3)
+    gated = attach(model)
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        gated.gates[0].copy_(torch.tensor([1.0, 0.0, 0.5, 0.25, 1.0]))
+    lin1, lin2 = model[1], model[3]
+    # F.linear, not lin2(...): calling the module would apply its gate hook a second time.
+    hidden = torch.relu(torch.nn.functional.linear(x, lin1.weight, lin1.bias))
+    expected = torch.nn.functional.linear(hidden * gated.gates[0], lin2.weight, lin2.bias)
+    torch.testing.assert_close(gated(x), expected)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu"])
+def test_compacted_model_equals_gated_model_with_dropped_players_zeroed(activation):
+    model = mlp(input_shape=(1, 8, 8), hidden=(40, 24, 12), activation=activation).double()
+    gated = attach(model)
+    _random_participations(gated)
+    with torch.no_grad():
+        gated.gates[1][3] = 0.004  # below epsilon: removed, its small contribution dropped too
+    result = compact(gated, epsilon=0.01)
+    with torch.no_grad():
+        for s in gated.gates:
+            s[s < 0.01] = 0.0
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(result.model(x), gated(x), rtol=1e-10, atol=1e-12)
+    assert result.kept == {g.name: int((s >= 0.01).sum()) for g, s in zip(gated.groups, gated.gates)}
+    widths = [m.out_features for m in result.model if isinstance(m, nn.Linear)]
+    assert widths == [result.kept["1"], result.kept["3"], result.kept["5"], 10]
+    assert not any(m._forward_pre_hooks for m in result.model.modules()), "compacted model must be plain"
+
+
+def test_compaction_leaves_the_gated_model_working():
+    gated = attach(mlp(hidden=(8, 4)))
+    _random_participations(gated)
+    x = torch.randn(3, 1, 28, 28)
+    before = gated(x)
+    compact(gated, 0.01)
+    torch.testing.assert_close(gated(x), before)
+
+
+def test_a_layer_losing_every_player_is_refused_clearly():
+    gated = attach(mlp(hidden=(8, 4)))
+    with torch.no_grad():
+        gated.gates[1].zero_()
+    with pytest.raises(PruningError, match="every player of layer '3' dropped out"):
+        compact(gated, 0.01)
+
+
+def test_excluded_layers_keep_all_their_neurons():
+    model = mlp(hidden=(8, 4))
+    gated = attach(model, exclude=["3"])
+    assert [g.name for g in gated.groups] == ["1"]
+    with pytest.raises(PruningError, match="exclude names no layer"):
+        attach(model, exclude=["nope"])
+
+
+def test_unsupported_model_layout_names_the_layer():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    with pytest.raises(PruningError, match=r"'2' \(LayerNorm\)"):
+        neuron_players(model)
+    with pytest.raises(PruningError, match="nn.Sequential"):
+        neuron_players(nn.Linear(3, 3))
+
+
+def _one_step(benefit_grad):
+    torch.manual_seed(0)
+    model = mlp(input_shape=(10,), hidden=(7, 5), num_classes=3).double()
+    method = build_method("game", settings={"beta": 0.1, "gamma": 0.02, "eta": 0.05, "lr_s": 0.1,
+                                            "benefit_grad": benefit_grad})  # fmt: skip
+    gated = method.prepare(model)
+    _random_participations(gated, zero_fraction=0.0)
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    x, y = torch.randn(9, 10, dtype=torch.float64), torch.randint(0, 3, (9,))
+    torch.nn.functional.cross_entropy(gated(x), y).backward()
+    before = [s.detach().clone() for s in gated.gates]
+    grads_s = [s.grad.clone() for s in gated.gates]
+    method.after_step(gated)
+    return gated, before, grads_s
+
+
+@pytest.mark.parametrize("benefit_grad", ["gated", "theta"])
+def test_after_step_is_one_projected_ascent_step(benefit_grad):
+    gated, before, grads_s = _one_step(benefit_grad)
+    cfg = GameSettings(beta=0.1, gamma=0.02, eta=0.05, lr_s=0.1, benefit_grad=benefit_grad)
+    for group, s0, gs, s1 in zip(gated.groups, before, grads_s, gated.gates):
+        w, b = group.producer.weight.detach(), group.producer.bias.detach()
+        theta = torch.cat([w, b[:, None]], 1)
+        if benefit_grad == "gated":
+            g = gs
+        else:  # ⟨∇_θ L, θ⟩ computed independently from the parameter gradients
+            g = (group.producer.weight.grad * w).sum(1) + group.producer.bias.grad * b
+        sq = (theta**2).sum(1)
+        comp = torch.stack([sum(s0[j] * theta[i] @ theta[j] for j in range(len(s0)) if j != i)
+                            for i in range(len(s0))])  # fmt: skip
+        expected = (s0 + cfg.lr_s * (-g - 2 * cfg.beta * sq * s0 - cfg.gamma - cfg.eta * comp)).clamp(0, 1)
+        torch.testing.assert_close(s1.detach(), expected)
+
+
+def test_theta_reading_is_participation_times_gated_reading_for_relu():
+    """⟨∇_θ L, θ⟩ = s·∂L/∂s for a ReLU neuron (positive homogeneity): the two readings differ by s."""
+    gated, before, grads_s = _one_step("gated")
+    for group, s0, gs in zip(gated.groups, before, grads_s):
+        theta_inner = game.inner_with_grad(group.blocks(), group.grad_blocks())
+        torch.testing.assert_close(theta_inner, s0 * gs)
