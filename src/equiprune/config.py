@@ -51,9 +51,7 @@ class ModelConfig:
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"model.activation: got {self.activation!r}, expected one of {sorted(ACTIVATIONS)}"
-            )
+            raise ConfigError(f"model.activation: got {self.activation!r}, expected one of {sorted(ACTIVATIONS)}")
 
 
 @dataclass
@@ -62,6 +60,7 @@ class TrainConfig:
     finetune_epochs: int = 0  # of `epochs`, how many train the compacted model
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
+    finetune_optimizer: Literal["adam", "sgd"] | None = None  # defaults to optimizer
     finetune_lr: float | None = None  # defaults to lr
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
@@ -71,8 +70,7 @@ class TrainConfig:
         _positive(self, "epochs")
         if not 0 <= self.finetune_epochs < self.epochs:
             raise ConfigError(
-                f"train.finetune_epochs: must be in [0, epochs) = [0, {self.epochs}), "
-                f"got {self.finetune_epochs}"
+                f"train.finetune_epochs: must be in [0, epochs) = [0, {self.epochs}), got {self.finetune_epochs}"
             )
         _positive(self, "lr")
         if self.finetune_lr is not None:

@@ -144,8 +144,7 @@ def _download(ds: IdxDataset, fname: str, dest: Path, mirrors: tuple[str, ...]) 
         finally:
             Path(tmp).unlink(missing_ok=True)
     raise DataError(
-        f"could not download {ds.folder}/{fname}: " + "; ".join(failures) + ". "
-        + _how_to_supply(ds, fname)
+        f"could not download {ds.folder}/{fname}: " + "; ".join(failures) + ". " + _how_to_supply(ds, fname)
     )
 
 
@@ -167,8 +166,7 @@ def resolve_file(
         if not path.is_file():
             raise DataError(
                 f"{path} not found ({source}={root}). Expected the official file {fname} "
-                f"(SHA-256 {ds.sha256[fname]}) under {Path(root) / ds.folder}/. "
-                + _how_to_supply(ds, fname)
+                f"(SHA-256 {ds.sha256[fname]}) under {Path(root) / ds.folder}/. " + _how_to_supply(ds, fname)
             )
         _verify(ds, path, source)
         return path

@@ -142,9 +142,7 @@ def utility_grad(
     return cfg.alpha * cfg.sign * g - cost_scale * cost_grad
 
 
-def best_response(
-    g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0
-) -> torch.Tensor:
+def best_response(g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0) -> torch.Tensor:
     """argmax over s_i ∈ [0,1] of U_i: U_i is a concave quadratic in s_i, so the stationary point
     clipped to [0,1]; with no L2 curvature (β‖θ_i‖² = 0) U_i is linear and the answer is 0 or 1."""
     g = torch.as_tensor(g)

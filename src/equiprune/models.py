@@ -32,9 +32,7 @@ def mlp(
     The paper's MNIST network is ``mlp(hidden=(512, 256))``: 784-512-256-10.
     """
     if activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"model.activation: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
-        )
+        raise ConfigError(f"model.activation: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
     if any(int(h) < 1 for h in hidden):
         raise ConfigError(f"model.hidden: every width must be >= 1, got {list(hidden)}")
     width = 1

@@ -1,12 +1,12 @@
 """A run directory: everything one experiment wrote, each file written atomically.
 
-    DIR/config.toml        the resolved configuration (every default filled in)
-    DIR/metrics.jsonl      one JSON object per epoch
-    DIR/checkpoint.pt      the state after the last finished epoch (for --resume)
-    DIR/results.json       the final figures (written last: its presence means "finished")
-    DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., weights_only=False))
-    DIR/model_state.pt     its state_dict alone
-    DIR/*.png              plots
+DIR/config.toml        the resolved configuration (every default filled in)
+DIR/metrics.jsonl      one JSON object per epoch
+DIR/checkpoint.pt      the state after the last finished epoch (for --resume)
+DIR/results.json       the final figures (written last: its presence means "finished")
+DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., weights_only=False))
+DIR/model_state.pt     its state_dict alone
+DIR/*.png              plots
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ class RunDir:
             if existing.to_dict() != cfg.to_dict():
                 diff = _diff(existing.to_dict(), cfg.to_dict())
                 raise ConfigError(
-                    f"{self.path} holds a run with another configuration ({diff}); "
-                    "choose another --out directory"
+                    f"{self.path} holds a run with another configuration ({diff}); choose another --out directory"
                 )
             if self.is_finished() and not resume:
                 raise ConfigError(f"{self.path} already holds a finished run; choose another --out directory")

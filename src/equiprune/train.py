@@ -84,9 +84,9 @@ def build_model(cfg: RunConfig) -> nn.Module:
     )
 
 
-def _optimizer(cfg: RunConfig, params, lr: float, epochs: int, steps_per_epoch: int):
+def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int):
     t = cfg.train
-    if t.optimizer == "adam":
+    if kind == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -131,7 +131,8 @@ class Trainer:
         t = self.cfg.train
         epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
         lr = t.lr if phase == "prune" or t.finetune_lr is None else t.finetune_lr
-        self.opt, self.sched = _optimizer(self.cfg, params, lr, epochs, len(self.batches))
+        kind = t.optimizer if phase == "prune" or t.finetune_optimizer is None else t.finetune_optimizer
+        self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches))
 
     # --- checkpoints --------------------------------------------------------------------------
 

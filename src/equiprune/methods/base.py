@@ -35,9 +35,7 @@ class Method:
         return {}
 
     @classmethod
-    def from_config(
-        cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = ()
-    ) -> Method:
+    def from_config(cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = ()) -> Method:
         values: dict[str, Any] = {}
         if preset is not None:
             presets = cls.presets()

@@ -76,9 +76,7 @@ class EquilibriumPruner(Method):
             "players": int(s_all.numel()),
             "players_alive": int((s_all >= eps).sum()),
             "alive_fraction": float((s_all >= eps).float().mean()),
-            "alive_per_layer": {
-                g.name: int((s.detach() >= eps).sum()) for g, s in zip(trained.groups, trained.gates)
-            },
+            "alive_per_layer": {g.name: int((s.detach() >= eps).sum()) for g, s in zip(trained.groups, trained.gates)},
             "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
             "participation_histogram": [int(c) for c in hist.tolist()],
         }

@@ -1,0 +1,34 @@
+# Set-up and the project's jobs. `make reproduce` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The library needs torch>=2.2; development and CI pin the CPU build (an unpinned torch pulls CUDA).
+TORCH_PIN ?= torch==2.13.0
+OUT ?= runs/game-mnist
+SEEDS ?= 3
+
+.PHONY: setup reproduce test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+reproduce: setup
+	$(BIN)/equiprune reproduce game-mnist --out $(OUT) --seeds $(SEEDS)
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/step_overhead.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

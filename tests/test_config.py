@@ -1,0 +1,72 @@
+"""Configs are validated once, and every error names the field, the value and what was expected."""
+
+import pytest
+
+from equiprune.config import RunConfig, dump_toml, load_config, parse_config
+from equiprune.errors import ConfigError
+
+GOOD = """
+seed = 1
+[data]
+dataset = "fashion-mnist"
+batch_size = 64
+[model]
+hidden = [32, 16]
+[train]
+epochs = 4
+finetune_epochs = 1
+[method]
+name = "game"
+preset = "l1-l2-combined"
+lr_s = 0.01
+"""
+
+
+def test_good_config_resolves_preset_and_overrides():
+    cfg = parse_config(GOOD)
+    s = cfg.method.build().settings
+    assert (s.beta, s.gamma, s.lr_s) == (0.05, 0.05, 0.01)
+    assert cfg.data.dataset == "fashion-mnist" and cfg.train.prune_epochs == 3
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = parse_config(GOOD)
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+    assert "preset" not in again.to_dict()["method"]  # resolved: the preset's values are written out
+
+
+@pytest.mark.parametrize(
+    "patch,needle",
+    [
+        (("[train]", "[train]\nepohcs = 3"), r"train: unknown key 'epohcs' \(did you mean 'epochs'\?\)"),
+        (("lr_s = 0.01", "lr_s = 0.01\nbeta = -0.1"), r"method.beta: must be a finite number >= 0, got -0.1"),
+        (("lr_s = 0.01", "lr_s = 0.01\nepsilon = 1.5"), r"method.epsilon: must lie in \[0, 1\]"),
+        (('preset = "l1-l2-combined"', 'preset = "l2-only"'), r"method.preset: unknown preset 'l2-only'"),
+        (('dataset = "fashion-mnist"', 'dataset = "svhn"'), r"data.dataset: unknown dataset 'svhn'"),
+        (("batch_size = 64", 'batch_size = "64"'), r"data.batch_size: expected an integer, got str"),
+        (("hidden = [32, 16]", "hidden = [32, 0]"), r"model.hidden"),
+        (("finetune_epochs = 1", "finetune_epochs = 4"), r"train.finetune_epochs: must be in \[0, epochs\)"),
+        (('name = "game"', 'name = "gaem"'), r"method.name: unknown method 'gaem'"),
+        (("lr_s = 0.01", "lr_s = 0.01\nbenefit_sign = 'down'"), r"method.benefit_sign: got 'down'"),
+        (("lr_s = 0.01", "lr_s = 0.01\nwarmup = 2"), r"method: unknown key 'warmup'"),
+        (("seed = 1", 'seed = 1\ndevice = "tpu"'), r"device: got 'tpu'"),
+    ],
+)
+def test_bad_values_are_rejected_by_name(patch, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(GOOD.replace(*patch), "bad.toml")
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        parse_config("seed = = 1", "bad.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_defaults_are_the_papers_setup():
+    cfg = RunConfig()
+    assert cfg.model.hidden == [512, 256] and cfg.data.batch_size == 128 and cfg.train.epochs == 20

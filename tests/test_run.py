@@ -1,0 +1,136 @@
+"""End to end on real MNIST subsets: a run directory, resume after SIGKILL, divergence, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from equiprune.config import parse_config
+from equiprune.data import load_split
+from equiprune.errors import ConfigError, TrainingDiverged
+from equiprune.train import evaluate, run
+
+from .helpers import small_config
+
+RESULT_KEYS = {"test_accuracy", "neurons_kept_fraction", "neurons_kept", "params_before", "params_after", "seconds"}
+
+
+def test_run_writes_a_complete_run_directory(tmp_path, data_root):
+    cfg = parse_config(small_config(data_root))
+    out = tmp_path / "run"
+    results = run(cfg, out, quiet=True)
+    assert RESULT_KEYS <= set(results)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == results
+    kept = results["neurons_kept"]
+    assert 0 < results["neurons_kept_fraction"] < 1, "the game should prune some neurons here"
+    assert results["neurons_kept_fraction"] == pytest.approx(sum(kept.values()) / (64 + 32))
+    assert results["params_after"] < results["params_before"]
+    assert results["test_accuracy"] > 0.85
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["phase"] for r in rows] == ["prune", "prune", "finetune"]
+    assert {"loss", "train_accuracy", "test_accuracy", "players_alive", "alive_fraction"} <= set(rows[0])
+    assert sum(rows[0]["participation_histogram"]) == 96
+    for name in ("config.toml", "model.pt", "participation_histogram.png", "dynamics.png"):
+        assert (out / name).stat().st_size > 0
+    # The compacted model loads as a plain module and scores what results.json says.
+    model = torch.load(out / "model.pt", weights_only=False)
+    widths = [m.out_features for m in model if isinstance(m, torch.nn.Linear)]
+    assert widths == [kept["1"], kept["3"], 10]
+    test = load_split("mnist", "test", data_root).subset(2000)
+    assert evaluate(model, test, 1000)[0] == results["test_accuracy"]
+
+
+def test_a_run_directory_is_never_silently_reused(tmp_path, data_root):
+    cfg = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=1000))
+    run(cfg, tmp_path / "r", quiet=True)
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(cfg, tmp_path / "r", quiet=True)
+    other = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=1000, lr_s=0.1))
+    with pytest.raises(ConfigError, match=r"another configuration \(method.lr_s: 0.05 there, 0.1 here\)"):
+        run(other, tmp_path / "r", quiet=True)
+
+
+def _equiprune(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "equiprune.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+
+
+def _kill_during_epoch(cfg_path, out, finished_epochs):
+    """Start a run and SIGKILL it once `finished_epochs` epochs are checkpointed (so mid-epoch)."""
+    proc = _equiprune("run", str(cfg_path), "--out", str(out), "--quiet", *(["--resume"] if finished_epochs else []))
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > finished_epochs:
+            time.sleep(0.3)  # well inside the next epoch (each takes over a second)
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+
+
+def test_resume_after_sigkill_gives_the_same_result(tmp_path, data_root):
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(small_config(data_root, epochs=4, finetune=2, train_subset=30000, hidden="256, 128"))
+    whole = _equiprune("run", str(cfg_path), "--out", str(tmp_path / "whole"), "--quiet")
+    assert whole.wait() == 0, whole.stderr.read()
+
+    cut = tmp_path / "cut"
+    _kill_during_epoch(cfg_path, cut, 0)  # killed during epoch 2, in the pruning phase
+    _kill_during_epoch(cfg_path, cut, 3)  # resumed, then killed during epoch 4, after compaction
+    resumed = _equiprune("run", str(cfg_path), "--out", str(cut), "--resume", "--quiet")
+    assert resumed.wait() == 0, resumed.stderr.read()
+
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((cut / "results.json").read_text())
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+    sa = torch.load(tmp_path / "whole" / "model_state.pt")
+    sb = torch.load(cut / "model_state.pt")
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    rows = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, data_root, monkeypatch):
+    import equiprune.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    calls = {"n": 0}
+    steps_per_epoch = 1000 // 128 + 1
+
+    def poisoned(logits, y, **kw):
+        calls["n"] += 1
+        loss = real(logits, y, **kw)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 2 and kw.get("reduction") is None else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    cfg = parse_config(small_config(data_root, epochs=3, finetune=0, train_subset=1000))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*checkpoint \(after epoch 1\)"):
+        run(cfg, tmp_path / "r", quiet=True)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 1 and not (tmp_path / "r" / "results.json").exists()
+
+
+def test_layer_losing_every_player_is_reported(tmp_path, data_root):
+    cfg = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=2000, gamma=50.0, lr_s=1.0))
+    with pytest.raises(Exception, match="every player of layer '1' dropped out"):
+        run(cfg, tmp_path / "r", quiet=True)
+
+
+def test_cli_rejects_bad_config_before_training(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[method]\nname = "game"\nbeta = -1\n')
+    proc = subprocess.run([sys.executable, "-m", "equiprune.cli", "run", str(bad), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env={**os.environ})  # fmt: skip
+    assert proc.returncode == 2
+    assert "equiprune: error:" in proc.stderr and "method.beta: must be a finite number >= 0, got -1" in proc.stderr
+    assert not (tmp_path / "o").exists()
