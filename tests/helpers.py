@@ -1,7 +1,7 @@
 """Small configurations for tests that train on real MNIST subsets."""
 
 
-def small_config(data_root, *, epochs=3, finetune=1, train_subset=6000, hidden="64, 32", lr_s=0.05,
+def small_config(data_root, *, epochs=6, finetune=1, train_subset=6000, hidden="64, 32", lr_s=0.02,
                  gamma=0.3, extra="") -> str:  # fmt: skip
     return f"""
 seed = 0

@@ -31,9 +31,11 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert 0 < results["neurons_kept_fraction"] < 1, "the game should prune some neurons here"
     assert results["neurons_kept_fraction"] == pytest.approx(sum(kept.values()) / (64 + 32))
     assert results["params_after"] < results["params_before"]
-    assert results["test_accuracy"] > 0.85
+    # 5 short epochs of the game on 6,000 images, 1 of fine-tuning: far above chance (0.1), not tuned.
+    assert results["test_accuracy"] > 0.5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["phase"] for r in rows] == ["prune", "prune", "finetune"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["phase"] for r in rows] == ["prune"] * 5 + ["finetune"]
     assert {"loss", "train_accuracy", "test_accuracy", "players_alive", "alive_fraction"} <= set(rows[0])
     assert sum(rows[0]["participation_histogram"]) == 96
     for name in ("config.toml", "model.pt", "participation_histogram.png", "dynamics.png"):
@@ -52,7 +54,7 @@ def test_a_run_directory_is_never_silently_reused(tmp_path, data_root):
     with pytest.raises(ConfigError, match="already holds a finished run"):
         run(cfg, tmp_path / "r", quiet=True)
     other = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=1000, lr_s=0.1))
-    with pytest.raises(ConfigError, match=r"another configuration \(method.lr_s: 0.05 there, 0.1 here\)"):
+    with pytest.raises(ConfigError, match=r"another configuration \(method.lr_s: 0.02 there, 0.1 here\)"):
         run(other, tmp_path / "r", quiet=True)
 
 
@@ -68,7 +70,7 @@ def _kill_during_epoch(cfg_path, out, finished_epochs):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) > finished_epochs:
-            time.sleep(0.3)  # well inside the next epoch (each takes over a second)
+            time.sleep(0.15)  # inside the next epoch (each takes about half a second or more)
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
@@ -79,7 +81,7 @@ def _kill_during_epoch(cfg_path, out, finished_epochs):
 
 def test_resume_after_sigkill_gives_the_same_result(tmp_path, data_root):
     cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(small_config(data_root, epochs=4, finetune=2, train_subset=30000, hidden="256, 128"))
+    cfg_path.write_text(small_config(data_root, epochs=4, finetune=2, train_subset=20000, hidden="256, 128", gamma=0.1))
     whole = _equiprune("run", str(cfg_path), "--out", str(tmp_path / "whole"), "--quiet")
     assert whole.wait() == 0, whole.stderr.read()
 
