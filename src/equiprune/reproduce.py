@@ -58,7 +58,7 @@ def run_or_reuse(cfg: RunConfig, out: Path, quiet: bool) -> dict[str, Any]:
 
 def dense_reference(best: RunConfig, kept: dict[str, int], seed: int) -> RunConfig:
     """A dense model of the kept widths, trained from scratch with the best run's whole budget."""
-    widths = [kept[name] for name in sorted(kept, key=int)] if all(k.isdigit() for k in kept) else list(kept.values())
+    widths = list(kept.values())  # results list the layers in model order
     return dataclasses.replace(
         best,
         seed=seed,
@@ -188,7 +188,10 @@ def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False) -> Summ
         dense_results.append(run_or_reuse(cfg, out / DENSE_REFERENCE / f"seed{r['seed']}", quiet))
     if dense_results:
         dense_row = _row(DENSE_REFERENCE, dense_reference(best_cfg, best_results[0]["neurons_kept"], 0), dense_results)
-        dense_row["neurons_kept_fraction_mean"] = rows[-1]["neurons_kept_fraction_mean"]
+        # Its widths are the best configuration's kept ones: report them as a fraction of the 768.
+        best_row = next(r for r in rows if r["config"] == suite.best)
+        dense_row["neurons_kept_fraction_mean"] = best_row["neurons_kept_fraction_mean"]
+        dense_row["neurons_kept_fraction_std"] = best_row["neurons_kept_fraction_std"]
         rows.append(dense_row)
     md = _markdown(suite, rows, seeds)
     json_path = io.write_json(out / "summary.json", rows)

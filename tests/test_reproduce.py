@@ -1,0 +1,64 @@
+"""`reproduce` runs every configuration over seeds, adds the dense reference, and summarises."""
+
+import dataclasses
+import json
+
+import pytest
+
+from equiprune import reproduce as rep
+from equiprune.cli import main
+from equiprune.config import parse_config
+
+from .helpers import small_config
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch, data_root):
+    """game-mnist with two of its configurations, each shrunk to seconds of training."""
+    suite = dataclasses.replace(rep.SUITES["game-mnist"], configs=("l1-l2-combined", "equiprune-best"))
+    monkeypatch.setitem(rep.SUITES, "game-mnist", suite)
+    real = rep.bundled_config
+
+    def tiny(suite_name, name):
+        full = real(suite_name, name)  # the shipped file must parse and validate
+        small = parse_config(small_config(data_root, epochs=2, finetune=1, train_subset=2000, gamma=0.05))
+        return dataclasses.replace(small, method=full.method)
+
+    monkeypatch.setattr(rep, "bundled_config", tiny)
+
+
+def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path):
+    summary = rep.reproduce("game-mnist", tmp_path, seeds=2, quiet=True)
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["config"] for r in rows] == ["l1-l2-combined", "equiprune-best", "dense-kept-widths"]
+    keys = {"config", "alpha", "beta", "gamma", "eta", "test_accuracy_mean", "test_accuracy_std",
+            "neurons_kept_fraction_mean"}  # fmt: skip
+    assert all(keys <= set(r) for r in rows)
+    paper = rows[0]
+    assert (paper["beta"], paper["gamma"], paper["paper_test_accuracy"]) == (0.05, 0.05, 0.9154)
+    assert paper["seeds"] == [0, 1] and 0 <= paper["test_accuracy_std"] < 0.2
+    # The dense reference copies, seed by seed, the widths the best configuration kept.
+    for seed in (0, 1):
+        best = json.loads((tmp_path / "equiprune-best" / f"seed{seed}" / "results.json").read_text())
+        dense = json.loads((tmp_path / "dense-kept-widths" / f"seed{seed}" / "results.json").read_text())
+        assert list(dense["neurons_kept"].values()) == list(best["neurons_kept"].values())
+    md = (tmp_path / "summary.md").read_text()
+    assert md == summary.markdown and "| l1-l2-combined |" in md and "91.54%" in md and "Targets for" in md
+
+    # Started again, it reuses every finished run instead of training anew.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed*/results.json")}
+    rep.reproduce("game-mnist", tmp_path, seeds=2, quiet=True)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed*/results.json")} == stamps
+
+
+def test_reproduce_cli_rejects_unknown_suite_and_bad_seeds(tmp_path, capsys):
+    assert main(["reproduce", "game-cifar", "--out", str(tmp_path)]) == 2
+    assert "unknown suite 'game-cifar'" in capsys.readouterr().err
+    assert main(["reproduce", "game-mnist", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "--seeds: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", rep.SUITES["game-mnist"].configs)
+def test_bundled_configs_are_valid(name):
+    cfg = rep.bundled_config("game-mnist", name)
+    assert cfg.model.hidden == [512, 256] and cfg.train.epochs == 20 and cfg.data.batch_size == 128
