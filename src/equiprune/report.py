@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import io  # noqa: E402
 
@@ -38,6 +39,7 @@ def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     acc = ax.plot(epochs, [100 * r["test_accuracy"] for r in metrics], "o-", color="#2c7a3f", label="test accuracy")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)", color="#2c7a3f")
     lines = acc
     if all("players_alive" in r for r in metrics):
