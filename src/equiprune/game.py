@@ -107,7 +107,8 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 
 def squared_norms(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖θ_i‖² for every player, from its ``(n, d_k)`` parameter blocks."""
-    return sum(b.square().sum(1) for b in blocks)
+    # vector_norm reduces in one pass, without materialising the (n, d) squares.
+    return sum(torch.linalg.vector_norm(b, dim=1).square() for b in blocks)
 
 
 def inner_with_grad(blocks: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
