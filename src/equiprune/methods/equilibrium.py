@@ -24,6 +24,11 @@ class EquilibriumPruner(Method):
     name = "game"
     settings_type = game.GameSettings
 
+    def __init__(self, settings: game.GameSettings, exclude: tuple[str, ...] = ()):
+        super().__init__(settings, exclude)
+        self._step = 0  # participation updates so far (drives the cost ramp)
+        self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
+
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
         return game.PRESETS
@@ -40,11 +45,10 @@ class EquilibriumPruner(Method):
 
     def cost_scale(self) -> float:
         """How much of the costs apply at the current step (the linear cost ramp)."""
-        ramp = getattr(self, "_ramp_steps", 0)
-        return min(1.0, self._step / ramp) if ramp > 0 else 1.0
+        return min(1.0, self._step / self._ramp_steps) if self._ramp_steps > 0 else 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": getattr(self, "_step", 0)}
+        return {"step": self._step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
@@ -52,7 +56,7 @@ class EquilibriumPruner(Method):
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:
         cfg = self.settings
-        self._step = getattr(self, "_step", 0) + 1
+        self._step += 1
         scale = self.cost_scale()
         for group, s in zip(trained.groups, trained.gates):
             blocks = group.blocks()
