@@ -117,3 +117,40 @@ def test_presets_are_the_papers_table2():
 def test_bad_settings_name_the_field(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
         dataclasses.replace(GameSettings(), **{field: value})
+
+
+@pytest.mark.parametrize(
+    "costs",
+    [
+        dict(beta=0.3, gamma=0.1),
+        dict(beta=0.0, gamma=0.2),
+        dict(beta=0.05, gamma=0.0, eta=0.02),
+        dict(gamma=0.0, beta=0.0),
+    ],
+)
+def test_fused_ascent_step_equals_projected_utility_gradient_step(costs):
+    """The training loop's fused multi-group step against the plain per-group formula."""
+    cfg = GameSettings(lr_s=0.7, **costs)  # a large step, so that projection clips some players
+    groups = [_players(n=n, dims=dims, seed=n) for n, dims in ((9, (5, 1)), (4, (3,)))]
+    gates = [s.clone() for _, s, _ in groups]
+    sqs = [game.squared_norms(b) for b, _, _ in groups]
+    comps = [game.competition(b, s, sq) for (b, s, _), sq in zip(groups, sqs)]
+    expected = [
+        game.project(s + cfg.lr_s * game.utility_grad(s, g, sq, comp, cfg, cost_scale=0.6))
+        for (_, s, g), sq, comp in zip(groups, sqs, comps)
+    ]
+    game.ascent_step_(gates, [g for _, _, g in groups], sqs, comps, cfg, cost_scale=0.6)
+    for got, want in zip(gates, expected):
+        torch.testing.assert_close(got, want)
+    assert any(((w == 0) | (w == 1)).any() for w in expected)  # the projection was exercised
+
+
+def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_without_bias():
+    g = torch.Generator().manual_seed(3)
+    rows = [(torch.randn(5, 7, generator=g), torch.randn(5, generator=g)), (torch.randn(3, 4, generator=g), None)]
+    got = game.squared_norms_of_rows(rows)
+    naive = [torch.tensor([sum(float(v) ** 2 for v in w[i]) + (float(b[i]) ** 2 if b is not None else 0.0)
+                           for i in range(w.shape[0])]) for w, b in rows]  # fmt: skip
+    for a, b in zip(got, naive):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(got[0], game.squared_norms([rows[0][0], rows[0][1].unsqueeze(1)]))

@@ -107,8 +107,23 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 
 def squared_norms(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖θ_i‖² for every player, from its ``(n, d_k)`` parameter blocks."""
-    # vector_norm reduces in one pass, without materialising the (n, d) squares.
-    return sum(torch.linalg.vector_norm(b, dim=1).square() for b in blocks)
+    return sum((b * b).sum(1) for b in blocks)
+
+
+def squared_norms_of_rows(rows: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+    """``squared_norms`` for many groups at once, each given as ``(weight (n, d), bias (n,) or None)``.
+
+    The training loop calls this after every step, where kernel-launch overhead, not arithmetic,
+    dominates: one single-pass ``vector_norm`` per weight, then two multi-tensor kernels for all
+    groups together (square, add the bias squares), instead of five small kernels per group.
+    """
+    out = [torch.linalg.vector_norm(w, dim=1) for w, _ in rows]
+    torch._foreach_mul_(out, out)
+    with_bias = [(sq, b) for sq, (_, b) in zip(out, rows) if b is not None]
+    if with_bias:
+        sqs, biases = zip(*with_bias)
+        torch._foreach_addcmul_(list(sqs), list(biases), list(biases))
+    return out
 
 
 def inner_with_grad(blocks: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -141,6 +156,34 @@ def utility_grad(
     """∂U_i/∂s_i, exact for s ∈ [0,1] (the L1 term's right derivative is used at s_i = 0)."""
     cost_grad = 2 * cfg.beta * sq_norms * s + cfg.gamma + cfg.eta * comp
     return cfg.alpha * cfg.sign * g - cost_scale * cost_grad
+
+
+def ascent_step_(
+    gates: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    sq_norms: Sequence[torch.Tensor] | None,
+    comps: Sequence[torch.Tensor] | None,
+    cfg: GameSettings,
+    cost_scale: float = 1.0,
+) -> None:
+    """In place, for every group at once: s ← Π_[0,1](s + lr_s·∂U/∂s), the same step as
+    ``project(s + lr_s * utility_grad(...))``.
+
+    The training loop runs this after every weight step, so it is written as a handful of fused
+    multi-tensor kernels over all groups instead of a dozen small kernels per group: launch overhead,
+    not arithmetic, is most of its cost. ``sq_norms`` may be None when β = 0, ``comps`` when η = 0.
+    """
+    lr, k = cfg.lr_s, cfg.lr_s * cost_scale
+    gates = list(gates)
+    if cfg.beta > 0:  # first, while the gates still hold the old s: s −= lr·scale·2β‖θ‖²·s
+        torch._foreach_addcmul_(gates, list(sq_norms), gates, value=-2 * cfg.beta * k)
+    torch._foreach_add_(gates, list(grads), alpha=lr * cfg.alpha * cfg.sign)
+    if cfg.eta > 0:
+        torch._foreach_add_(gates, list(comps), alpha=-cfg.eta * k)
+    if cfg.gamma > 0:
+        torch._foreach_add_(gates, -cfg.gamma * k)
+    torch._foreach_clamp_min_(gates, 0.0)
+    torch._foreach_clamp_max_(gates, 1.0)
 
 
 def best_response(g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0) -> torch.Tensor:

@@ -56,12 +56,14 @@ class PlayerGroup:
         """The module whose input (channel by channel) the participations multiply."""
         return self.consumer
 
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The players' parameters as one ``(n, d)`` weight view and an optional ``(n,)`` bias."""
+        return self.producer.weight, self.producer.bias
+
     def blocks(self) -> list[torch.Tensor]:
         """The players' parameters as ``(n, d_k)`` row views (no copies)."""
-        out = [self.producer.weight]
-        if self.producer.bias is not None:
-            out.append(self.producer.bias.unsqueeze(1))
-        return out
+        weight, bias = self.rows()
+        return [weight] if bias is None else [weight, bias.unsqueeze(1)]
 
     def grad_blocks(self) -> list[torch.Tensor]:
         """The gradients of :meth:`blocks`, aligned with them (zeros where no gradient exists)."""

@@ -58,19 +58,21 @@ class EquilibriumPruner(Method):
         cfg = self.settings
         self._step += 1
         scale = self.cost_scale()
-        for group, s in zip(trained.groups, trained.gates):
-            blocks = group.blocks()
-            if cfg.benefit_grad == "gated":
-                g = s.grad if s.grad is not None else torch.zeros_like(s)
-            else:
-                g = game.inner_with_grad(blocks, group.grad_blocks())
-            # Skip the O(n·d) terms whose cost weight is zero: they are most of the step's overhead.
-            sq = game.squared_norms(blocks) if (cfg.beta > 0 or cfg.eta > 0) else 0.0
-            comp = game.competition(blocks, s, sq) if cfg.eta > 0 else 0.0
-            if cfg.update == "ascent":
-                s.add_(game.utility_grad(s, g, sq, comp, cfg, scale), alpha=cfg.lr_s).clamp_(0.0, 1.0)
-            else:
-                s.lerp_(game.best_response(g, sq, comp, cfg, scale), cfg.lr_s)
+        groups, gates = trained.groups, list(trained.gates)
+        if cfg.benefit_grad == "gated":
+            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+        else:
+            gs = [game.inner_with_grad(grp.blocks(), grp.grad_blocks()) for grp in groups]
+        # Only the O(n·d) terms whose cost weight is non-zero: they are most of the step's overhead.
+        sqs = game.squared_norms_of_rows([grp.rows() for grp in groups]) if (cfg.beta > 0 or cfg.eta > 0) else []
+        comps = [game.competition(grp.blocks(), s, sq) for grp, s, sq in zip(groups, gates, sqs)] if cfg.eta > 0 else []
+        if cfg.update == "ascent":
+            game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale)
+        else:
+            for i, s in enumerate(gates):
+                sq = sqs[i] if sqs else 0.0
+                comp = comps[i] if comps else 0.0
+                s.lerp_(game.best_response(gs[i], sq, comp, cfg, scale), cfg.lr_s)
 
     def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
         s_all = torch.cat([s.detach().flatten() for s in trained.gates]).float().cpu()
