@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from equiprune import game
-from equiprune.compact import compact
+from equiprune.compact import compact, keep_masks
 from equiprune.errors import PruningError
 from equiprune.game import GameSettings
 from equiprune.groups import attach, neuron_players
@@ -49,7 +49,7 @@ def test_compacted_model_equals_gated_model_with_dropped_players_zeroed(activati
     _random_participations(gated)
     with torch.no_grad():
         gated.gates[1][3] = 0.004  # below epsilon: removed, its small contribution dropped too
-    result = compact(gated, epsilon=0.01)
+    result = compact(gated, keep_masks(gated, 0.01))
     with torch.no_grad():
         for s in gated.gates:
             s[s < 0.01] = 0.0
@@ -66,7 +66,7 @@ def test_compaction_leaves_the_gated_model_working():
     _random_participations(gated)
     x = torch.randn(3, 1, 28, 28)
     before = gated(x)
-    compact(gated, 0.01)
+    compact(gated, keep_masks(gated, 0.01))
     torch.testing.assert_close(gated(x), before)
 
 
@@ -75,7 +75,7 @@ def test_a_layer_losing_every_player_is_refused_clearly():
     with torch.no_grad():
         gated.gates[1].zero_()
     with pytest.raises(PruningError, match="every player of layer '3' dropped out"):
-        compact(gated, 0.01)
+        compact(gated, keep_masks(gated, 0.01))
 
 
 def test_excluded_layers_keep_all_their_neurons():

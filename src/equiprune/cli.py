@@ -30,6 +30,27 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .frontier import write_report
+    from .sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    done = run_sweep(sweep, args.out, quiet=args.quiet)
+    print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
+          f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
+    print(f"wrote {write_report(args.out)}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .frontier import write_report
+
+    path = write_report(args.dir)
+    print(path.read_text(encoding="utf-8"))
+    print(f"wrote {path}, {path.parent / 'frontier.json'} and the frontier plots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune", description="Equilibrium-driven pruning of PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     rp.set_defaults(func=_cmd_reproduce)
+
+    sw = sub.add_parser("sweep", help="run methods x budgets x seeds into one results store, then report")
+    sw.add_argument("sweep", help="a TOML sweep file, e.g. configs/sweeps/mnist_mlp_neurons.toml")
+    sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rep = sub.add_parser("report", help="write report.md, frontier.json and plots for a sweep directory")
+    rep.add_argument("dir", help="a directory written by `equiprune sweep`")
+    rep.set_defaults(func=_cmd_report)
     return p
 
 

@@ -39,7 +39,7 @@ def keep_masks(gated: GatedModel, epsilon: float) -> dict[str, torch.Tensor]:
         if not bool(keep.any()):
             raise PruningError(
                 f"every player of layer {group.name!r} dropped out (largest participation "
-                f"{float(s.max()):.3g} < epsilon={epsilon}): removing them would disconnect the "
+                f"{float(s.detach().max()):.3g} < epsilon={epsilon}): removing them would disconnect the "
                 "network. Lower the costs (beta, gamma, eta), shorten the pruning phase, or exclude "
                 "this layer."
             )
@@ -65,9 +65,19 @@ def _slim_linear(old: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor |
 
 
 @torch.no_grad()
-def compact(gated: GatedModel, epsilon: float) -> PruneResult:
-    """The gated model without its dropped players, participations folded into the weights."""
-    masks = keep_masks(gated, epsilon)
+def compact(gated: GatedModel, masks: dict[str, torch.Tensor]) -> PruneResult:
+    """The gated model without the players that ``masks`` (group name → bool per player) drops,
+    the survivors' participations folded into the weights. ``gated`` itself is left unchanged."""
+    for group in gated.groups:
+        keep = masks[group.name]
+        if keep.shape != (group.size,) or keep.dtype != torch.bool:
+            raise PruningError(
+                f"mask of layer {group.name!r}: expected {group.size} booleans, got {keep.shape} {keep.dtype}"
+            )
+        if not bool(keep.any()):
+            raise PruningError(
+                f"the mask of layer {group.name!r} drops every player: the network would be disconnected"
+            )
     model = gated.plain_copy()
     rows: dict[str, torch.Tensor] = {}
     cols: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -90,12 +90,24 @@ class MethodConfig:
     name: str = "game"
     preset: str | None = None
     exclude: list[str] = field(default_factory=list)  # layers (module names) left ungated
+    players: str = "neuron"  # the player kind: what one player is (see equiprune.groups)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def build(self):
-        """The configured method object (validates the settings)."""
-        from .methods import build_method
+        """The configured method object (validates the settings and the player kind)."""
+        from .groups import PLAYER_KINDS
+        from .methods import METHODS, build_method
 
+        if self.players not in PLAYER_KINDS:
+            raise ConfigError(
+                f"method.players: unknown player kind {self.players!r}; expected one of {list(PLAYER_KINDS)}"
+            )
+        supported = METHODS.get(self.name, "method.name").player_kinds
+        if self.players not in supported:
+            raise ConfigError(
+                f"method.players: method {self.name!r} cannot prune {self.players!r} players; "
+                f"it supports {list(supported)}"
+            )
         return build_method(self.name, self.preset, self.settings, tuple(self.exclude))
 
 
@@ -122,6 +134,8 @@ class RunConfig:
         d["method"] = {"name": method["name"], **_resolved_method_settings(self.method)}
         if method["exclude"]:
             d["method"]["exclude"] = method["exclude"]
+        if method["players"] != "neuron":
+            d["method"]["players"] = method["players"]
         return _drop_none(d)
 
 
@@ -225,7 +239,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     method = data.get("method", {})
     if isinstance(method, dict):
         # Method settings sit beside `name` in [method]; gather them for the method to validate.
-        fixed = {"name", "preset", "exclude"}
+        fixed = {"name", "preset", "exclude", "players"}
         data["method"] = {
             **{k: v for k, v in method.items() if k in fixed},
             "settings": {k: v for k, v in method.items() if k not in fixed},

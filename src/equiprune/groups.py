@@ -24,6 +24,9 @@ import torch.nn as nn
 
 from .errors import PruningError
 
+#: The kinds of player equiprune can gate today (filters, heads and single weights are planned).
+PLAYER_KINDS = ("neuron",)
+
 #: Modules that act element by element: a neuron's value passes through them unchanged in position,
 #: so a Linear's output neurons stay aligned with the next Linear's inputs.
 ELEMENTWISE = (

@@ -8,6 +8,12 @@ under the method; then the method's result is compacted and the smaller model is
 rest. A checkpoint after every epoch holds everything needed to continue bit for bit (model,
 optimizer, scheduler, RNG state, metrics so far); the data order depends on (seed, epoch) only.
 
+Shared training: a one-shot method's training phase is plain dense training (see
+``Method.training_key``). Given a ``shared`` directory, the loop keeps that phase's result there
+under a hash of everything it depends on, and a later run with the same key starts from it, so a
+sweep trains the dense network once per seed instead of once per method and budget. The reused
+epochs are still counted in the run's epoch budget, metrics and ``seconds``.
+
 Distributed runs: the loop reads rank and world size from ``torch.distributed`` when a process
 group is initialised, shards each epoch by rank, and lets only rank 0 write files. Participation
 updates use gradients that DDP has already averaged, so they stay identical on every rank.
@@ -15,9 +21,12 @@ updates use gradients that DDP has already averaged, so they stay identical on e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +39,9 @@ from .compact import PruneResult
 from .config import RunConfig
 from .data import DATASETS, Batches, Split, load_split
 from .errors import TrainingDiverged
+from .measure import count_macs, count_params
 from .methods import Method
+from .methods.base import Calibration
 from .models import create_model
 from .runs import RunDir
 
@@ -52,10 +63,6 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
@@ -107,13 +114,15 @@ class _State:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     result: PruneResult | None = None
     gated_test_accuracy: float | None = None
+    shared: bool = False  # the training phase was reused from a shared run
 
 
 class Trainer:
     """Runs one configuration into one run directory. ``run()`` returns the results dict."""
 
-    def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None):
         self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet
+        self.shared = Path(shared) if shared is not None else None
         self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.device)
 
@@ -126,6 +135,37 @@ class Trainer:
         self.train_split = Split(train.x.to(self.device), train.y.to(self.device))
         self.test_split = Split(test.x.to(self.device), test.y.to(self.device))
         self.batches = Batches(self.train_split, d.batch_size, True, self.cfg.seed, self.rank, self.world)
+        self.calibration = Calibration(self.train_split, d.batch_size, self.cfg.seed)
+
+    # --- the shared training phase ------------------------------------------------------------
+
+    def _shared_file(self) -> Path | None:
+        key = self.method.training_key()
+        if self.shared is None or key is None or self.world > 1:
+            return None
+        what = self.cfg.to_dict()
+        del what["method"]
+        train = what["train"]
+        for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr"):
+            train.pop(k, None)
+        what.update(training_key=key, prune_epochs=self.cfg.train.prune_epochs)
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+        return self.shared / f"trained-{digest}.pt"
+
+    def _plain(self) -> nn.Module:
+        return self.trained.model if hasattr(self.trained, "gates") else self.trained
+
+    def _reuse_shared(self, st: _State, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        self._plain().load_state_dict(ck["model_state"])
+        st.epoch, st.seconds, st.metrics = self.cfg.train.prune_epochs, ck["seconds"], ck["metrics"]
+        torch.set_rng_state(ck["rng"])
+        st.shared = True
+
+    def _save_shared(self, st: _State, path: Path) -> None:
+        payload = {"model_state": self._plain().state_dict(), "seconds": st.seconds, "metrics": st.metrics,
+                   "rng": torch.get_rng_state()}  # fmt: skip
+        io.torch_save(path, payload)
 
     def _new_phase_optimizer(self, params, phase: str) -> None:
         t = self.cfg.train
@@ -145,6 +185,7 @@ class Trainer:
             "seconds": st.seconds,
             "metrics": st.metrics,
             "gated_test_accuracy": st.gated_test_accuracy,
+            "shared": st.shared,
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "method_state": self.method.state_dict(),
@@ -163,7 +204,7 @@ class Trainer:
     def _restore(self, st: _State) -> None:
         ck = torch.load(self.run_dir.checkpoint, map_location=self.device, weights_only=False)
         st.phase, st.epoch, st.seconds = ck["phase"], ck["epoch"], ck["seconds"]
-        st.metrics, st.gated_test_accuracy = ck["metrics"], ck["gated_test_accuracy"]
+        st.metrics, st.gated_test_accuracy, st.shared = ck["metrics"], ck["gated_test_accuracy"], ck["shared"]
         if st.phase == "prune":
             self.trained.load_state_dict(ck["trained_state"])
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
@@ -226,22 +267,26 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method: Method = cfg.method.build()
         model = build_model(cfg).to(self.device)
-        params_before = count_params(model)
+        self.input_shape = DATASETS.get(cfg.data.dataset).input_shape
+        params_before, self.macs_before = count_params(model), count_macs(model, self.input_shape)
         self.trained = self.method.prepare(model).to(self.device)
         self._load_data()
-        self.method.before_run(self.trained, len(self.batches), cfg.train.prune_epochs)
+        self.method.before_run(self.trained, len(self.batches), cfg.train.prune_epochs, self.calibration)
         st = _State()
+        shared_file = self._shared_file()
         if resuming:
             self._restore(st)
         else:
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
+            if shared_file is not None and shared_file.is_file():
+                self._reuse_shared(st, shared_file)
 
         total = cfg.train.epochs
         epochs_bar = tqdm(total=total, initial=st.epoch, desc="epochs", disable=self.quiet, unit="ep")
         while st.epoch < total:
             start = time.perf_counter()
             if st.phase == "prune" and st.epoch == cfg.train.prune_epochs:
-                self._enter_finetune(st)
+                self._end_of_training_phase(st, shared_file)
             use_method = st.phase == "prune"
             model_now = self.trained if use_method else st.result.model
             with tqdm(total=len(self.batches), desc=f"epoch {st.epoch + 1}/{total} ({st.phase})",
@@ -261,12 +306,14 @@ class Trainer:
                 tqdm.write(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {acc:.4f}{alive}")
         epochs_bar.close()
         if st.phase == "prune":  # no fine-tuning: compact at the very end
-            self._enter_finetune(st)
+            self._end_of_training_phase(st, shared_file)
         return self._finish(st, params_before)
 
-    def _enter_finetune(self, st: _State) -> None:
+    def _end_of_training_phase(self, st: _State, shared_file: Path | None) -> None:
+        if shared_file is not None and not st.shared and self.rank == 0:
+            self._save_shared(st, shared_file)
         st.gated_test_accuracy = evaluate(self.trained, self.test_split, self.cfg.data.eval_batch_size)[0]
-        st.result = self.method.finish(self.trained)
+        st.result = self.method.finish(self.trained, self.calibration)
         st.phase = "finetune"
         if self.cfg.train.finetune_epochs:
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
@@ -294,9 +341,14 @@ class Trainer:
             "neurons_kept": st.result.kept,
             "neurons_total": st.result.total,
             "undecided_fraction": last_pruning[-1].get("undecided_fraction") if last_pruning else None,
+            "kept_fraction": st.result.kept_fraction,
+            "budget": getattr(self.method.settings, "budget", None),
             "params_before": params_before,
             "params_after": count_params(small),
+            "macs_before": self.macs_before,
+            "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,
+            "shared_training": st.shared,
         }
         if self.rank == 0:
             io.torch_save(self.run_dir.model, small)
@@ -308,6 +360,8 @@ class Trainer:
         return results
 
 
-def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train, prune and compact ``cfg`` into run directory ``out``; returns the results."""
-    return Trainer(cfg, out, resume, quiet).run()
+def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None) -> dict[str, Any]:
+    """Train, prune and compact ``cfg`` into run directory ``out``; returns the results.
+
+    ``shared``: a directory where runs with the same training phase share it (see the module doc)."""
+    return Trainer(cfg, out, resume, quiet, shared).run()

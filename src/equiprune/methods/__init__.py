@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import equilibrium  # noqa: F401  (registers "game")
+from . import equilibrium, scratch, structured  # noqa: F401  (register the methods)
 from .base import METHODS, Dense, Method
 
 

@@ -1,13 +1,19 @@
 """The interface every pruning method implements, and the registry of methods.
 
 A method never owns the training loop. The loop calls, in order:
-``prepare`` (wrap the model, once), then per step ``penalty`` (added to the loss) and
-``after_step`` (after the optimizer step), per epoch ``epoch_metrics``, and at the end ``finish``,
-which returns the compacted plain model.
+``prepare`` (wrap the model, once), ``before_run``, then per step ``penalty`` (added to the loss)
+and ``after_step`` (after the optimizer step), per epoch ``epoch_metrics``, and at the end of its
+phase ``finish``, which returns the compacted plain model. ``before_run`` and ``finish`` receive a
+:class:`Calibration`: training batches a method may look at outside the training steps (saliency
+at initialisation, Taylor scores at the end) without disturbing the training order.
+
+A new method is one file: a settings dataclass, a :class:`Method` subclass, and
+``@METHODS.register("name")``; import it in ``methods/__init__.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,9 +27,27 @@ from ..groups import neuron_players
 from ..registry import Registry
 
 
+class Calibration:
+    """The first ``n`` batches of the training split in an order of their own (seeded apart from the
+    training order), for methods that score players on data outside the training steps."""
+
+    def __init__(self, split, batch_size: int, seed: int):
+        from ..data import Batches
+
+        self._batches = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
+
+    def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(self._batches.epoch(0)):
+            if i == n:
+                return
+            yield batch
+
+
 class Method:
     name: ClassVar[str]
     settings_type: ClassVar[type]
+    #: Player kinds the method can prune (see ``groups``); the loop refuses any other.
+    player_kinds: ClassVar[tuple[str, ...]] = ("neuron",)
 
     def __init__(self, settings: Any, exclude: tuple[str, ...] = ()):
         self.settings = settings
@@ -52,8 +76,19 @@ class Method:
         """Return the module to train (the model itself, or a wrapper that gates it)."""
         return model
 
-    def before_run(self, trained: nn.Module, steps_per_epoch: int, epochs: int) -> None:
+    def before_run(
+        self, trained: nn.Module, steps_per_epoch: int, epochs: int, calibration: Calibration | None = None
+    ) -> None:
         """Called once before training under the method (``epochs``: the method's own phase)."""
+
+    def training_key(self) -> str | None:
+        """What the method's training phase depends on, when runs may share it (else None).
+
+        One-shot methods that train the dense model and only select players at the end return
+        ``"dense"``: every such method and budget on the same data, model, training settings and
+        seed trains the very same network, so a sweep trains it once and reuses it.
+        """
+        return None
 
     def weight_parameters(self, trained: nn.Module) -> list[nn.Parameter]:
         """The parameters the weight optimizer owns."""
@@ -68,7 +103,7 @@ class Method:
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
         return {}
 
-    def finish(self, trained: nn.Module) -> PruneResult:
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -94,6 +129,9 @@ class Dense(Method):
     name = "dense"
     settings_type = DenseSettings
 
-    def finish(self, trained: nn.Module) -> PruneResult:
+    def training_key(self) -> str | None:
+        return "dense"
+
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         widths = {g.name: g.size for g in neuron_players(trained)}
         return PruneResult(trained, widths, dict(widths))

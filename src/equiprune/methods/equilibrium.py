@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .. import game
-from ..compact import PruneResult, compact
+from ..compact import PruneResult, compact, keep_masks
 from ..groups import GatedModel, attach
 from .base import METHODS, Method
 
@@ -36,7 +36,7 @@ class EquilibriumPruner(Method):
     def prepare(self, model: nn.Module) -> GatedModel:
         return attach(model, self.exclude)
 
-    def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int) -> None:
+    def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         self._ramp_steps = self.settings.cost_ramp * steps_per_epoch * epochs
         self._step = 0
 
@@ -87,5 +87,5 @@ class EquilibriumPruner(Method):
             "participation_histogram": [int(c) for c in hist.tolist()],
         }
 
-    def finish(self, trained: GatedModel) -> PruneResult:
-        return compact(trained, self.settings.epsilon)
+    def finish(self, trained: GatedModel, calibration=None) -> PruneResult:
+        return compact(trained, keep_masks(trained, self.settings.epsilon))

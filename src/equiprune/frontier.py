@@ -1,0 +1,218 @@
+"""The report of a sweep: accuracy against size, per method, from the results store.
+
+``DIR/frontier.json`` holds one row per method and budget (or cost setting): the means and
+standard deviations over seeds. ``DIR/report.md`` shows a table per budget (mean ± std per method,
+the best in bold, ties within one standard deviation named), a verdict of the equilibrium
+pruner against every baseline, and the plots ``frontier_kept.png``, ``frontier_params.png`` and
+``frontier_macs.png``. Methods without a budget (the equilibrium pruner's cost settings) are
+placed at the sweep budget nearest their mean kept fraction, and the table says how far off it is.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import io
+from .errors import ConfigError
+from .store import ResultStore
+
+#: Rows that are reference points, not competitors: shown in every table, never "best".
+REFERENCES = ("dense", "scratch")
+#: A row without a budget of its own joins the nearest sweep budget only if its mean kept fraction
+#: lies within this factor of it; otherwise it appears in the plots and the "unplaced" table only.
+PLACEMENT_TOLERANCE = 1.3
+#: The method whose claim the report checks.
+GAME = "game"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class FrontierRow:
+    method: str  # the sweep label
+    method_name: str  # the registered method
+    point: str
+    budget: float | None  # the sweep budget the row belongs to
+    seeds: int
+    kept_fraction_mean: float
+    kept_fraction_std: float
+    test_accuracy_mean: float
+    test_accuracy_std: float
+    params_after_mean: float
+    macs_after_mean: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def frontier_rows(rows: list[dict[str, Any]], budgets: list[float] | None = None) -> list[FrontierRow]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("status", "finished") != "finished":
+            continue
+        groups[(r["label"], r["point"])].append(r)
+    budgets = sorted(budgets or {r["budget"] for r in rows if r["budget"] is not None})
+    out = []
+    for (label, point), runs in sorted(groups.items()):
+        res = [r["results"] for r in runs]
+        kept = [x.get("kept_fraction", x.get("neurons_kept_fraction")) for x in res]
+        acc = [x["test_accuracy"] for x in res]
+        macs = [x["macs_after"] for x in res if x.get("macs_after") is not None]
+        kmean, kstd = _mean_std(kept)
+        amean, astd = _mean_std(acc)
+        budget = runs[0]["budget"]
+        if budget is None and budgets and runs[0]["method"] != "dense":
+            nearest = min(budgets, key=lambda b: abs(math.log(kmean / b)))
+            budget = nearest if abs(math.log(kmean / nearest)) <= math.log(PLACEMENT_TOLERANCE) else None
+        out.append(FrontierRow(label, runs[0]["method"], point, budget, len(runs), kmean, kstd, amean, astd,
+                               statistics.fmean(x["params_after"] for x in res),
+                               statistics.fmean(macs) if macs else None))  # fmt: skip
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _tie(a: FrontierRow, b: FrontierRow) -> bool:
+    return abs(a.test_accuracy_mean - b.test_accuracy_mean) <= max(a.test_accuracy_std, b.test_accuracy_std)
+
+
+def render_markdown(
+    title: str, frontier: list[FrontierRow], budgets: list[float], failed: list[dict[str, Any]] = ()
+) -> str:
+    lines = [f"# {title}", ""]
+    dense = [r for r in frontier if r.method_name == "dense"]
+    if dense:
+        d = dense[0]
+        lines += [f"Dense model: {_fmt(d.test_accuracy_mean, d.test_accuracy_std)}% test accuracy "
+                  f"({d.seeds} seeds, {d.params_after_mean:,.0f} parameters).", ""]  # fmt: skip
+    for b in budgets:
+        rows = [r for r in frontier if r.budget == b and r.method_name != "dense"]
+        if not rows:
+            continue
+        competitors = [r for r in rows if r.method_name not in REFERENCES]
+        best = max(competitors, key=lambda r: r.test_accuracy_mean) if competitors else None
+        lines += [f"## Budget {100 * b:g}% of players kept", "",
+                  "| method | test accuracy (%) | kept (%) | parameters | MACs | seeds |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(rows, key=lambda r: -r.test_accuracy_mean):
+            acc = _fmt(r.test_accuracy_mean, r.test_accuracy_std)
+            name = r.method + (" (reference)" if r.method_name in REFERENCES else "")
+            if r is best:
+                acc, name = f"**{acc}**", f"**{name}**"
+            elif best is not None and r.method_name not in REFERENCES and _tie(r, best):
+                name += " (tie with best)"
+            macs = f"{r.macs_after_mean:,.0f}" if r.macs_after_mean is not None else "–"
+            kept = f"{100 * r.kept_fraction_mean:.2f}"
+            if r.method_name == GAME:
+                kept += f" ({r.point})"
+            lines.append(f"| {name} | {acc} | {kept} | {r.params_after_mean:,.0f} | {macs} | {r.seeds} |")
+        lines.append("")
+    unplaced = [r for r in frontier if r.budget is None and r.method_name != "dense"]
+    if unplaced:
+        lines += ["## Settings that landed on no budget", "",
+                  f"Their kept fraction is more than {PLACEMENT_TOLERANCE}x away from every budget of the sweep.", "",
+                  "| method | setting | test accuracy (%) | kept (%) | seeds |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(unplaced, key=lambda r: r.kept_fraction_mean):
+            lines.append(f"| {r.method} | {r.point} | {_fmt(r.test_accuracy_mean, r.test_accuracy_std)} | "
+                         f"{100 * r.kept_fraction_mean:.2f} | {r.seeds} |")  # fmt: skip
+        lines.append("")
+    lines += _verdict(frontier, budgets)
+    if failed:
+        lines += ["## Failed runs", "", "These runs stopped with an error; they are not in the tables or plots.", ""]
+        lines += [f"- `{r['run_id']}`: {r['results'].get('error', '?')}" for r in failed] + [""]
+    lines += ["![accuracy against players kept](frontier_kept.png)", "",
+              "![accuracy against parameters](frontier_params.png)", "",
+              "![accuracy against MACs](frontier_macs.png)", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _verdict(frontier: list[FrontierRow], budgets: list[float]) -> list[str]:
+    games = [r for r in frontier if r.method_name == GAME]
+    if not games:
+        return []
+    lines = ["## The equilibrium pruner against each baseline", "",
+             "A tie means the means differ by at most one standard deviation (the larger of the two).", ""]  # fmt: skip
+    for b in budgets:
+        here = [r for r in games if r.budget == b]
+        if not here:
+            lines.append(f"- budget {100 * b:g}%: no cost setting of the equilibrium pruner landed near this budget")
+            continue
+        g = max(here, key=lambda r: r.test_accuracy_mean)
+        parts = []
+        for r in frontier:
+            if r.budget != b or r.method_name in (GAME, "dense"):
+                continue
+            diff = 100 * (g.test_accuracy_mean - r.test_accuracy_mean)
+            word = "tie" if _tie(g, r) else ("win" if diff > 0 else "LOSS")
+            parts.append(f"{r.method} {diff:+.2f} ({word})")
+        lines.append(
+            f"- budget {100 * b:g}% (game kept {100 * g.kept_fraction_mean:.2f}%, {g.point}): " + ", ".join(parts)
+        )
+    return lines + [""]
+
+
+def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
+    from .report import _save, plt
+
+    by_method: dict[str, list[FrontierRow]] = defaultdict(list)
+    for r in frontier:
+        by_method[r.method].append(r)
+    axes = {
+        "frontier_kept.png": ("fraction of players kept", lambda r: r.kept_fraction_mean),
+        "frontier_params.png": ("parameters of the compacted model", lambda r: r.params_after_mean),
+        "frontier_macs.png": ("MACs of the compacted model (one example)", lambda r: r.macs_after_mean),
+    }
+    for fname, (xlabel, x_of) in axes.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method, rows in sorted(by_method.items()):
+            rows = sorted((r for r in rows if x_of(r) is not None), key=x_of)
+            if not rows:
+                continue
+            xs = [x_of(r) for r in rows]
+            ys = [100 * r.test_accuracy_mean for r in rows]
+            es = [100 * r.test_accuracy_std for r in rows]
+            style = dict(marker="*", markersize=12, linewidth=2.2) if rows[0].method_name == GAME else dict(marker="o")
+            if rows[0].method_name == "dense":
+                style = dict(marker="s", linestyle="none", color="black")
+            ax.errorbar(xs, ys, yerr=es, label=method, capsize=3, **style)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel + " (log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        _save(fig, out / fname)
+
+
+def write_report(out: str | Path, title: str | None = None, budgets: list[float] | None = None) -> Path:
+    """Write ``frontier.json``, ``report.md`` and the plots for the sweep in ``out``."""
+    out = Path(out)
+    store_path = out / "results.sqlite"
+    if not store_path.is_file():
+        raise ConfigError(f"{out} holds no sweep results ({store_path} is missing); run `equiprune sweep` first")
+    with ResultStore(store_path) as store:
+        rows = store.rows()
+    if not rows:
+        raise ConfigError(f"{store_path} holds no run yet")
+    plan = out / "sweep.json"
+    if plan.is_file():
+        import json
+
+        meta = json.loads(plan.read_text(encoding="utf-8"))
+        title, budgets = title or f"Sweep report: {meta['name']}", budgets or meta["budgets"]
+    frontier = frontier_rows(rows, budgets)
+    budgets = sorted({r.budget for r in frontier if r.budget is not None})
+    io.write_json(out / "frontier.json", [r.as_dict() for r in frontier])
+    plot_frontier(out, frontier)
+    failed = [r for r in rows if r.get("status", "finished") != "finished"]
+    text = render_markdown(title or f"Sweep report: {out.name}", frontier, budgets, failed)
+    io.write_text(out / "report.md", text)
+    return out / "report.md"

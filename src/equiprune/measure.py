@@ -1,0 +1,45 @@
+"""What a model costs: parameters and multiply-accumulates (MACs) of one forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """MACs of one forward pass on a single example of ``input_shape`` (Linear and Conv layers;
+    element-wise work is not counted), found by running the model once with counting hooks."""
+    total = 0
+
+    def linear(module: nn.Linear, args, out) -> None:
+        nonlocal total
+        total += module.in_features * out.numel()
+
+    def conv(module: nn.modules.conv._ConvNd, args, out) -> None:
+        nonlocal total
+        per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+        total += per_output * out.numel()
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear))
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            handles.append(m.register_forward_hook(conv))
+    try:
+        p = next(model.parameters())
+        was_training = model.training
+        model.eval()
+        model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return total

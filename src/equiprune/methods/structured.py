@@ -1,0 +1,240 @@
+"""The classic structured baselines: score every player, keep the best for a budget.
+
+Players are gated exactly as for the equilibrium pruner (a gate multiplies each neuron's output),
+but here the gates are masks: 1 while a player lives, 0 once it is pruned. A pruner ranks the
+live players by its score and keeps exactly the budget's count (see :mod:`equiprune.selection`):
+
+- ``schedule = "one-shot"``: the network trains dense; at the end of the training phase the
+  players are scored once and the budget applied; the loop then compacts and fine-tunes.
+- ``schedule = "iterative"``: ``rounds`` prunings spread evenly over the training phase, each
+  keeping a geometrically shrinking fraction (budget^(r/rounds) after round r), the network
+  training on between rounds; the last round, at the end, lands on the budget exactly.
+
+Scores: ``magnitude-l1`` / ``magnitude-l2`` (norm of the player's incoming weights and bias),
+``random``, ``taylor`` (first-order Taylor estimate of the loss change on removal,
+|s_i·∂L/∂s_i| = |Σ_batch activation × gradient|, averaged over calibration batches) and
+``slimming`` (network slimming: the gates train with the weights under an L1 penalty λ·Σ|s_i|,
+and |s_i| is the score; the surviving gates fold into the compacted weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..compact import PruneResult, compact
+from ..errors import ConfigError
+from ..groups import GatedModel, attach
+from ..selection import Allocation, kept_total, top_k_masks
+from .base import METHODS, Calibration, Method
+
+
+@dataclass(frozen=True)
+class StructuredSettings:
+    """``budget``: fraction of players kept, in (0, 1]; ``schedule``: one-shot or iterative;
+    ``rounds``: prunings of an iterative schedule; ``allocation``: per layer or one global ranking;
+    ``calibration_batches``: training batches a data-driven score averages over."""
+
+    budget: float = 0.1
+    schedule: Literal["one-shot", "iterative"] = "one-shot"
+    rounds: int = 4
+    allocation: Allocation = "layerwise"
+    calibration_batches: int = 16
+
+    def __post_init__(self):
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"method.budget: must lie in (0, 1], got {self.budget!r}")
+        if self.rounds < 1:
+            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"method.calibration_batches: must be >= 1, got {self.calibration_batches!r}")
+        if self.allocation not in ("layerwise", "global"):
+            raise ConfigError(f"method.allocation: got {self.allocation!r}, expected 'layerwise' or 'global'")
+
+
+class StructuredPruner(Method):
+    """Base of the score-and-keep baselines; a subclass defines :meth:`scores`."""
+
+    settings_type = StructuredSettings
+
+    def __init__(self, settings, exclude: tuple[str, ...] = ()):
+        super().__init__(settings, exclude)
+        self._step = 0
+        self._round_steps: list[int] = []  # steps after which an iterative round prunes
+        self._rounds_done = 0
+        self._masks: dict[str, torch.Tensor] | None = None  # the live players; None while all live
+        self._calibration: Calibration | None = None
+
+    def scores(self, trained: GatedModel, calibration: Calibration | None) -> dict[str, torch.Tensor]:
+        """Higher is more important; one score per player of every group."""
+        raise NotImplementedError
+
+    # --- the hooks ------------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module) -> GatedModel:
+        return attach(model, self.exclude)
+
+    def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
+        self._calibration = calibration
+        total = steps_per_epoch * epochs
+        rounds = self.settings.rounds if self.settings.schedule == "iterative" else 1
+        # Rounds 1..R−1 fall inside the phase; round R is the final selection in finish().
+        self._round_steps = [round(total * r / rounds) for r in range(1, rounds)]
+
+    def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
+        return trained.weight_parameters()  # the gates are masks here, never trained
+
+    def training_key(self) -> str | None:
+        return "dense" if self.settings.schedule == "one-shot" else None
+
+    @torch.no_grad()
+    def after_step(self, trained: GatedModel) -> None:
+        self._step += 1
+        if self._rounds_done < len(self._round_steps) and self._step >= self._round_steps[self._rounds_done]:
+            self._rounds_done += 1
+            fraction = self.settings.budget ** (self._rounds_done / self.settings.rounds)
+            self._apply(trained, self._select(trained, fraction))
+
+    def finish(self, trained: GatedModel, calibration: Calibration | None = None) -> PruneResult:
+        self._calibration = calibration or self._calibration
+        return compact(trained, self._select(trained, self.settings.budget))
+
+    def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
+        alive = {name: int(m.sum()) for name, m in self._alive(trained).items()}
+        players = sum(g.size for g in trained.groups)
+        return {
+            "players": players,
+            "players_alive": sum(alive.values()),
+            "alive_fraction": sum(alive.values()) / players,
+            "alive_per_layer": alive,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "rounds_done": self._rounds_done, "masks": self._masks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step, self._rounds_done, self._masks = state["step"], state["rounds_done"], state["masks"]
+
+    # --- selection ------------------------------------------------------------------------------
+
+    def _select(self, trained: GatedModel, fraction: float) -> dict[str, torch.Tensor]:
+        """Keep-masks for ``fraction`` of all players, chosen among the live ones by score."""
+        sizes = {g.name: g.size for g in trained.groups}
+        alive = self._alive(trained)
+        want = kept_total(fraction, sizes)
+        if want > sum(int(a.sum()) for a in alive.values()):  # never revive a pruned player
+            return alive
+        scores = self.scores(trained, self._calibration)
+        ranked = {name: torch.where(alive[name], scores[name].float(), float("-inf")) for name in scores}
+        return top_k_masks(ranked, fraction, self.settings.allocation)
+
+    def _alive(self, trained: GatedModel) -> dict[str, torch.Tensor]:
+        if self._masks is None:
+            return {
+                g.name: torch.ones(g.size, dtype=torch.bool, device=s.device)
+                for g, s in zip(trained.groups, trained.gates)
+            }
+        return self._masks
+
+    @torch.no_grad()
+    def _apply(self, trained: GatedModel, masks: dict[str, torch.Tensor]) -> None:
+        """Prune: zero the gates of the players ``masks`` drops, and remember who lives."""
+        self._masks = masks
+        for group, s in zip(trained.groups, trained.gates):
+            s.mul_(masks[group.name].to(s.dtype))
+
+
+@METHODS.register("magnitude-l1")
+class MagnitudeL1(StructuredPruner):
+    """Keep the players whose incoming weights and bias have the largest L1 norm."""
+
+    name = "magnitude-l1"
+
+    def scores(self, trained, calibration=None):
+        return {g.name: sum(b.detach().abs().sum(1) for b in g.blocks()) for g in trained.groups}
+
+
+@METHODS.register("magnitude-l2")
+class MagnitudeL2(StructuredPruner):
+    """Keep the players whose incoming weights and bias have the largest L2 norm."""
+
+    name = "magnitude-l2"
+
+    def scores(self, trained, calibration=None):
+        from ..game import squared_norms
+
+        return {g.name: squared_norms([b.detach() for b in g.blocks()]).sqrt() for g in trained.groups}
+
+
+@METHODS.register("random")
+class RandomPruner(StructuredPruner):
+    """Keep a uniformly random set of players (drawn from torch's global RNG, which the run seeds)."""
+
+    name = "random"
+
+    def scores(self, trained, calibration=None):
+        return {g.name: torch.rand(g.size, device=s.device) for g, s in zip(trained.groups, trained.gates)}
+
+
+@METHODS.register("taylor")
+class TaylorPruner(StructuredPruner):
+    """Keep the players whose removal the first-order Taylor expansion says costs the most loss."""
+
+    name = "taylor"
+
+    def scores(self, trained, calibration=None):
+        if calibration is None:
+            raise ConfigError("method 'taylor' scores players on training data, but the loop gave it none")
+        gates = list(trained.gates)
+        total = [torch.zeros_like(s) for s in gates]
+        n = 0
+        for x, y in calibration.batches(self.settings.calibration_batches):
+            with torch.enable_grad():  # iterative rounds run inside the loop's no-grad after_step
+                grads = torch.autograd.grad(F.cross_entropy(trained(x), y), gates)
+            for acc, s, g in zip(total, gates, grads):
+                acc += (s.detach() * g).abs()
+            n += 1
+        return {grp.name: t / max(n, 1) for grp, t in zip(trained.groups, total)}
+
+
+@dataclass(frozen=True)
+class SlimmingSettings(StructuredSettings):
+    """Adds ``l1``: the weight λ of the L1 penalty λ·Σ|s_i| on the gates while they train."""
+
+    l1: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.l1 < float("inf"):
+            raise ConfigError(f"method.l1: must be a finite number >= 0, got {self.l1!r}")
+
+
+@METHODS.register("slimming")
+class NetworkSlimming(StructuredPruner):
+    """Network slimming (Liu et al., 2017) with neuron gates in place of BatchNorm scales."""
+
+    name = "slimming"
+    settings_type = SlimmingSettings
+
+    def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
+        return trained.weight_parameters() + list(trained.gates)
+
+    def penalty(self, trained: GatedModel) -> torch.Tensor:
+        return self.settings.l1 * sum(s.abs().sum() for s in trained.gates)
+
+    def training_key(self) -> str | None:
+        return f"slimming(l1={self.settings.l1!r})" if self.settings.schedule == "one-shot" else None
+
+    @torch.no_grad()
+    def after_step(self, trained: GatedModel) -> None:
+        # The optimizer moves every gate; a pruned player's gate must stay at zero.
+        if self._masks is not None:
+            self._apply(trained, self._masks)
+        super().after_step(trained)
+
+    def scores(self, trained, calibration=None):
+        return {g.name: s.detach().abs() for g, s in zip(trained.groups, trained.gates)}

@@ -1,0 +1,83 @@
+"""Choosing which players to keep: a budget turned into exact per-layer counts, then top-k by score.
+
+A budget is the fraction of all players to keep. It is met exactly, to the player:
+``round(budget · N)`` players survive in all (at least one per layer, so the network stays
+connected). ``"layerwise"`` allocation gives every layer the same fraction (largest remainders
+decide the rounding); ``"global"`` ranks all players together, which only makes sense for scores
+that are comparable across layers (Taylor, slimming gates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+
+from .errors import ConfigError
+
+Allocation = Literal["layerwise", "global"]
+
+
+def kept_total(budget: float, sizes: Mapping[str, int]) -> int:
+    """How many players a budget keeps: round(budget · N), at least one per layer, at most N."""
+    if not 0 < budget <= 1:
+        raise ConfigError(f"budget: must lie in (0, 1], got {budget!r}")
+    total = sum(sizes.values())
+    return min(total, max(len(sizes), round(budget * total)))
+
+
+def layerwise_counts(budget: float, sizes: Mapping[str, int]) -> dict[str, int]:
+    """Per-layer counts proportional to the layer sizes, summing exactly to ``kept_total``."""
+    k = kept_total(budget, sizes)
+    total = sum(sizes.values())
+    exact = {name: k * n / total for name, n in sizes.items()}
+    counts = {name: max(1, min(sizes[name], math.floor(v))) for name, v in exact.items()}
+    # Hand out (or take back) the remainder one player at a time, largest fractional part first.
+    order = sorted(sizes, key=lambda name: exact[name] - math.floor(exact[name]), reverse=True)
+    while sum(counts.values()) != k:
+        step = 1 if sum(counts.values()) < k else -1
+        for name in order if step > 0 else reversed(order):
+            if sum(counts.values()) == k:
+                break
+            if 1 <= counts[name] + step <= sizes[name]:
+                counts[name] += step
+    return counts
+
+
+def top_k_masks(
+    scores: Mapping[str, torch.Tensor], budget: float, allocation: Allocation = "layerwise"
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks with exactly ``kept_total(budget, sizes)`` players kept in all.
+
+    Ties are broken by player index (lower kept first), so a selection is reproducible.
+    """
+    sizes = {name: int(s.numel()) for name, s in scores.items()}
+    if allocation == "layerwise":
+        counts = layerwise_counts(budget, sizes)
+    elif allocation == "global":
+        counts = _global_counts(scores, kept_total(budget, sizes))
+    else:
+        raise ConfigError(f"allocation: got {allocation!r}, expected 'layerwise' or 'global'")
+    return {name: _top(scores[name], counts[name]) for name in scores}
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    order = torch.sort(score.detach().flatten().float().cpu(), descending=True, stable=True).indices
+    mask = torch.zeros(score.numel(), dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask.to(score.device)
+
+
+def _global_counts(scores: Mapping[str, torch.Tensor], k: int) -> dict[str, int]:
+    """Per-layer counts from one ranking of all players, after one guaranteed player per layer."""
+    counts = {name: 1 for name in scores}
+    rest = []
+    for name, s in scores.items():
+        ranked = torch.sort(s.detach().flatten().float().cpu(), descending=True, stable=True).values
+        rest += [(float(v), name) for v in ranked[1:]]
+    rest.sort(key=lambda t: -t[0])
+    for _, name in rest[: k - len(scores)]:
+        counts[name] += 1
+    return counts

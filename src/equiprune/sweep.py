@@ -1,0 +1,196 @@
+"""Sweeps: methods × budgets (or cost settings) × seeds on one model and data, into one store.
+
+A sweep file is TOML::
+
+    name = "mnist-mlp-neurons"
+    seeds = [0, 1, 2]
+    budgets = [0.01, 0.02, 0.05, 0.1, 0.2]   # fractions of players kept
+
+    [base]            # a run configuration as for `equiprune run`, without seed and [method]
+    data = { dataset = "mnist" }
+    train = { epochs = 20, finetune_epochs = 8 }
+
+    [[methods]]       # one entry per method; keys besides these are the method's settings
+    name = "taylor"   # the registered method
+    label = "taylor"  # optional: its name in the report (default: name)
+    train = { ... }   # optional: overrides of base.train for this method
+    points = [ { gamma = 0.1 }, ... ]   # optional: settings to sweep instead of the budgets
+
+A method with a ``budget`` setting runs once per budget; one without (the equilibrium pruner)
+runs once per entry of ``points``; any other once. Every run is validated before the first one
+starts. Each finished run lands in ``DIR/results.sqlite``; started again, the sweep skips finished
+runs, resumes an interrupted one from its checkpoint, and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import io
+from .config import RunConfig, _unknown_key, dump_toml, run_config_from_dict
+from .errors import ConfigError, PruningError, TrainingDiverged
+from .methods import METHODS
+from .runs import RunDir
+from .store import ResultStore
+
+SWEEP_KEYS = ["name", "seeds", "budgets", "base", "methods"]
+ENTRY_KEYS = {"name", "label", "train", "points", "preset", "exclude", "players"}
+
+
+@dataclass
+class PlannedRun:
+    run_id: str  # "<label>/<point>/seed<seed>", also the run directory under DIR/runs
+    label: str
+    method: str
+    point: str  # "budget=0.02", a point's settings ("gamma=0.35"), or "default"
+    budget: float | None
+    seed: int
+    config: RunConfig
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(dump_toml(self.config).encode()).hexdigest()
+
+
+@dataclass
+class Sweep:
+    name: str
+    budgets: list[float]
+    runs: list[PlannedRun] = field(default_factory=list)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and validate a sweep file: every run's configuration is built (and so checked) here."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return parse_sweep(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def parse_sweep(data: dict[str, Any]) -> Sweep:
+    for key in data:
+        if key not in SWEEP_KEYS:
+            raise _unknown_key(key, SWEEP_KEYS, "sweep")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    budgets = data.get("budgets", [])
+    if not isinstance(budgets, list) or not all(isinstance(b, (int, float)) and 0 < b <= 1 for b in budgets):
+        raise ConfigError(f"budgets: expected a list of fractions in (0, 1], got {budgets!r}")
+    base = data.get("base", {})
+    if not isinstance(base, dict) or "method" in base or "seed" in base:
+        raise ConfigError("base: expected a run configuration table without 'seed' and 'method' (the sweep sets them)")
+    entries = data.get("methods")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("methods: expected at least one [[methods]] entry")
+    sweep = Sweep(name=str(data.get("name", "sweep")), budgets=[float(b) for b in budgets])
+    labels = set()
+    for i, entry in enumerate(entries):
+        label = entry.get("label", entry.get("name")) if isinstance(entry, dict) else None
+        where = f"methods[{i}]" + (f" ({label})" if label else "")
+        try:
+            runs = _expand(entry, base, seeds, sweep.budgets)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if label in labels:
+            raise ConfigError(f"{where}: the label {label!r} is used twice; give one entry a distinct label")
+        labels.add(label)
+        sweep.runs += runs
+    sweep.runs.sort(key=lambda r: r.seed)  # whole seeds first: a partial sweep is a usable one
+    return sweep
+
+
+def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[float]) -> list[PlannedRun]:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError("expected a table with at least a 'name' (the method)")
+    name = entry["name"]
+    method_cls = METHODS.get(name, "name")
+    label = entry.get("label", name)
+    if not isinstance(label, str) or not label or "/" in label:
+        raise ConfigError(f"label: expected a non-empty name without '/', got {label!r}")
+    settings = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+    fixed = {k: entry[k] for k in ("preset", "exclude", "players") if k in entry}
+    budgeted = "budget" in {f.name for f in dataclasses.fields(method_cls.settings_type)}
+    if "points" in entry:
+        points = entry["points"]
+        if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
+            raise ConfigError("points: expected a non-empty list of settings tables")
+        variants = [(",".join(f"{k}={v}" for k, v in p.items()) or f"p{j}", None, p) for j, p in enumerate(points)]
+        if len({tag for tag, _, _ in variants}) != len(variants):
+            raise ConfigError("points: two points have the same settings")
+    elif budgeted and "budget" not in settings:
+        if not budgets:
+            raise ConfigError(f"method {name!r} takes a budget, but the sweep lists no budgets")
+        variants = [(f"budget={b:g}", b, {"budget": b}) for b in budgets]
+    else:
+        variants = [("default", settings.get("budget"), {})]
+    runs = []
+    for tag, budget, point in variants:
+        for seed in seeds:
+            cfg_data = copy.deepcopy(base)
+            cfg_data["seed"] = seed
+            if "train" in entry:
+                if not isinstance(entry["train"], dict):
+                    raise ConfigError("train: expected a table of overrides of base.train")
+                cfg_data["train"] = {**cfg_data.get("train", {}), **entry["train"]}
+            cfg_data["method"] = {"name": name, **fixed, **settings, **point}
+            cfg = run_config_from_dict(cfg_data)
+            runs.append(PlannedRun(f"{label}/{tag}/seed{seed}", label, name, tag, budget, seed, cfg))
+    return runs
+
+
+def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False) -> dict[str, int]:
+    """Run every planned run not yet in the store; returns counts of runs done and skipped."""
+    from .train import run
+
+    out = Path(out)
+    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    with ResultStore(out / "results.sqlite") as store:
+        for planned in sweep.runs:  # refuse a changed plan before any work
+            stored = store.config_hash(planned.run_id)
+            if stored is not None and stored != planned.config_hash:
+                raise ConfigError(
+                    f"{out} holds run {planned.run_id} with another configuration; "
+                    "a sweep directory belongs to one sweep: choose another --out"
+                )
+        io.write_json(out / "sweep.json", {"name": sweep.name, "budgets": sweep.budgets,
+                                           "runs": [r.run_id for r in sweep.runs]})  # fmt: skip
+        bar = tqdm(sweep.runs, desc=f"sweep {sweep.name}", unit="run", disable=quiet)
+        for planned in bar:
+            if store.config_hash(planned.run_id) is not None:
+                done["skipped"] += 1
+                continue
+            bar.set_postfix_str(planned.run_id)
+            rd = RunDir(out / "runs" / planned.run_id)
+            status = "finished"
+            if rd.is_finished():  # finished, but killed before its row was written
+                rd.prepare(planned.config, resume=True)  # refuses a directory of another configuration
+                results = rd.read_results()
+            else:
+                resume = rd.checkpoint.is_file()
+                done["resumed" if resume else "ran"] += 1
+                try:
+                    results = run(planned.config, rd.path, resume=resume, quiet=True, shared=out / "shared")
+                except (PruningError, TrainingDiverged) as exc:  # an outcome of this setting, not a bug
+                    done["failed"] += 1
+                    tqdm.write(f"{planned.run_id}: failed: {exc}")
+                    status, results = "failed", {"error": str(exc)}
+            store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
+                      budget=planned.budget, seed=planned.seed, config_hash=planned.config_hash,
+                      results=results, status=status)  # fmt: skip
+    return done

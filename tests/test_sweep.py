@@ -1,0 +1,211 @@
+"""Sweeps: the grid, the store, resumption, shared training, the report and bad sweep files."""
+
+import json
+
+import pytest
+
+from equiprune import train
+from equiprune.cli import main
+from equiprune.config import run_config_from_dict
+from equiprune.errors import ConfigError
+from equiprune.frontier import frontier_rows, write_report
+from equiprune.store import ResultStore
+from equiprune.sweep import load_sweep, parse_sweep, run_sweep
+
+
+def _sweep_text(data_root, methods: str, budgets="[0.25]", seeds="[0]") -> str:
+    return f"""
+name = "tiny"
+seeds = {seeds}
+budgets = {budgets}
+[base.data]
+dataset = "mnist"
+root = "{data_root}"
+train_subset = 1200
+test_subset = 500
+[base.model]
+hidden = [16, 8]
+[base.train]
+epochs = 2
+finetune_epochs = 1
+lr = 0.003
+{methods}
+"""
+
+
+TINY_METHODS = """
+[[methods]]
+name = "dense"
+train = { finetune_epochs = 0 }
+[[methods]]
+name = "magnitude-l2"
+[[methods]]
+name = "random"
+[[methods]]
+name = "game"
+beta = 0.05
+lr_s = 0.02
+points = [{ gamma = 0.3 }, { gamma = 0.05 }]
+"""
+
+
+def _write(tmp_path, text, name="sweep.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_sweep_runs_the_grid_stores_every_run_once_and_reports(tmp_path, data_root):
+    sweep = load_sweep(_write(tmp_path, _sweep_text(data_root, TINY_METHODS)))
+    assert [r.run_id for r in sweep.runs] == [
+        "dense/default/seed0", "magnitude-l2/budget=0.25/seed0", "random/budget=0.25/seed0",
+        "game/gamma=0.3/seed0", "game/gamma=0.05/seed0",
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    assert run_sweep(sweep, out, quiet=True) == {"ran": 5, "resumed": 0, "skipped": 0, "failed": 0}
+    with ResultStore(out / "results.sqlite") as store:
+        rows = store.rows()
+    assert sorted(r["run_id"] for r in rows) == sorted(r.run_id for r in sweep.runs)
+    by_id = {r["run_id"]: r["results"] for r in rows}
+    # a budgeted method keeps exactly round(0.25 × 24) = 6 players
+    assert by_id["magnitude-l2/budget=0.25/seed0"]["neurons_kept"] == {"1": 4, "3": 2}
+    # random shared the dense training phase that magnitude-l2 trained first
+    assert not by_id["magnitude-l2/budget=0.25/seed0"]["shared_training"]
+    assert by_id["random/budget=0.25/seed0"]["shared_training"]
+    assert by_id["dense/default/seed0"]["macs_after"] == 784 * 16 + 16 * 8 + 8 * 10
+
+    # started again, nothing runs twice
+    assert run_sweep(sweep, out, quiet=True) == {"ran": 0, "resumed": 0, "skipped": 5, "failed": 0}
+    with ResultStore(out / "results.sqlite") as store:
+        assert len(store) == 5
+
+    report = write_report(out)
+    text = report.read_text()
+    assert "## Budget 25% of players kept" in text and "**" in text
+    frontier = json.loads((out / "frontier.json").read_text())
+    keys = {"method", "budget", "kept_fraction_mean", "test_accuracy_mean", "test_accuracy_std", "seeds"}
+    assert all(keys <= set(row) for row in frontier)
+    l2 = next(r for r in frontier if r["method"] == "magnitude-l2")
+    assert l2["budget"] == 0.25 and l2["kept_fraction_mean"] == 0.25 and l2["seeds"] == 1
+    for name in ("frontier_kept.png", "frontier_params.png", "frontier_macs.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_sharing_the_dense_phase_gives_the_same_result_as_training_it(tmp_path, data_root):
+    text = _sweep_text(data_root, '[[methods]]\nname = "magnitude-l1"')
+    cfg = load_sweep(_write(tmp_path, text)).runs[0].config
+    alone = train.run(cfg, tmp_path / "alone", quiet=True)
+    train.run(cfg, tmp_path / "first", quiet=True, shared=tmp_path / "shared")
+    reused = train.run(cfg, tmp_path / "second", quiet=True, shared=tmp_path / "shared")
+    assert reused["shared_training"] and not alone["shared_training"]
+    assert reused["test_accuracy"] == alone["test_accuracy"]
+    assert reused["test_loss"] == alone["test_loss"]
+
+
+def test_an_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path, data_root, monkeypatch):
+    sweep = load_sweep(_write(tmp_path, _sweep_text(data_root, TINY_METHODS)))
+    out = tmp_path / "out"
+    real_run, calls = train.run, []
+
+    def dies_on_the_third(cfg, path, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(cfg, path, **kw)
+
+    monkeypatch.setattr(train, "run", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, out, quiet=True)
+    with ResultStore(out / "results.sqlite") as store:
+        assert len(store) == 2
+    monkeypatch.setattr(train, "run", real_run)
+    assert run_sweep(sweep, out, quiet=True) == {"ran": 3, "resumed": 0, "skipped": 2, "failed": 0}
+    with ResultStore(out / "results.sqlite") as store:
+        assert sorted(r["run_id"] for r in store.rows()) == sorted(r.run_id for r in sweep.runs)
+
+
+def test_a_collapsing_setting_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_root):
+    methods = """
+[[methods]]
+name = "game"
+lr_s = 0.5
+points = [{ gamma = 50.0 }, { gamma = 0.0 }]
+"""
+    out = tmp_path / "out"
+    sweep = load_sweep(_write(tmp_path, _sweep_text(data_root, methods)))
+    assert run_sweep(sweep, out, quiet=True) == {"ran": 2, "resumed": 0, "skipped": 0, "failed": 1}
+    with ResultStore(out / "results.sqlite") as store:
+        status = {r["point"]: r["status"] for r in store.rows()}
+    assert status == {"gamma=50.0": "failed", "gamma=0.0": "finished"}
+    text = write_report(out).read_text()
+    assert "## Failed runs" in text and "game/gamma=50.0/seed0" in text and "dropped out" in text
+    assert [r["point"] for r in json.loads((out / "frontier.json").read_text())] == ["gamma=0.0"]
+    # a failure is an outcome: started again, the sweep does not retry it
+    assert run_sweep(sweep, out, quiet=True)["skipped"] == 2
+
+
+def test_a_sweep_directory_refuses_a_changed_plan(tmp_path, data_root):
+    out = tmp_path / "out"
+    text = _sweep_text(data_root, '[[methods]]\nname = "scratch"\ntrain = { finetune_epochs = 0 }', budgets="[0.5]")
+    run_sweep(load_sweep(_write(tmp_path, text)), out, quiet=True)
+    changed = load_sweep(_write(tmp_path, text.replace("lr = 0.003", "lr = 0.01"), "changed.toml"))
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_sweep(changed, out, quiet=True)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('name = "random"', 'name = "randm"'), "unknown method 'randm'"),
+        (
+            lambda t: t.replace("budgets = [0.25]", "budgets = [0.25, 1.5]"),
+            r"budgets: expected a list of fractions in \(0, 1\]",
+        ),
+        (lambda t: t.replace("seeds = [0]", "seed = [0]"), "unknown key 'seed' .*did you mean 'seeds'"),
+        (
+            lambda t: t.replace("lr_s = 0.02", "lr_s = 0.02\ncost_rmp = 0.5"),
+            "unknown key 'cost_rmp'.*did you mean 'cost_ramp'",
+        ),
+        (lambda t: t.replace('name = "random"', 'name = "random"\nplayers = "filter"'), "unknown player kind 'filter'"),
+        (lambda t: t.replace("hidden = [16, 8]", "hidden = [16, 8]\ndepth = 3"), "unknown key 'depth'"),
+    ],
+)
+def test_bad_sweep_files_fail_before_any_training(tmp_path, data_root, edit, message, capsys):
+    path = _write(tmp_path, edit(_sweep_text(data_root, TINY_METHODS)))
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "equiprune: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_labels_are_refused():
+    with pytest.raises(ConfigError, match="label 'random' is used twice"):
+        parse_sweep({"budgets": [0.5], "methods": [{"name": "random"}, {"name": "random"}]})
+
+
+def _row(label, method, point, budget, kept, acc, seed=0):
+    results = {"kept_fraction": kept, "test_accuracy": acc, "params_after": 100, "macs_after": 90}
+    return {"run_id": f"{label}/{point}/seed{seed}", "label": label, "method": method, "point": point,
+            "budget": budget, "seed": seed, "results": results}  # fmt: skip
+
+
+def test_budget_free_settings_join_the_nearest_budget_only_when_close():
+    rows = [
+        _row("game", "game", "gamma=0.35", None, 0.021, 0.9),
+        _row("game", "game", "gamma=0.05", None, 0.5, 0.97),
+        _row("taylor", "taylor", "budget=0.02", 0.02, 0.02, 0.88, 0),
+        _row("taylor", "taylor", "budget=0.02", 0.02, 0.02, 0.90, 1),
+    ]
+    frontier = {(r.method, r.point): r for r in frontier_rows(rows, [0.02, 0.1])}
+    assert frontier[("game", "gamma=0.35")].budget == 0.02
+    assert frontier[("game", "gamma=0.05")].budget is None  # 5x away from 0.1: placed nowhere
+    taylor = frontier[("taylor", "budget=0.02")]
+    assert taylor.seeds == 2 and taylor.test_accuracy_mean == pytest.approx(0.89)
+    assert taylor.test_accuracy_std == pytest.approx(0.0141421, rel=1e-4)
+
+
+def test_budget_key_in_a_run_config_reaches_the_method():
+    cfg = run_config_from_dict({"method": {"name": "taylor", "budget": 0.05, "schedule": "iterative"}})
+    method = cfg.method.build()
+    assert method.settings.budget == 0.05 and method.settings.schedule == "iterative"
