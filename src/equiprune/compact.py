@@ -24,6 +24,9 @@ class PruneResult:
     model: nn.Module  # the smaller plain model
     kept: dict[str, int]  # player group name -> players kept
     total: dict[str, int]  # player group name -> players before pruning
+    #: unstructured results only: parameter name (in ``model``) -> which entries may be non-zero;
+    #: fine-tuning re-applies them after every step, so pruned weights stay pruned
+    weight_masks: dict[str, torch.Tensor] | None = None
 
     @property
     def kept_fraction(self) -> float:

@@ -90,7 +90,7 @@ class MethodConfig:
     name: str = "game"
     preset: str | None = None
     exclude: list[str] = field(default_factory=list)  # layers (module names) left ungated
-    players: str = "neuron"  # the player kind: what one player is (see equiprune.groups)
+    players: str | None = None  # the player kind (see equiprune.groups); default: the method's own
     settings: dict[str, Any] = field(default_factory=dict)
 
     def build(self):
@@ -98,6 +98,8 @@ class MethodConfig:
         from .groups import PLAYER_KINDS
         from .methods import METHODS, build_method
 
+        if self.players is None:
+            return build_method(self.name, self.preset, self.settings, tuple(self.exclude))
         if self.players not in PLAYER_KINDS:
             raise ConfigError(
                 f"method.players: unknown player kind {self.players!r}; expected one of {list(PLAYER_KINDS)}"
@@ -134,7 +136,7 @@ class RunConfig:
         d["method"] = {"name": method["name"], **_resolved_method_settings(self.method)}
         if method["exclude"]:
             d["method"]["exclude"] = method["exclude"]
-        if method["players"] != "neuron":
+        if method["players"] is not None:
             d["method"]["players"] = method["players"]
         return _drop_none(d)
 

@@ -24,8 +24,9 @@ import torch.nn as nn
 
 from .errors import PruningError
 
-#: The kinds of player equiprune can gate today (filters, heads and single weights are planned).
-PLAYER_KINDS = ("neuron",)
+#: The kinds of player equiprune can prune today (filters and heads are planned): hidden neurons,
+#: and single weights (unstructured pruning, see ``equiprune.masks``).
+PLAYER_KINDS = ("neuron", "weight")
 
 #: Modules that act element by element: a neuron's value passes through them unchanged in position,
 #: so a Linear's output neurons stay aligned with the next Linear's inputs.

@@ -12,6 +12,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero: the size of an unstructured result."""
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """MACs of one forward pass on a single example of ``input_shape`` (Linear and Conv layers;

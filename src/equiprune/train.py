@@ -39,7 +39,7 @@ from .compact import PruneResult
 from .config import RunConfig
 from .data import DATASETS, Batches, Split, load_split
 from .errors import TrainingDiverged
-from .measure import count_macs, count_params
+from .measure import count_macs, count_params, nonzero_params
 from .methods import Method
 from .methods.base import Calibration
 from .models import create_model
@@ -198,6 +198,7 @@ class Trainer:
             # The compacted architecture differs from the configured one: keep the module itself.
             payload["small_model"] = st.result.model
             payload["kept"], payload["total"] = st.result.kept, st.result.total
+            payload["weight_masks"] = st.result.weight_masks
         io.torch_save(self.run_dir.checkpoint, payload)
         self.run_dir.write_metrics(st.metrics)
 
@@ -209,7 +210,8 @@ class Trainer:
             self.trained.load_state_dict(ck["trained_state"])
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
         else:
-            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"])
+            masks = ck["weight_masks"] and {k: v.to(self.device) for k, v in ck["weight_masks"].items()}
+            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"], masks)
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
         self.method.load_state_dict(ck["method_state"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -220,8 +222,10 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def _train_epoch(self, model: nn.Module, epoch: int, use_method: bool, bar) -> dict[str, float]:
+    def _train_epoch(self, model: nn.Module, epoch: int, use_method: bool, bar, masks=None) -> dict[str, float]:
+        """One epoch; ``masks`` (parameter name -> bool) keeps an unstructured result's zeros at zero."""
         model.train()
+        masked = [(p, masks[n]) for n, p in model.named_parameters() if n in masks] if masks else []
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -236,8 +240,17 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.sched.step()
+            if masked:
+                with torch.no_grad():
+                    for p, m in masked:
+                        p.mul_(m)
             if use_method:
                 self.method.after_step(model)
+                restart = self.method.optimizer_restart()
+                if restart:
+                    t = self.cfg.train
+                    params = self.method.weight_parameters(model)
+                    self.opt, self.sched = _optimizer(self.cfg, params, t.optimizer, t.lr, 1, restart)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -291,7 +304,8 @@ class Trainer:
             model_now = self.trained if use_method else st.result.model
             with tqdm(total=len(self.batches), desc=f"epoch {st.epoch + 1}/{total} ({st.phase})",
                       leave=False, disable=self.quiet, unit="step") as bar:  # fmt: skip
-                row = self._train_epoch(model_now, st.epoch, use_method, bar)
+                masks = None if use_method else st.result.weight_masks
+                row = self._train_epoch(model_now, st.epoch, use_method, bar, masks)
             acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
             row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
             row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
@@ -345,6 +359,8 @@ class Trainer:
             "budget": getattr(self.method.settings, "budget", None),
             "params_before": params_before,
             "params_after": count_params(small),
+            "nonzero_params_after": nonzero_params(small),
+            "players": self.cfg.method.players or self.method.player_kinds[0],
             "macs_before": self.macs_before,
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,

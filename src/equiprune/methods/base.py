@@ -35,6 +35,7 @@ class Calibration:
         from ..data import Batches
 
         self._batches = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
+        self.input_shape = tuple(split.x.shape[1:])
 
     def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i, batch in enumerate(self._batches.epoch(0)):
@@ -100,6 +101,12 @@ class Method:
     def after_step(self, trained: nn.Module) -> None:
         pass
 
+    def optimizer_restart(self) -> int | None:
+        """Asked after every ``after_step``: a number of steps if the weight optimizer should start
+        afresh (state and learning-rate schedule, the schedule spanning that many steps), else None.
+        Rewinding methods (lottery tickets) restart training from their rewind point."""
+        return None
+
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
         return {}
 
@@ -128,6 +135,7 @@ class Dense(Method):
 
     name = "dense"
     settings_type = DenseSettings
+    player_kinds = ("neuron", "weight")
 
     def training_key(self) -> str | None:
         return "dense"

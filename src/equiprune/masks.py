@@ -1,0 +1,100 @@
+"""Single weights as players: boolean masks over a model's weight matrices, and their compaction.
+
+Unstructured pruning zeroes individual weights; a dense layer does not get smaller by that alone.
+Compaction therefore (1) zeroes the pruned weights for good and (2) removes every hidden neuron
+that the masks have cut off: a neuron with no outgoing weight left contributes nothing, and one
+with no incoming weight left outputs the constant act(bias), which folds exactly into the next
+layer's bias. What remains is a plain, smaller ``nn.Module`` whose outputs equal the masked
+model's; its remaining zeros are counted by ``measure.nonzero_params``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from .compact import PruneResult, compact
+from .errors import PruningError
+from .groups import GatedModel, neuron_players
+
+PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+class WeightMasks:
+    """One boolean mask per prunable weight (Linear and Conv layers, biases excluded)."""
+
+    def __init__(self, model: nn.Module, exclude: Iterable[str] = ()):
+        exclude = set(exclude)
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE) and name not in exclude}
+        unknown = exclude - {name for name, _ in model.named_modules()}
+        if unknown:
+            raise PruningError(f"exclude names no layer of the model: {sorted(unknown)}")
+        if not self.layers:
+            raise PruningError("the model has no Linear or Conv layer whose weights could be pruned")
+        self.masks = {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in self.layers.items()}
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: m.weight for name, m in self.layers.items()}
+
+    def sizes(self) -> dict[str, int]:
+        return {name: mask.numel() for name, mask in self.masks.items()}
+
+    def kept(self) -> dict[str, int]:
+        return {name: int(mask.sum()) for name, mask in self.masks.items()}
+
+    def set(self, masks: dict[str, torch.Tensor]) -> None:
+        """Adopt new masks (flat or shaped) and zero the weights they drop."""
+        self.masks = {name: masks[name].reshape(m.weight.shape).to(m.weight.device) for name, m in self.layers.items()}
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the pruned weights (after every optimizer step: the optimizer moves them all)."""
+        for name, m in self.layers.items():
+            m.weight.mul_(self.masks[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: mask.cpu() for name, mask in self.masks.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.set(state)
+
+
+@torch.no_grad()
+def compact_unstructured(model: nn.Module, masks: WeightMasks) -> PruneResult:
+    """The masked model without the hidden neurons the masks cut off (see the module doc).
+
+    ``kept``/``total`` count weights per layer, the players of unstructured pruning."""
+    masks.apply()
+    small = copy.deepcopy(model)
+    try:
+        groups = neuron_players(small)
+    except PruningError:  # not a chain of Linear layers: keep the architecture, zeros and all
+        groups = []
+    keep = {}
+    for g in groups:
+        w_in, w_out = g.producer.weight, g.consumer.weight
+        no_input = ~(w_in != 0).any(dim=1)
+        no_output = ~(w_out != 0).any(dim=0)
+        if no_input.any():
+            # Such a neuron outputs act(b_i) whatever the input: fold it into the consumer's bias.
+            b = g.producer.bias if g.producer.bias is not None else torch.zeros(g.size, device=w_in.device)
+            constant = b * no_input
+            for m in g.between:
+                constant = m.eval()(constant)
+            constant = constant * no_input  # only the removed, input-less neurons
+            if g.consumer.bias is None:
+                raise PruningError(f"layer {g.consumer_name!r} has no bias to take the constant of the removed neurons")
+            g.consumer.bias += w_out @ constant
+        alive = ~(no_input | no_output)
+        if not alive.any():
+            alive[0] = True  # keep the network connected: one neuron that may carry nothing
+        keep[g.name] = alive
+    if groups:
+        small = compact(GatedModel(small, groups), keep).model
+    total, kept = masks.sizes(), masks.kept()
+    weight_masks = {f"{name}.weight": m.weight != 0 for name, m in small.named_modules() if isinstance(m, PRUNABLE)}
+    return PruneResult(small, kept, total, weight_masks)

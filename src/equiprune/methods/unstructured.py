@@ -1,0 +1,383 @@
+"""Unstructured baselines: single weights are the players.
+
+Every method here keeps exactly the budget's count of weights (``round(budget × N)`` of the
+prunable weights, Linear and Conv layers, biases not counted) and differs in *when* and *by what*
+it chooses:
+
+- at initialisation, before any training: ``snip`` (|g ⊙ θ|), ``grasp`` (θ ⊙ Hg, gradient flow
+  preservation) and ``synflow`` (data-free iterative synaptic flow, 100 rounds by default);
+- at the end of training, then fine-tuned: ``weight-magnitude`` (|θ|; ``allocation`` global or
+  layer-wise; one-shot or ``iterative``) and ``weight-random``;
+- during training: ``gmp`` (gradual magnitude pruning, Zhu & Gupta 2017: sparsity follows
+  s_t = s_f·(1 − (1 − (t − t0)/(t1 − t0))³) between fractions ``start`` and ``end`` of the phase,
+  pruning every ``every`` steps) and ``imp`` (iterative magnitude pruning with weight rewinding,
+  the lottery-ticket procedure: ``rounds`` train–prune–rewind cycles within the phase, weights
+  rewound to their values after ``rewind_step`` steps, the optimizer and schedule restarted; the
+  final ticket trains during the fine-tuning epochs).
+
+A pruned weight is zeroed after every optimizer step and never revived. Compaction
+(:func:`equiprune.masks.compact_unstructured`) removes the neurons the masks cut off.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..compact import PruneResult
+from ..errors import ConfigError
+from ..masks import WeightMasks, compact_unstructured
+from ..selection import Allocation, top_k_masks
+from .base import METHODS, Calibration, Method
+
+
+@dataclass(frozen=True)
+class UnstructuredSettings:
+    """``budget``: fraction of the prunable weights kept; ``allocation``: one global ranking (the
+    default) or the same fraction per layer; ``calibration_batches``: batches a data-driven score
+    averages over."""
+
+    budget: float = 0.1
+    allocation: Allocation = "global"
+    calibration_batches: int = 8
+
+    def __post_init__(self):
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"method.budget: must lie in (0, 1], got {self.budget!r}")
+        if self.allocation not in ("layerwise", "global"):
+            raise ConfigError(f"method.allocation: got {self.allocation!r}, expected 'layerwise' or 'global'")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"method.calibration_batches: must be >= 1, got {self.calibration_batches!r}")
+
+
+class UnstructuredPruner(Method):
+    """Base: holds the weight masks, keeps pruned weights at zero, selects by :meth:`scores`."""
+
+    player_kinds = ("weight",)
+    settings_type = UnstructuredSettings
+    #: when the budget is applied: "init" (before_run), "end" (finish) or "during" (subclass)
+    when: str = "end"
+
+    def __init__(self, settings, exclude: tuple[str, ...] = ()):
+        super().__init__(settings, exclude)
+        self._step = 0
+        self._calibration: Calibration | None = None
+
+    def scores(self, model: nn.Module, calibration: Calibration | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.masks = WeightMasks(model, self.exclude)
+        return model
+
+    def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
+        self._calibration = calibration
+        self._total_steps = steps_per_epoch * epochs
+        if self.when == "init" and self._step == 0:
+            self.prune_to(trained, self.settings.budget)
+
+    def training_key(self) -> str | None:
+        return "dense" if self.when == "end" else None
+
+    def after_step(self, trained: nn.Module) -> None:
+        self._step += 1
+        self.masks.apply()
+
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
+        if self.when == "end":
+            self.prune_to(trained, self.settings.budget)
+        return compact_unstructured(trained, self.masks)
+
+    def prune_to(self, model: nn.Module, fraction: float) -> None:
+        """Keep ``fraction`` of all prunable weights, chosen by score among those still alive."""
+        scores = self.scores(model, self._calibration)
+        ranked = {
+            name: torch.where(self.masks.masks[name], scores[name].detach().float(), float("-inf"))
+            for name in self.masks.masks
+        }
+        self.masks.set(top_k_masks(ranked, fraction, self.settings.allocation))
+
+    def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
+        kept, total = self.masks.kept(), self.masks.sizes()
+        return {"players": sum(total.values()), "players_alive": sum(kept.values()),
+                "alive_fraction": sum(kept.values()) / sum(total.values()), "alive_per_layer": kept}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "masks": self.masks.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = state["step"]
+        self.masks.load_state_dict(state["masks"])
+
+
+def _loss_grads(model: nn.Module, weights: list[torch.Tensor], x, y, create_graph: bool = False):
+    with torch.enable_grad():
+        return torch.autograd.grad(F.cross_entropy(model(x), y), weights, create_graph=create_graph)
+
+
+# --- at the end of training ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MagnitudeSettings(UnstructuredSettings):
+    schedule: Literal["one-shot", "iterative"] = "one-shot"
+    rounds: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rounds < 1:
+            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
+
+
+@METHODS.register("weight-magnitude")
+class WeightMagnitude(UnstructuredPruner):
+    """Keep the largest |θ|: one global ranking, or the same fraction per layer (``allocation``).
+    ``schedule = "iterative"`` prunes in ``rounds`` geometric steps during training."""
+
+    name = "weight-magnitude"
+    settings_type = MagnitudeSettings
+
+    def training_key(self) -> str | None:
+        return "dense" if self.settings.schedule == "one-shot" else None
+
+    def after_step(self, trained: nn.Module) -> None:
+        super().after_step(trained)
+        rounds = self.settings.rounds if self.settings.schedule == "iterative" else 1
+        for r in range(1, rounds):
+            if self._step == round(self._total_steps * r / rounds):
+                self.prune_to(trained, self.settings.budget ** (r / rounds))
+
+    def scores(self, model, calibration=None):
+        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
+
+
+@METHODS.register("weight-random")
+class WeightRandom(UnstructuredPruner):
+    """Keep a uniformly random set of weights (torch's global RNG, which the run seeds)."""
+
+    name = "weight-random"
+
+    def scores(self, model, calibration=None):
+        return {name: torch.rand_like(w, dtype=torch.float32) for name, w in self.masks.weights().items()}
+
+
+# --- at initialisation --------------------------------------------------------------------------
+
+
+@METHODS.register("snip")
+class Snip(UnstructuredPruner):
+    """SNIP (Lee et al., 2019): connection sensitivity |∂L/∂θ ⊙ θ| at initialisation."""
+
+    name = "snip"
+    when = "init"
+
+    def scores(self, model, calibration=None):
+        weights = list(self.masks.weights().values())
+        total = [torch.zeros_like(w) for w in weights]
+        n = 0
+        for x, y in calibration.batches(self.settings.calibration_batches):
+            for acc, w, g in zip(total, weights, _loss_grads(model, weights, x, y)):
+                acc += g.abs() * w.detach().abs()
+            n += 1
+        return {name: t / n for name, t in zip(self.masks.weights(), total)}
+
+
+@dataclass(frozen=True)
+class GraspSettings(UnstructuredSettings):
+    temperature: float = 200.0  # logits are divided by it, as in the paper's code
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ConfigError(f"method.temperature: must be > 0, got {self.temperature!r}")
+
+
+@METHODS.register("grasp")
+class Grasp(UnstructuredPruner):
+    """GraSP (Wang et al., 2020): keep the weights whose removal least reduces gradient flow,
+    i.e. drop the largest −θ ⊙ Hg; the score kept here is θ ⊙ Hg (larger is kept)."""
+
+    name = "grasp"
+    when = "init"
+    settings_type = GraspSettings
+
+    def scores(self, model, calibration=None):
+        weights = list(self.masks.weights().values())
+        batches = list(calibration.batches(self.settings.calibration_batches))
+        t = self.settings.temperature
+        with torch.enable_grad():
+            g = [torch.zeros_like(w) for w in weights]  # the gradient, summed over batches, held fixed
+            for x, y in batches:
+                for acc, gi in zip(g, torch.autograd.grad(F.cross_entropy(model(x) / t, y), weights)):
+                    acc += gi
+            hg = [torch.zeros_like(w) for w in weights]
+            for x, y in batches:
+                grads = torch.autograd.grad(F.cross_entropy(model(x) / t, y), weights, create_graph=True)
+                z = sum((gi * gf).sum() for gi, gf in zip(grads, g))
+                for acc, h in zip(hg, torch.autograd.grad(z, weights)):
+                    acc += h
+        return {name: w.detach() * h for name, w, h in zip(self.masks.weights(), weights, hg)}
+
+
+@dataclass(frozen=True)
+class SynflowSettings(UnstructuredSettings):
+    iterations: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.iterations < 1:
+            raise ConfigError(f"method.iterations: must be >= 1, got {self.iterations!r}")
+
+
+@METHODS.register("synflow")
+class Synflow(UnstructuredPruner):
+    """SynFlow (Tanaka et al., 2020): data-free; ``iterations`` rounds, each keeping
+    budget^(k/iterations) of the weights by |θ ⊙ ∂R/∂θ|, R = 1ᵀ(Π|θ_l|)1 on an all-ones input."""
+
+    name = "synflow"
+    when = "init"
+    settings_type = SynflowSettings
+
+    def prune_to(self, model: nn.Module, fraction: float) -> None:
+        probe = copy.deepcopy(model).double().eval()  # |θ| and float64: R grows with depth
+        probe_masks = WeightMasks(probe, self.exclude)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.abs_()
+        if self._calibration is None:
+            raise ConfigError("method 'synflow' needs the input shape, but the loop gave it no calibration data")
+        x = torch.ones(1, *self._calibration.input_shape, dtype=torch.float64)
+        n = self.settings.iterations
+        for k in range(1, n + 1):
+            probe_masks.set(self.masks.masks)
+            weights = list(probe_masks.weights().values())
+            with torch.enable_grad():
+                grads = torch.autograd.grad(probe(x).sum(), weights)
+            scores = {name: (w.detach() * g).abs() for name, w, g in zip(probe_masks.weights(), weights, grads)}
+            ranked = {name: torch.where(self.masks.masks[name], s.float(), float("-inf")) for name, s in scores.items()}
+            self.masks.set(top_k_masks(ranked, fraction ** (k / n), self.settings.allocation))
+
+
+# --- during training ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GmpSettings(UnstructuredSettings):
+    start: float = 0.1  # fraction of the training phase where pruning begins
+    end: float = 0.75  # ... and where it reaches the budget
+    every: int = 100  # steps between prunings
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.start < self.end <= 1:
+            raise ConfigError(f"method.start/end: need 0 <= start < end <= 1, got {self.start!r}, {self.end!r}")
+        if self.every < 1:
+            raise ConfigError(f"method.every: must be >= 1, got {self.every!r}")
+
+
+@METHODS.register("gmp")
+class GradualMagnitude(UnstructuredPruner):
+    """Gradual magnitude pruning with the cubic sparsity schedule of Zhu & Gupta (2017)."""
+
+    name = "gmp"
+    when = "during"
+    settings_type = GmpSettings
+
+    def keep_fraction(self, step: int) -> float:
+        """1 − s_t, s_t = s_f·(1 − (1 − progress)³), progress clipped to [0, 1] over [start, end]."""
+        t0, t1 = self.settings.start * self._total_steps, self.settings.end * self._total_steps
+        progress = min(1.0, max(0.0, (step - t0) / max(t1 - t0, 1)))
+        return 1 - (1 - self.settings.budget) * (1 - (1 - progress) ** 3)
+
+    def after_step(self, trained: nn.Module) -> None:
+        super().after_step(trained)
+        t0 = self.settings.start * self._total_steps
+        if self._step >= t0 and (self._step - round(t0)) % self.settings.every == 0:
+            self.prune_to(trained, self.keep_fraction(self._step))
+
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
+        self.prune_to(trained, self.settings.budget)  # lands exactly on the budget
+        return compact_unstructured(trained, self.masks)
+
+    def scores(self, model, calibration=None):
+        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
+
+
+@dataclass(frozen=True)
+class ImpSettings(UnstructuredSettings):
+    rounds: int = 4  # prune–rewind cycles within the training phase (the last at its end)
+    rewind_step: int = 0  # weights rewind to their values after this many steps (0: initialisation)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rounds < 1:
+            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
+        if self.rewind_step < 0:
+            raise ConfigError(f"method.rewind_step: must be >= 0, got {self.rewind_step!r}")
+
+
+@METHODS.register("imp")
+class IterativeMagnitudeRewind(UnstructuredPruner):
+    """Lottery tickets: train, prune the smallest weights, rewind the rest, repeat."""
+
+    name = "imp"
+    when = "during"
+    settings_type = ImpSettings
+
+    def __init__(self, settings, exclude: tuple[str, ...] = ()):
+        super().__init__(settings, exclude)
+        self._rewind: dict[str, torch.Tensor] | None = None
+        self._restart: int | None = None
+
+    def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
+        super().before_run(trained, steps_per_epoch, epochs, calibration)
+        self._round_len = max(1, self._total_steps // self.settings.rounds)
+        if self.settings.rewind_step >= self._round_len:
+            raise ConfigError(
+                f"method.rewind_step: {self.settings.rewind_step} is not inside the first round "
+                f"({self._round_len} steps); choose a smaller rewind point or fewer rounds"
+            )
+        if self._rewind is None and self.settings.rewind_step == 0:
+            self._snapshot(trained)
+
+    def _snapshot(self, model: nn.Module) -> None:
+        self._rewind = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def _prune_and_rewind(self, model: nn.Module, fraction: float) -> None:
+        self.prune_to(model, fraction)
+        model.load_state_dict(self._rewind)
+        self.masks.apply()
+
+    def after_step(self, trained: nn.Module) -> None:
+        super().after_step(trained)
+        if self._step == self.settings.rewind_step:
+            self._snapshot(trained)
+        r = self._step // self._round_len
+        if self._step % self._round_len == 0 and 1 <= r < self.settings.rounds:
+            self._prune_and_rewind(trained, self.settings.budget ** (r / self.settings.rounds))
+            self._restart = self._round_len  # the next round trains with a fresh optimizer and schedule
+
+    def optimizer_restart(self) -> int | None:
+        restart, self._restart = self._restart, None
+        return restart
+
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
+        # The final ticket: the budget's mask on the rewound weights; the fine-tuning epochs train it.
+        self._prune_and_rewind(trained, self.settings.budget)
+        return compact_unstructured(trained, self.masks)
+
+    def scores(self, model, calibration=None):
+        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rewind": self._rewind}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._rewind = state["rewind"]
