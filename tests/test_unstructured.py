@@ -197,3 +197,49 @@ budget = 0.1
     assert sum(results["neurons_kept"].values()) == round(0.1 * weights)
     assert results["nonzero_params_after"] <= round(0.1 * weights) + 32 + 16 + 10
     assert results["test_accuracy"] > 0.3  # learned something (chance: 0.1) in 12 fine-tuning steps
+
+
+def test_an_interrupted_lottery_ticket_run_resumes_to_the_same_result(tmp_path, data_root, monkeypatch):
+    """Masks, the rewind snapshot, a restarted optimizer and the masked fine-tuning all survive a
+    crash: interrupted during the pruning phase and again during fine-tuning, the run ends as an
+    uninterrupted one does."""
+    cfg = parse_config(f"""
+seed = 0
+device = "cpu"
+[data]
+root = "{data_root}"
+train_subset = 1000
+test_subset = 300
+[model]
+hidden = [16, 8]
+[train]
+epochs = 4
+finetune_epochs = 2
+[method]
+name = "imp"
+budget = 0.2
+rounds = 2
+rewind_step = 3
+""")
+    whole = train.run(cfg, tmp_path / "whole", quiet=True)
+    real, calls = train.Trainer._train_epoch, []
+
+    def crash_on(*which):
+        def epoch(self, *args, **kw):
+            calls.append(1)
+            if len(calls) in which:
+                raise KeyboardInterrupt
+            return real(self, *args, **kw)
+
+        return epoch
+
+    monkeypatch.setattr(train.Trainer, "_train_epoch", crash_on(2, 5))  # epoch 2; then epoch 4 of the resumed run
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path / "cut", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path / "cut", resume=True, quiet=True)
+    monkeypatch.setattr(train.Trainer, "_train_epoch", real)
+    resumed = train.run(cfg, tmp_path / "cut", resume=True, quiet=True)
+    for r in (whole, resumed):
+        r.pop("seconds")
+    assert resumed == whole
