@@ -134,3 +134,25 @@ def test_theta_reading_is_participation_times_gated_reading_for_relu():
     for group, s0, gs in zip(gated.groups, before, grads_s):
         theta_inner = game.inner_with_grad(group.blocks(), group.grad_blocks())
         torch.testing.assert_close(theta_inner, s0 * gs)
+
+
+@pytest.mark.parametrize("activation, balanced", [("relu", True), ("tanh", False)])
+def test_balanced_folding_keeps_the_function_and_equalises_norms_where_exact(activation, balanced):
+    model = mlp(input_shape=(1, 8, 8), hidden=(40, 24), activation=activation).double()
+    gated = attach(model)
+    _random_participations(gated)
+    with torch.no_grad():
+        model[1].weight.mul_(30.0)  # the lopsidedness the game produces: big rows, small participations
+    plain = compact(gated, keep_masks(gated, 0.01))
+    balanced_result = compact(gated, keep_masks(gated, 0.01), balance=True)
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(balanced_result.model(x), plain.model(x), rtol=1e-9, atol=1e-12)
+    m = balanced_result.model
+    rows = (m[1].weight.square().sum(1) + m[1].bias.square()).sqrt()
+    cols = m[3].weight.square().sum(0).sqrt()
+    if balanced:
+        torch.testing.assert_close(rows, cols, rtol=1e-5, atol=0)
+        rows2 = (m[3].weight.square().sum(1) + m[3].bias.square()).sqrt()
+        torch.testing.assert_close(rows2, m[5].weight.square().sum(0).sqrt(), rtol=1e-5, atol=0)
+    else:  # tanh is not positively homogeneous: nothing may move across it
+        torch.testing.assert_close(m[1].weight, plain.model[1].weight)

@@ -46,6 +46,10 @@ class GameSettings:
       their values (0, the paper's setting, applies them in full from the first step). With
       strong costs a ramp lets the weakest players leave first, instead of every player declining
       together until whole layers collapse.
+    - ``fold``: at compaction the survivors' participations fold into the next layer's input
+      columns (``"consumer"``); ``"balanced"`` then also equalises each neuron's incoming and
+      outgoing norms where the activation allows it exactly (ReLU family; see
+      ``compact.rebalance``), which gives fine-tuning a well-scaled start.
     """
 
     alpha: float = 1.0
@@ -58,6 +62,7 @@ class GameSettings:
     benefit_grad: BenefitGrad = "gated"
     update: Update = "ascent"
     cost_ramp: float = 0.0
+    fold: Literal["consumer", "balanced"] = "consumer"
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta"):
@@ -76,6 +81,7 @@ class GameSettings:
             ("benefit_sign", ("loss_reduction", "as_written")),
             ("benefit_grad", ("gated", "theta")),
             ("update", ("ascent", "best_response")),
+            ("fold", ("consumer", "balanced")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")

@@ -88,4 +88,5 @@ class EquilibriumPruner(Method):
         }
 
     def finish(self, trained: GatedModel, calibration=None) -> PruneResult:
-        return compact(trained, keep_masks(trained, self.settings.epsilon))
+        masks = keep_masks(trained, self.settings.epsilon)
+        return compact(trained, masks, balance=self.settings.fold == "balanced")
