@@ -149,8 +149,14 @@ def test_a_sweep_directory_refuses_a_changed_plan(tmp_path, data_root):
     text = _sweep_text(data_root, '[[methods]]\nname = "scratch"\ntrain = { finetune_epochs = 0 }', budgets="[0.5]")
     run_sweep(load_sweep(_write(tmp_path, text)), out, quiet=True)
     changed = load_sweep(_write(tmp_path, text.replace("lr = 0.003", "lr = 0.01"), "changed.toml"))
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match="another configuration.*--rerun scratch"):
         run_sweep(changed, out, quiet=True)
+    with pytest.raises(ConfigError, match="no method labelled so"):
+        run_sweep(changed, out, quiet=True, rerun=("scrach",))
+    assert run_sweep(changed, out, quiet=True, rerun=("scratch",))["ran"] == 1
+    with ResultStore(out / "results.sqlite") as store:
+        assert [r["run_id"] for r in store.rows()] == ["scratch/budget=0.5/seed0"]
+    assert "lr = 0.01" in (out / "runs" / "scratch" / "budget=0.5" / "seed0" / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(

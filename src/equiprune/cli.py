@@ -35,7 +35,7 @@ def _cmd_sweep(args) -> int:
     from .sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
-    done = run_sweep(sweep, args.out, quiet=args.quiet)
+    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun))
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
           f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
     print(f"wrote {write_report(args.out)}")
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", help="a TOML sweep file, e.g. configs/sweeps/mnist_mlp_neurons.toml")
     sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--rerun", action="append", default=[], metavar="LABEL",
+                    help="discard the stored runs of this method label and run them again (repeatable)")  # fmt: skip
     sw.set_defaults(func=_cmd_sweep)
 
     rep = sub.add_parser("report", help="write report.md, frontier.json and plots for a sweep directory")

@@ -208,6 +208,8 @@ def write_report(out: str | Path, title: str | None = None, budgets: list[float]
 
         meta = json.loads(plan.read_text(encoding="utf-8"))
         title, budgets = title or f"Sweep report: {meta['name']}", budgets or meta["budgets"]
+        planned = set(meta["runs"])
+        rows = [r for r in rows if r["run_id"] in planned]  # runs of an earlier plan are not reported
     frontier = frontier_rows(rows, budgets)
     budgets = sorted({r.budget for r in frontier if r.budget is not None})
     io.write_json(out / "frontier.json", [r.as_dict() for r in frontier])

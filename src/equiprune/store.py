@@ -61,6 +61,11 @@ class ResultStore:
                  time.strftime("%Y-%m-%dT%H:%M:%S")),
             )  # fmt: skip
 
+    def forget(self, label: str) -> int:
+        """Delete every row of ``label`` (to run that method again); returns how many went."""
+        with self._db:
+            return self._db.execute("DELETE FROM runs WHERE label = ?", (label,)).rowcount
+
     def rows(self) -> list[dict[str, Any]]:
         cur = self._db.execute(
             "SELECT run_id, label, method, point, budget, seed, status, results FROM runs "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,19 +155,30 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
     return runs
 
 
-def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False) -> dict[str, int]:
-    """Run every planned run not yet in the store; returns counts of runs done and skipped."""
+def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[str, ...] = ()) -> dict[str, int]:
+    """Run every planned run not yet in the store; returns counts of runs done and skipped.
+
+    ``rerun``: labels whose stored runs (rows and run directories) are discarded first, to run a
+    method again after changing its settings in the sweep file."""
     from .train import run
 
     out = Path(out)
     done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    labels = {r.label for r in sweep.runs}
+    for label in rerun:
+        if label not in labels:
+            raise ConfigError(f"--rerun {label!r}: the sweep has no method labelled so; labels: {sorted(labels)}")
     with ResultStore(out / "results.sqlite") as store:
+        for label in rerun:
+            store.forget(label)
+            shutil.rmtree(out / "runs" / label, ignore_errors=True)
         for planned in sweep.runs:  # refuse a changed plan before any work
             stored = store.config_hash(planned.run_id)
             if stored is not None and stored != planned.config_hash:
                 raise ConfigError(
-                    f"{out} holds run {planned.run_id} with another configuration; "
-                    "a sweep directory belongs to one sweep: choose another --out"
+                    f"{out} holds run {planned.run_id} with another configuration; to run method "
+                    f"{planned.label!r} again with its new settings pass --rerun {planned.label}, "
+                    "else choose another --out"
                 )
         io.write_json(out / "sweep.json", {"name": sweep.name, "budgets": sweep.budgets,
                                            "runs": [r.run_id for r in sweep.runs]})  # fmt: skip
