@@ -62,3 +62,11 @@ def test_reproduce_cli_rejects_unknown_suite_and_bad_seeds(tmp_path, capsys):
 def test_bundled_configs_are_valid(name):
     cfg = rep.bundled_config("game-mnist", name)
     assert cfg.model.hidden == [512, 256] and cfg.train.epochs == 20 and cfg.data.batch_size == 128
+
+
+def test_the_dense_reference_trains_with_the_best_configurations_small_network_recipe():
+    best = rep.bundled_config("game-mnist", "equiprune-best")
+    ref = rep.dense_reference(best, {"1": 10, "3": 5}, seed=2)
+    assert ref.model.hidden == [10, 5] and ref.seed == 2 and ref.method.name == "dense"
+    assert (ref.train.epochs, ref.train.finetune_epochs) == (best.train.epochs, 0)
+    assert (ref.train.optimizer, ref.train.lr) == (best.train.finetune_optimizer, best.train.finetune_lr)

@@ -47,9 +47,9 @@ class GameSettings:
       strong costs a ramp lets the weakest players leave first, instead of every player declining
       together until whole layers collapse.
     - ``fold``: at compaction the survivors' participations fold into the next layer's input
-      columns (``"consumer"``); ``"balanced"`` then also equalises each neuron's incoming and
-      outgoing norms where the activation allows it exactly (ReLU family; see
-      ``compact.rebalance``), which gives fine-tuning a well-scaled start.
+      columns; ``"balanced"`` (default) then also equalises each neuron's incoming and outgoing
+      norms where the activation allows it exactly (ReLU family; see ``compact.rebalance``), which
+      gives fine-tuning a well-scaled start; ``"consumer"`` leaves the fold as it is.
     """
 
     alpha: float = 1.0
@@ -62,7 +62,7 @@ class GameSettings:
     benefit_grad: BenefitGrad = "gated"
     update: Update = "ascent"
     cost_ramp: float = 0.0
-    fold: Literal["consumer", "balanced"] = "consumer"
+    fold: Literal["consumer", "balanced"] = "balanced"
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta"):

@@ -57,13 +57,25 @@ def run_or_reuse(cfg: RunConfig, out: Path, quiet: bool) -> dict[str, Any]:
 
 
 def dense_reference(best: RunConfig, kept: dict[str, int], seed: int) -> RunConfig:
-    """A dense model of the kept widths, trained from scratch with the best run's whole budget."""
+    """A dense model of the kept widths, trained from scratch with the best run's whole budget.
+
+    It trains with the recipe the best configuration fine-tunes its small network with (SGD with
+    momentum and a cosine schedule suit tiny dense networks best), so the reference is as strong
+    as the pruned model's own training, not weaker."""
     widths = list(kept.values())  # results list the layers in model order
+    t = best.train
     return dataclasses.replace(
         best,
         seed=seed,
         model=dataclasses.replace(best.model, hidden=widths),
-        train=dataclasses.replace(best.train, finetune_epochs=0, finetune_lr=None),
+        train=dataclasses.replace(
+            t,
+            finetune_epochs=0,
+            optimizer=t.finetune_optimizer or t.optimizer,
+            lr=t.finetune_lr if t.finetune_lr is not None else t.lr,
+            finetune_optimizer=None,
+            finetune_lr=None,
+        ),
         method=MethodConfig(name="dense"),
     )
 
