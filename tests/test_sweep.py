@@ -215,3 +215,15 @@ def test_budget_key_in_a_run_config_reaches_the_method():
     cfg = run_config_from_dict({"method": {"name": "taylor", "budget": 0.05, "schedule": "iterative"}})
     method = cfg.method.build()
     assert method.settings.budget == 0.05 and method.settings.schedule == "iterative"
+
+
+def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
+    from equiprune.frontier import FrontierRow, interpolate_accuracy
+
+    def row(params, acc):
+        return FrontierRow("m", "m", "p", 0.1, 1, 0.1, 0.0, acc, 0.0, params, None)
+
+    rows = [row(1000, 0.90), row(100000, 0.98)]
+    assert interpolate_accuracy(rows, 10000) == pytest.approx(0.94)  # halfway in log(parameters)
+    assert interpolate_accuracy(rows, 1000) == pytest.approx(0.90)
+    assert interpolate_accuracy(rows, 500) is None and interpolate_accuracy(rows, 200000) is None

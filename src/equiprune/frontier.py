@@ -129,9 +129,10 @@ def render_markdown(
     if failed:
         lines += ["## Failed runs", "", "These runs stopped with an error; they are not in the tables or plots.", ""]
         lines += [f"- `{r['run_id']}`: {r['results'].get('error', '?')}" for r in failed] + [""]
-    lines += ["![accuracy against players kept](frontier_kept.png)", "",
-              "![accuracy against parameters](frontier_params.png)", "",
-              "![accuracy against MACs](frontier_macs.png)", ""]  # fmt: skip
+    lines += _at_equal_parameters(frontier)
+    lines += ["![test error against players kept](frontier_kept.png)", "",
+              "![test error against parameters](frontier_params.png)", "",
+              "![test error against MACs](frontier_macs.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -160,6 +161,44 @@ def _verdict(frontier: list[FrontierRow], budgets: list[float]) -> list[str]:
     return lines + [""]
 
 
+def interpolate_accuracy(rows: list[FrontierRow], params: float) -> float | None:
+    """A method's mean accuracy at ``params`` parameters, linear in log(parameters) between its two
+    neighbouring points; None outside the range it covers."""
+    pts = sorted((r.params_after_mean, r.test_accuracy_mean) for r in rows)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= params <= x1:
+            t = (math.log(params) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
+            return y0 + t * (y1 - y0)
+    return None
+
+
+def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
+    """The equilibrium pruner against each baseline at the same parameter count (interpolated):
+    its players differ in size (a first-layer neuron owns far more weights than a second-layer
+    one), so equal players kept is not equal model size."""
+    games = sorted((r for r in frontier if r.method_name == GAME), key=lambda r: r.params_after_mean)
+    if not games:
+        return []
+    others: dict[str, list[FrontierRow]] = defaultdict(list)
+    for r in frontier:
+        if r.method_name not in (GAME, "dense"):
+            others[r.method].append(r)
+    lines = ["## At equal parameters", "",
+             "The equilibrium pruner's accuracy minus each method's, interpolated (linearly in log parameters) "
+             "to the same parameter count; – where the method has no points on both sides.", "",
+             "| game setting | parameters | game accuracy (%) | " + " | ".join(sorted(others)) + " |",
+             "|---|---|---|" + "---|" * len(others)]  # fmt: skip
+    for g in games:
+        cells = []
+        for name in sorted(others):
+            acc = interpolate_accuracy(others[name], g.params_after_mean)
+            cells.append("–" if acc is None else f"{100 * (g.test_accuracy_mean - acc):+.2f}")
+        lines.append(
+            f"| {g.point} | {g.params_after_mean:,.0f} | {100 * g.test_accuracy_mean:.2f} | " + " | ".join(cells) + " |"
+        )
+    return lines + [""]
+
+
 def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
     from .report import _save, plt
 
@@ -178,15 +217,16 @@ def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
             if not rows:
                 continue
             xs = [x_of(r) for r in rows]
-            ys = [100 * r.test_accuracy_mean for r in rows]
+            ys = [100 * (1 - r.test_accuracy_mean) for r in rows]
             es = [100 * r.test_accuracy_std for r in rows]
             style = dict(marker="*", markersize=12, linewidth=2.2) if rows[0].method_name == GAME else dict(marker="o")
             if rows[0].method_name == "dense":
                 style = dict(marker="s", linestyle="none", color="black")
             ax.errorbar(xs, ys, yerr=es, label=method, capsize=3, **style)
         ax.set_xscale("log")
+        ax.set_yscale("log")  # error on a log scale: differences of tenths of a point stay visible
         ax.set_xlabel(xlabel + " (log scale)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test error (%, log scale; lower is better)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
         _save(fig, out / fname)
