@@ -14,9 +14,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -249,23 +251,33 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
-def parse_config(text: str, source: str = "<config>") -> RunConfig:
-    """A validated :class:`RunConfig` from TOML text; errors name ``source`` and the field."""
+def parse_toml(text: str, source: str, build: typing.Callable[[dict[str, Any]], T]) -> T:
+    """``build(data)`` for the TOML ``text``; a syntax or validation error names ``source``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
     try:
-        return run_config_from_dict(data)
+        return build(data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_toml_file(path: str | Path, what: str, build: typing.Callable[[dict[str, Any]], T]) -> T:
+    """:func:`parse_toml` of the file at ``path`` (``what`` names the kind of file in errors)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    return parse_config(path.read_text(encoding="utf-8"), str(path))
+        raise ConfigError(f"{what} {path} does not exist")
+    return parse_toml(path.read_text(encoding="utf-8"), str(path), build)
+
+
+def parse_config(text: str, source: str = "<config>") -> RunConfig:
+    """A validated :class:`RunConfig` from TOML text; errors name ``source`` and the field."""
+    return parse_toml(text, source, run_config_from_dict)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return read_toml_file(path, "config file", run_config_from_dict)
 
 
 def dump_toml(cfg: RunConfig) -> str:

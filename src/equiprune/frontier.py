@@ -10,6 +10,7 @@ placed at the sweep budget nearest their mean kept fraction, and the table says 
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -244,8 +245,6 @@ def write_report(out: str | Path, title: str | None = None, budgets: list[float]
         raise ConfigError(f"{store_path} holds no run yet")
     plan = out / "sweep.json"
     if plan.is_file():
-        import json
-
         meta = json.loads(plan.read_text(encoding="utf-8"))
         title, budgets = title or f"Sweep report: {meta['name']}", budgets or meta["budgets"]
         planned = set(meta["runs"])

@@ -28,7 +28,6 @@ import copy
 import dataclasses
 import hashlib
 import shutil
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import io
-from .config import RunConfig, _unknown_key, dump_toml, run_config_from_dict
+from .config import RunConfig, _unknown_key, dump_toml, read_toml_file, run_config_from_dict
 from .errors import ConfigError, PruningError, TrainingDiverged
 from .methods import METHODS
 from .runs import RunDir
@@ -70,17 +69,7 @@ class Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Parse and validate a sweep file: every run's configuration is built (and so checked) here."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    try:
-        return parse_sweep(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    return read_toml_file(path, "sweep file", parse_sweep)
 
 
 def parse_sweep(data: dict[str, Any]) -> Sweep:
@@ -140,14 +129,14 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
         variants = [(f"budget={b:g}", b, {"budget": b}) for b in budgets]
     else:
         variants = [("default", settings.get("budget"), {})]
+    if "train" in entry and not isinstance(entry["train"], dict):
+        raise ConfigError("train: expected a table of overrides of base.train")
     runs = []
     for tag, budget, point in variants:
         for seed in seeds:
             cfg_data = copy.deepcopy(base)
             cfg_data["seed"] = seed
             if "train" in entry:
-                if not isinstance(entry["train"], dict):
-                    raise ConfigError("train: expected a table of overrides of base.train")
                 cfg_data["train"] = {**cfg_data.get("train", {}), **entry["train"]}
             cfg_data["method"] = {"name": name, **fixed, **settings, **point}
             cfg = run_config_from_dict(cfg_data)

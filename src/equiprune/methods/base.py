@@ -124,6 +124,26 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("method")
 
 
+# --- validation shared by the methods' settings dataclasses -------------------------------------
+
+
+def require_at_least(settings: Any, low: float, *names: str) -> None:
+    """Each named setting must be >= ``low`` (NaN fails too)."""
+    for name in names:
+        value = getattr(settings, name)
+        if not value >= low:
+            raise ConfigError(f"method.{name}: must be >= {low}, got {value!r}")
+
+
+def check_selection(settings: Any) -> None:
+    """A budgeted method's ``budget`` in (0, 1] and, where it has one, its ``allocation``."""
+    if not 0 < settings.budget <= 1:
+        raise ConfigError(f"method.budget: must lie in (0, 1], got {settings.budget!r}")
+    allocation = getattr(settings, "allocation", "layerwise")
+    if allocation not in ("layerwise", "global"):
+        raise ConfigError(f"method.allocation: got {allocation!r}, expected 'layerwise' or 'global'")
+
+
 @dataclass(frozen=True)
 class DenseSettings:
     pass

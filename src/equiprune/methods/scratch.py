@@ -14,10 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..compact import PruneResult, compact
-from ..errors import ConfigError
 from ..groups import attach
 from ..selection import layerwise_counts
-from .base import METHODS, Calibration, Method
+from .base import METHODS, Calibration, Method, check_selection
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,7 @@ class ScratchSettings:
     budget: float = 0.1  # fraction of the hidden neurons the small model has, layer by layer
 
     def __post_init__(self):
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"method.budget: must lie in (0, 1], got {self.budget!r}")
+        check_selection(self)
 
 
 @METHODS.register("scratch")

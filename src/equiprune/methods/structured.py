@@ -28,9 +28,10 @@ import torch.nn.functional as F
 
 from ..compact import PruneResult, compact
 from ..errors import ConfigError
+from ..game import squared_norms
 from ..groups import GatedModel, attach
 from ..selection import Allocation, kept_total, top_k_masks
-from .base import METHODS, Calibration, Method
+from .base import METHODS, Calibration, Method, check_selection, require_at_least
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,8 @@ class StructuredSettings:
     calibration_batches: int = 16
 
     def __post_init__(self):
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"method.budget: must lie in (0, 1], got {self.budget!r}")
-        if self.rounds < 1:
-            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
-        if self.calibration_batches < 1:
-            raise ConfigError(f"method.calibration_batches: must be >= 1, got {self.calibration_batches!r}")
-        if self.allocation not in ("layerwise", "global"):
-            raise ConfigError(f"method.allocation: got {self.allocation!r}, expected 'layerwise' or 'global'")
+        check_selection(self)
+        require_at_least(self, 1, "rounds", "calibration_batches")
 
 
 class StructuredPruner(Method):
@@ -165,8 +160,6 @@ class MagnitudeL2(StructuredPruner):
     name = "magnitude-l2"
 
     def scores(self, trained, calibration=None):
-        from ..game import squared_norms
-
         return {g.name: squared_norms([b.detach() for b in g.blocks()]).sqrt() for g in trained.groups}
 
 
@@ -209,7 +202,7 @@ class SlimmingSettings(StructuredSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.l1 < float("inf"):
+        if not 0 <= self.l1 < float("inf"):  # finite, unlike require_at_least
             raise ConfigError(f"method.l1: must be a finite number >= 0, got {self.l1!r}")
 
 

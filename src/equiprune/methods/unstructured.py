@@ -33,7 +33,7 @@ from ..compact import PruneResult
 from ..errors import ConfigError
 from ..masks import WeightMasks, compact_unstructured
 from ..selection import Allocation, top_k_masks
-from .base import METHODS, Calibration, Method
+from .base import METHODS, Calibration, Method, check_selection, require_at_least
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,8 @@ class UnstructuredSettings:
     calibration_batches: int = 8
 
     def __post_init__(self):
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"method.budget: must lie in (0, 1], got {self.budget!r}")
-        if self.allocation not in ("layerwise", "global"):
-            raise ConfigError(f"method.allocation: got {self.allocation!r}, expected 'layerwise' or 'global'")
-        if self.calibration_batches < 1:
-            raise ConfigError(f"method.calibration_batches: must be >= 1, got {self.calibration_batches!r}")
+        check_selection(self)
+        require_at_least(self, 1, "calibration_batches")
 
 
 class UnstructuredPruner(Method):
@@ -89,7 +85,7 @@ class UnstructuredPruner(Method):
         self.masks.apply()
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
-        if self.when == "end":
+        if self.when != "init":  # "during" schedules also land exactly on the budget here
             self.prune_to(trained, self.settings.budget)
         return compact_unstructured(trained, self.masks)
 
@@ -115,9 +111,16 @@ class UnstructuredPruner(Method):
         self.masks.load_state_dict(state["masks"])
 
 
-def _loss_grads(model: nn.Module, weights: list[torch.Tensor], x, y, create_graph: bool = False):
+class _ByMagnitude(UnstructuredPruner):
+    """Scores every weight by |θ|."""
+
+    def scores(self, model, calibration=None):
+        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
+
+
+def _loss_grads(model: nn.Module, weights: list[torch.Tensor], x, y):
     with torch.enable_grad():
-        return torch.autograd.grad(F.cross_entropy(model(x), y), weights, create_graph=create_graph)
+        return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
 
 
 # --- at the end of training ---------------------------------------------------------------------
@@ -130,12 +133,11 @@ class MagnitudeSettings(UnstructuredSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rounds < 1:
-            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
+        require_at_least(self, 1, "rounds")
 
 
 @METHODS.register("weight-magnitude")
-class WeightMagnitude(UnstructuredPruner):
+class WeightMagnitude(_ByMagnitude):
     """Keep the largest |θ|: one global ranking, or the same fraction per layer (``allocation``).
     ``schedule = "iterative"`` prunes in ``rounds`` geometric steps during training."""
 
@@ -151,9 +153,6 @@ class WeightMagnitude(UnstructuredPruner):
         for r in range(1, rounds):
             if self._step == round(self._total_steps * r / rounds):
                 self.prune_to(trained, self.settings.budget ** (r / rounds))
-
-    def scores(self, model, calibration=None):
-        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
 
 
 @METHODS.register("weight-random")
@@ -230,8 +229,7 @@ class SynflowSettings(UnstructuredSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.iterations < 1:
-            raise ConfigError(f"method.iterations: must be >= 1, got {self.iterations!r}")
+        require_at_least(self, 1, "iterations")
 
 
 @METHODS.register("synflow")
@@ -276,12 +274,11 @@ class GmpSettings(UnstructuredSettings):
         super().__post_init__()
         if not 0 <= self.start < self.end <= 1:
             raise ConfigError(f"method.start/end: need 0 <= start < end <= 1, got {self.start!r}, {self.end!r}")
-        if self.every < 1:
-            raise ConfigError(f"method.every: must be >= 1, got {self.every!r}")
+        require_at_least(self, 1, "every")
 
 
 @METHODS.register("gmp")
-class GradualMagnitude(UnstructuredPruner):
+class GradualMagnitude(_ByMagnitude):
     """Gradual magnitude pruning with the cubic sparsity schedule of Zhu & Gupta (2017)."""
 
     name = "gmp"
@@ -300,13 +297,6 @@ class GradualMagnitude(UnstructuredPruner):
         if self._step >= t0 and (self._step - round(t0)) % self.settings.every == 0:
             self.prune_to(trained, self.keep_fraction(self._step))
 
-    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
-        self.prune_to(trained, self.settings.budget)  # lands exactly on the budget
-        return compact_unstructured(trained, self.masks)
-
-    def scores(self, model, calibration=None):
-        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
-
 
 @dataclass(frozen=True)
 class ImpSettings(UnstructuredSettings):
@@ -315,14 +305,12 @@ class ImpSettings(UnstructuredSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rounds < 1:
-            raise ConfigError(f"method.rounds: must be >= 1, got {self.rounds!r}")
-        if self.rewind_step < 0:
-            raise ConfigError(f"method.rewind_step: must be >= 0, got {self.rewind_step!r}")
+        require_at_least(self, 1, "rounds")
+        require_at_least(self, 0, "rewind_step")
 
 
 @METHODS.register("imp")
-class IterativeMagnitudeRewind(UnstructuredPruner):
+class IterativeMagnitudeRewind(_ByMagnitude):
     """Lottery tickets: train, prune the smallest weights, rewind the rest, repeat."""
 
     name = "imp"
@@ -371,9 +359,6 @@ class IterativeMagnitudeRewind(UnstructuredPruner):
         # The final ticket: the budget's mask on the rewound weights; the fine-tuning epochs train it.
         self._prune_and_rewind(trained, self.settings.budget)
         return compact_unstructured(trained, self.masks)
-
-    def scores(self, model, calibration=None):
-        return {name: w.detach().abs() for name, w in self.masks.weights().items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rewind": self._rewind}
