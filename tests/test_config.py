@@ -1,6 +1,7 @@
 """Configs are validated once, and every error names the field, the value and what was expected."""
 
 import pytest
+import torch
 
 from equiprune.config import RunConfig, dump_toml, load_config, parse_config
 from equiprune.errors import ConfigError
@@ -68,5 +69,8 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 
 def test_defaults_are_the_papers_setup():
+    from equiprune.train import build_model
+
     cfg = RunConfig()
-    assert cfg.model.hidden == [512, 256] and cfg.data.batch_size == 128 and cfg.train.epochs == 20
+    widths = [m.out_features for m in build_model(cfg) if isinstance(m, torch.nn.Linear)]
+    assert widths == [512, 256, 10] and cfg.data.batch_size == 128 and cfg.train.epochs == 20

@@ -51,6 +51,27 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_limit(args) -> int:
+    from .pruning_limit import limit
+
+    overrides = {"probes": args.probes, "iters": args.iters, "hessian_samples": args.hessian_samples, "scan": args.scan}
+    result = limit(args.target, args.out, overrides, quiet=args.quiet)
+    sp = result["spectrum"]
+    print(
+        f"spectrum: λ_max {sp['lambda_max']:.4g}, λ_min {sp['lambda_min']:.4g}, trace {sp['trace']:.4g} "
+        f"(D = {sp['dim']:,}; {sp['probes']} probes × {sp['iters']} Lanczos steps, "
+        f"{sp['hessian_samples']} examples)"
+    )
+    print(f"ε (per-batch loss std) {result['epsilon']:.4g}; dense test accuracy {result['dense_test_accuracy']:.4f}")
+    print(
+        f"predicted_ratio={result['predicted_ratio']:.3f} ({result['distance']} distance; "
+        f"global {result['predicted_ratio_global']:.3f}, per-tensor {result['predicted_ratio_per_tensor']:.3f})"
+    )
+    print(f"measured_ratio={result['measured_ratio']:.3f} (tolerance {result['tolerance']})")
+    print(f"wrote {args.out}/limit.json, spectral_density.png and pruning_limit.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune", description="Equilibrium-driven pruning of PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.md, frontier.json and plots for a sweep directory")
     rep.add_argument("dir", help="a directory written by `equiprune sweep`")
     rep.set_defaults(func=_cmd_report)
+
+    lim = sub.add_parser(
+        "limit", help="predict (Hessian spectrum) and measure how far a trained model prunes in one shot"
+    )
+    lim.add_argument("target", help="a run directory, or a config to train first (into OUT/run)")
+    lim.add_argument("--out", required=True, help="directory for limit.json and the plots")
+    lim.add_argument("--probes", type=int, help="SLQ probe vectors (default: [limit] probes, else 4)")
+    lim.add_argument("--iters", type=int, help="Lanczos steps per probe (default 128)")
+    lim.add_argument("--hessian-samples", type=int, help="training examples the Hessian averages over (default all)")
+    lim.add_argument("--scan", choices=["refine", "full"], help="pruning-ratio scan: 1%% then 0.1%% near the limit, "
+                     "or 0.1%% everywhere")  # fmt: skip
+    lim.add_argument("--quiet", action="store_true", help="no progress bars")
+    lim.set_defaults(func=_cmd_limit)
     return p
 
 

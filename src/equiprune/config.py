@@ -43,14 +43,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [512, 256])
+    hidden: list[int] | None = None  # widths of the hidden Linear layers; None: the model's own default
     activation: str = "relu"
 
     def __post_init__(self):
         from .models import ACTIVATIONS, MODELS
 
         MODELS.get(self.name, "model.name")
-        if not self.hidden or any(h < 1 for h in self.hidden):
+        if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: got {self.activation!r}, expected one of {sorted(ACTIVATIONS)}")
@@ -116,6 +116,39 @@ class MethodConfig:
 
 
 @dataclass
+class LimitConfig:
+    """Settings of ``equiprune limit`` (see :mod:`equiprune.pruning_limit`)."""
+
+    iters: int = 128  # Lanczos steps per probe
+    probes: int = 4  # Rademacher probe vectors for SLQ
+    hessian_samples: int | None = None  # training examples the Hessian averages over (None: all)
+    hessian_batch_size: int = 1000
+    bins: int = 10_000  # grid of the smoothed density
+    sigma2: float = 1e-5  # Gaussian variance per Ritz value, times max(1, spectrum width)
+    spectrum: Literal["density", "quadrature"] = "density"  # the paper's smoothed grid, or Ritz nodes
+    distance: Literal["global", "per-tensor"] = "global"  # the paper's ‖w − w_p‖, or the code's Σ_t
+    step: float = 0.001  # pruning-ratio resolution
+    scan: Literal["refine", "full"] = "refine"  # 1% steps then `step` near the limit, or `step` everywhere
+    tolerance: float = 0.001  # accuracy the measured limit may lose (a fraction: 0.001 = 0.1 points)
+    include_biases: bool = True  # prune (and take curvature over) biases as well as weights
+    train_mode: bool = False  # the model's mode during Hessian products
+    seed: int = 0  # the probes' seed
+
+    def __post_init__(self):
+        for name in ("iters", "probes", "hessian_batch_size", "bins"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"limit.{name}: must be >= 1, got {getattr(self, name)!r}")
+        if self.hessian_samples is not None and not self.hessian_samples >= 1:
+            raise ConfigError(f"limit.hessian_samples: must be >= 1 or left out (all), got {self.hessian_samples!r}")
+        if not self.sigma2 > 0:
+            raise ConfigError(f"limit.sigma2: must be > 0, got {self.sigma2!r}")
+        if not (0 < self.step <= 0.1 and abs(round(1 / self.step) * self.step - 1) < 1e-9):
+            raise ConfigError(f"limit.step: must divide 1 and lie in (0, 0.1], e.g. 0.001; got {self.step!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError(f"limit.tolerance: must be in [0, 1), got {self.tolerance!r}")
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
@@ -123,6 +156,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    limit: LimitConfig | None = None  # only `equiprune limit` reads it
 
     def __post_init__(self):
         if self.seed < 0:

@@ -23,6 +23,21 @@ from .groups import GatedModel, neuron_players
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
 
+def prunable_parameters(
+    model: nn.Module, include_biases: bool = False, exclude: Iterable[str] = ()
+) -> list[nn.Parameter]:
+    """The weights of every Linear and Conv layer (not in ``exclude``), each followed by its bias
+    when ``include_biases``: what magnitude pruning ranks, in ``named_modules`` order."""
+    exclude = set(exclude)
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, PRUNABLE) and name not in exclude:
+            out.append(m.weight)
+            if include_biases and m.bias is not None:
+                out.append(m.bias)
+    return out
+
+
 class WeightMasks:
     """One boolean mask per prunable weight (Linear and Conv layers, biases excluded)."""
 

@@ -46,5 +46,33 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+@MODELS.register("lenet5")
+def lenet5(
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: Sequence[int] = (120, 84),
+    activation: str = "relu",
+) -> nn.Sequential:
+    """LeNet-5: conv 6@5×5 (padded for 28×28 inputs) → max-pool → conv 16@5×5 → max-pool → two
+    fully connected layers (``hidden``, 120 and 84 by default) → classifier. For 32×32 inputs the
+    first convolution is unpadded, as in the original."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation: unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+    channels, size = int(input_shape[0]), int(input_shape[-1])
+    if size not in (28, 32) or int(input_shape[-2]) != size:
+        raise ConfigError(f"model lenet5 takes 28×28 or 32×32 images, got input shape {tuple(input_shape)}")
+    act = ACTIVATIONS[activation]
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, 6, 5, padding=2 if size == 28 else 0), act(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2), nn.Flatten(),
+    ]  # fmt: skip
+    width = 16 * 5 * 5
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), act()]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS.get(name, "model.name")(**kwargs)

@@ -6,6 +6,7 @@ DIR/checkpoint.pt      the state after the last finished epoch (for --resume)
 DIR/results.json       the final figures (written last: its presence means "finished")
 DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., weights_only=False))
 DIR/model_state.pt     its state_dict alone
+DIR/trained_state.pt   the configured model's state_dict at the end of training, before pruning
 DIR/*.png              plots
 """
 
@@ -30,6 +31,7 @@ class RunDir:
     results = property(lambda self: self.path / "results.json")
     model = property(lambda self: self.path / "model.pt")
     model_state = property(lambda self: self.path / "model_state.pt")
+    trained_state = property(lambda self: self.path / "trained_state.pt")
 
     def is_finished(self) -> bool:
         return self.results.is_file()

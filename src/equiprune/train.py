@@ -82,12 +82,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
 
 def build_model(cfg: RunConfig) -> nn.Module:
     ds = DATASETS.get(cfg.data.dataset, "data.dataset")
+    widths = {} if cfg.model.hidden is None else {"hidden": cfg.model.hidden}
+    shape, classes = ds.input_shape, ds.num_classes
     return create_model(
-        cfg.model.name,
-        input_shape=ds.input_shape,
-        num_classes=ds.num_classes,
-        hidden=cfg.model.hidden,
-        activation=cfg.model.activation,
+        cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
     )
 
 
@@ -145,6 +143,7 @@ class Trainer:
             return None
         what = self.cfg.to_dict()
         del what["method"]
+        what.pop("limit", None)
         train = what["train"]
         for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr"):
             train.pop(k, None)
@@ -326,6 +325,8 @@ class Trainer:
     def _end_of_training_phase(self, st: _State, shared_file: Path | None) -> None:
         if shared_file is not None and not st.shared and self.rank == 0:
             self._save_shared(st, shared_file)
+        if self.rank == 0:  # the model before pruning, for analyses such as `equiprune limit`
+            io.torch_save(self.run_dir.trained_state, self._plain().state_dict())
         st.gated_test_accuracy = evaluate(self.trained, self.test_split, self.cfg.data.eval_batch_size)[0]
         st.result = self.method.finish(self.trained, self.calibration)
         st.phase = "finetune"

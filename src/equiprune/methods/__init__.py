@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import equilibrium, scratch, structured, unstructured  # noqa: F401  (register the methods)
+from . import equilibrium, lomp, scratch, structured, unstructured  # noqa: F401  (register the methods)
 from .base import METHODS, Dense, Method
 
 

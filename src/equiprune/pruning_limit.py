@@ -1,0 +1,222 @@
+"""``equiprune limit``: predict a trained model's one-shot pruning limit from its Hessian spectrum,
+measure it by scanning global magnitude pruning, and write both with plots.
+
+    DIR/limit.json          predicted_ratio, measured_ratio, both distances' predictions, the
+                            spectrum summary (Ritz values and weights included), the scan, the curves
+    DIR/spectral_density.png
+    DIR/pruning_limit.png   test accuracy against pruning ratio, the limits marked, and pred(R(ρ))
+
+Given a run directory, the model analysed is the one saved at the end of its training phase
+(``trained_state.pt``: for LOMP, the ℓ1-trained network before its cut). Given a configuration, it
+is trained first into ``DIR/run`` (an interrupted training resumes when the command is repeated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import io
+from .config import LimitConfig, RunConfig, load_config
+from .data import Batches, Split, load_split
+from .errors import ConfigError
+from .hessian import HessianOperator, rademacher_probes
+from .lanczos import density, slq
+from .limit import (
+    crossing,
+    loss_noise,
+    magnitude_scan,
+    measured_limit,
+    prune_distances,
+    ratio_grid,
+    refine_ratios,
+    width_fraction,
+)
+from .masks import prunable_parameters
+from .runs import RunDir
+
+DISTANCES = ("global", "per-tensor")
+
+
+def analyse(
+    model: torch.nn.Module,
+    train: Split,
+    test: Split,
+    settings: LimitConfig,
+    *,
+    batch_size: int = 128,
+    eval_batch_size: int = 2000,
+    l1: float = 0.0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Prediction and measurement for ``model`` (left unchanged); ``batch_size`` is the training
+    batch size, which sets ε (the per-batch loss deviation); ``l1`` the ℓ1 term's value."""
+    from .train import evaluate
+
+    s = settings
+    params = prunable_parameters(model, s.include_biases)
+    clock = {}
+
+    start = time.perf_counter()
+    loss_mean, epsilon = loss_noise(model, Batches(train, batch_size, shuffle=False).epoch(0), F.cross_entropy, l1)
+    if not epsilon > 0:
+        raise ConfigError("limit: the per-batch training loss does not vary (ε = 0); use more than one batch of data")
+
+    hess_split = train.subset(s.hessian_samples)
+    op = HessianOperator(model, Batches(hess_split, s.hessian_batch_size, shuffle=False).epoch(0),
+                         params=params, train_mode=s.train_mode)  # fmt: skip
+    torch.manual_seed(s.seed)
+    probes = rademacher_probes(params, s.probes)
+    with tqdm(total=s.probes * min(s.iters, op.dim), desc="lanczos", disable=quiet, unit="step") as bar:
+        spectrum = slq(op, probes, s.iters, on_step=lambda: bar.update(s.probes))
+    grid, dens = density(spectrum, s.bins, s.sigma2)
+    if s.spectrum == "density":
+        nodes, weights = grid, dens * float(grid[1] - grid[0])
+    else:
+        nodes, weights = spectrum.flat()
+    clock["spectrum"] = time.perf_counter() - start
+
+    ratios = ratio_grid(s.step)
+    R = {d: prune_distances(params, ratios, d) for d in DISTANCES}
+    pred = {d: width_fraction(nodes, weights, epsilon, R[d]) for d in DISTANCES}
+    predicted = {d: crossing(ratios, pred[d]) for d in DISTANCES}
+    # The other spectrum form, for comparison: smoothing biases the prediction low, since |λ| has a
+    # kink at 0 where most of a network's spectrum sits.
+    other = spectrum.flat() if s.spectrum == "density" else (grid, dens * float(grid[1] - grid[0]))
+    predicted_other = crossing(ratios, width_fraction(*other, epsilon, R[s.distance]))
+
+    start = time.perf_counter()
+    dense_accuracy = evaluate(model, test, eval_batch_size)[0]
+
+    def accuracy() -> float:
+        return evaluate(model, test, eval_batch_size)[0]
+
+    every = round(0.01 / s.step)
+    scanned = [float(r) for r in (ratios if s.scan == "full" else ratios[::every])]
+    with tqdm(total=len(scanned), desc="scan", disable=quiet, unit="ratio") as bar:
+        accs = magnitude_scan(params, scanned, accuracy, bar)
+        if s.scan == "refine":
+            fine = refine_ratios(scanned, accs, dense_accuracy, s.tolerance, s.step)
+            bar.total += len(fine)
+            accs += magnitude_scan(params, fine, accuracy, bar)
+            scanned += fine
+    order = sorted(range(len(scanned)), key=scanned.__getitem__)
+    scanned, accs = [scanned[i] for i in order], [accs[i] for i in order]
+    measured = measured_limit(scanned, accs, dense_accuracy, s.tolerance)
+    clock["scan"] = time.perf_counter() - start
+
+    summary = spectrum.summary()
+    summary.update(hessian_samples=op.samples, ritz_values=spectrum.nodes.tolist(),
+                   ritz_weights=spectrum.weights.tolist())  # fmt: skip
+    return {
+        "predicted_ratio": predicted[s.distance],
+        "measured_ratio": measured,
+        "prediction_error": abs(predicted[s.distance] - measured),
+        "distance": s.distance,
+        "predicted_ratio_global": predicted["global"],
+        "predicted_ratio_per_tensor": predicted["per-tensor"],
+        "spectrum_form": s.spectrum,
+        f"predicted_ratio_{'quadrature' if s.spectrum == 'density' else 'density'}": predicted_other,
+        "dense_test_accuracy": dense_accuracy,
+        "tolerance": s.tolerance,
+        "epsilon": epsilon,
+        "train_loss_mean": loss_mean,
+        "parameters": op.dim,
+        "spectrum": summary,
+        "scan": {"ratio": scanned, "test_accuracy": accs},
+        "curves": {
+            "ratio": ratios.tolist(),
+            **{f"R_{d}": R[d].tolist() for d in DISTANCES},
+            **{f"pred_{d}": pred[d].tolist() for d in DISTANCES},
+        },  # fmt: skip
+        "density": {"grid": grid.tolist(), "density": dens.tolist()},
+        "settings": dataclasses.asdict(s),
+        "seconds": clock,
+    }
+
+
+def plot_limit(out: Path, result: dict[str, Any]) -> None:
+    from .report import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(result["density"]["grid"], [max(v, 1e-12) for v in result["density"]["density"]])
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log)")
+    sp = result["spectrum"]
+    ax.set_title(f"Hessian spectrum (SLQ: {sp['probes']} probes × {sp['iters']} steps, D = {sp['dim']:,})")
+    _save(fig, out / "spectral_density.png")
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    scan = result["scan"]
+    top.plot(scan["ratio"], scan["test_accuracy"], ".-", ms=3, label="one-shot magnitude pruning")
+    top.axhline(result["dense_test_accuracy"] - result["tolerance"], color="grey", ls=":", label="dense − tolerance")
+    for ax in (top, bottom):
+        predicted, measured = result["predicted_ratio"], result["measured_ratio"]
+        ax.axvline(predicted, color="tab:green", ls="--", label=f"predicted {predicted:.3f}")
+        ax.axvline(measured, color="tab:red", label=f"measured {measured:.3f}")
+    top.set_ylabel("test accuracy")
+    top.legend(fontsize=8)
+    curves = result["curves"]
+    bottom.plot(curves["ratio"], curves["pred_global"], label="pred(R(ρ)), global ‖w − w_p‖")
+    bottom.plot(curves["ratio"], curves["pred_per-tensor"], label="pred(R(ρ)), Σ per-tensor norms")
+    bottom.plot([0, 1], [0, 1], color="black", lw=0.8, label="ρ")
+    bottom.set_xlabel("pruning ratio ρ")
+    bottom.set_ylabel("squared Gaussian width / D")
+    bottom.legend(fontsize=8)
+    _save(fig, out / "pruning_limit.png")
+
+
+def _load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
+    from .train import build_model, resolve_device
+
+    if not run.config.is_file():
+        raise ConfigError(f"{run.path} is not an equiprune run directory (no config.toml)")
+    if not run.trained_state.is_file():
+        raise ConfigError(
+            f"{run.path} has no trained_state.pt: its training phase has not finished, or it was written by an "
+            "older equiprune. Finish it (`equiprune run CONFIG --out DIR --resume`) or pass the config to `limit`."
+        )
+    cfg = load_config(run.config)
+    model = build_model(cfg).to(resolve_device(cfg.device))
+    model.load_state_dict(torch.load(run.trained_state, map_location=resolve_device(cfg.device)))
+    return cfg, model
+
+
+def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, quiet: bool = False):
+    """Run the analysis for a run directory or a configuration file into ``out``; returns the result."""
+    from .train import resolve_device, run
+
+    target, out = Path(target), Path(out)
+    if target.is_dir():
+        run_dir = RunDir(target)
+    elif target.is_file():
+        cfg = load_config(target)
+        run_dir = RunDir(out / "run")
+        if not run_dir.is_finished():
+            run(cfg, run_dir.path, resume=run_dir.checkpoint.is_file(), quiet=quiet)
+    else:
+        raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
+    cfg, model = _load_trained(run_dir)
+    settings = cfg.limit or LimitConfig()
+    if overrides:
+        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    device = resolve_device(cfg.device)
+    d = cfg.data
+    train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
+    test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
+    train, test = Split(train.x.to(device), train.y.to(device)), Split(test.x.to(device), test.y.to(device))
+    method = cfg.method.build()
+    l1 = method.l1_term(model) if hasattr(method, "l1_term") else 0.0
+    result = analyse(model, train, test, settings, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+                     l1=l1, quiet=quiet)  # fmt: skip
+    result["source"] = str(target)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_limit(out, result)
+    io.write_json(out / "limit.json", result)
+    return result

@@ -1,0 +1,159 @@
+"""Hessian-vector products, Lanczos, SLQ, Hutchinson and power iteration against the exact Hessian
+of a small model (autograd's full Hessian, and its dense eigendecomposition)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from equiprune.errors import EquipruneError
+from equiprune.hessian import HessianOperator, flatten, hutchinson_trace, rademacher_probes, top_eigenvalues, unflatten
+from equiprune.lanczos import density, lanczos, ritz, slq
+
+
+def small_problem(batches=3, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    data = [(torch.randn(7 + i, 5, dtype=torch.float64), torch.randint(0, 3, (7 + i,))) for i in range(batches)]
+    return model, data
+
+
+def autograd_hessian(model, data):
+    """The reference: autograd's full Hessian of the size-weighted mean loss, one call on all data."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    x = torch.cat([b[0] for b in data])
+    y = torch.cat([b[1] for b in data])
+
+    def loss(flat):
+        params = dict(zip(names, unflatten(flat, [torch.empty(s) for s in shapes])))
+        return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+    flat = flatten(p.detach() for p in model.parameters())
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_hessian_vector_products_match_autograds_full_hessian(batches):
+    model, data = small_problem(batches)
+    H = autograd_hessian(model, data)
+    op = HessianOperator(model, data)
+    V = torch.randn(4, op.dim, dtype=torch.float64)
+    torch.testing.assert_close(op.matmat(V), V @ H.T)
+    torch.testing.assert_close(op.matvec(V[0]), H @ V[0])
+    torch.testing.assert_close(op.dense(), H)
+
+
+def test_batched_and_one_at_a_time_products_agree():
+    model, data = small_problem(2)
+    op = HessianOperator(model, data)
+    V = torch.randn(3, op.dim, dtype=torch.float64)
+    together = op.matmat(V)
+    op._batched_ok = False
+    torch.testing.assert_close(op.matmat(V), together)
+
+
+def test_mode_is_restored_and_parameters_outside_the_loss_give_zeros():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 2)).double()
+    unused = nn.Parameter(torch.ones(2, dtype=torch.float64))
+    data = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))]
+    model.train()
+    op = HessianOperator(model, data, params=[*model.parameters(), unused])
+    hv = op.matvec(torch.ones(op.dim, dtype=torch.float64))
+    assert model.training  # eval during the product, then back
+    assert torch.equal(hv[-2:], torch.zeros(2, dtype=torch.float64))
+    # eval mode: dropout off, so the product is deterministic
+    torch.testing.assert_close(op.matvec(torch.ones(op.dim, dtype=torch.float64)), hv)
+
+
+def test_bad_input_is_named():
+    model, data = small_problem(1)
+    with pytest.raises(EquipruneError, match="at least one batch"):
+        HessianOperator(model, [])
+    op = HessianOperator(model, data)
+    with pytest.raises(EquipruneError, match=r"shape \(k, 39\)"):
+        op.matmat(torch.ones(2, 5))
+
+
+def test_full_lanczos_recovers_every_eigenvalue():
+    model, data = small_problem()
+    H = autograd_hessian(model, data)
+    exact = torch.linalg.eigvalsh(H)
+    op = HessianOperator(model, data)
+    probes = torch.randn(2, op.dim, dtype=torch.float64)
+    alpha, beta, steps = lanczos(op.matmat, probes, iters=op.dim)
+    nodes, weights = ritz(alpha, beta, steps)
+    for i in range(2):
+        n = int(steps[i])
+        # Every Ritz value is an eigenvalue, and the extremes are found (a full Krylov space).
+        gaps = (nodes[i, :n, None] - exact[None]).abs().min(dim=1).values
+        assert gaps.max() < 1e-8
+        assert nodes[i, :n].max() == pytest.approx(float(exact.max()), abs=1e-8)
+        assert nodes[i, :n].min() == pytest.approx(float(exact.min()), abs=1e-8)
+        assert weights[i].sum() == pytest.approx(1.0)
+
+
+def test_extreme_eigenvalues_converge_long_before_the_full_space():
+    model, data = small_problem()
+    exact = torch.linalg.eigvalsh(autograd_hessian(model, data))
+    op = HessianOperator(model, data)
+    spectrum = slq(op, torch.randn(1, op.dim, dtype=torch.float64), iters=20)
+    assert spectrum.summary()["lambda_max"] == pytest.approx(float(exact.max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("power", [0, 1, 2, 3])
+def test_quadrature_is_exact_for_low_degree_moments_of_each_probe(power):
+    # Gauss quadrature with m nodes integrates polynomials of degree <= 2m - 1 exactly:
+    # Σ τ θ^p = vᵀ H^p v / vᵀv for each probe.
+    model, data = small_problem()
+    H = autograd_hessian(model, data)
+    op = HessianOperator(model, data)
+    probes = rademacher_probes(op.params, 3)
+    spectrum = slq(op, probes, iters=4, at_once=2)
+    Hp = torch.linalg.matrix_power(H, power)
+    for i in range(3):
+        v = probes[i] / probes[i].norm()
+        quad = float((spectrum.weights[i] * spectrum.nodes[i] ** power).sum())
+        assert quad == pytest.approx(float(v @ Hp @ v), rel=1e-8, abs=1e-12)
+
+
+def test_slq_density_moments_match_the_dense_spectrum():
+    model, data = small_problem()
+    exact = torch.linalg.eigvalsh(autograd_hessian(model, data))
+    op = HessianOperator(model, data)
+    torch.manual_seed(1)
+    spectrum = slq(op, rademacher_probes(op.params, 200), iters=op.dim)
+    grid, dens = density(spectrum, bins=20_000, sigma2=1e-7)
+    step = float(grid[1] - grid[0])
+    assert float(dens.sum()) * step == pytest.approx(1.0)
+    for power in (1, 2):
+        from_density = float((dens * grid**power).sum()) * step
+        truth = float((exact**power).mean())
+        spread = float((exact**power).std())
+        # 200 Rademacher probes: the estimate's error is a few spread / sqrt(200 * D)
+        assert abs(from_density - truth) < 4 * spread / (200 * op.dim) ** 0.5 + 1e-6
+    assert spectrum.summary()["trace"] == pytest.approx(float(exact.sum()), rel=0.05)
+
+
+def test_hutchinson_trace_is_the_mean_of_v_h_v():
+    model, data = small_problem()
+    H = autograd_hessian(model, data)
+    op = HessianOperator(model, data)
+    torch.manual_seed(2)
+    probes = rademacher_probes(op.params, 500)
+    quads = hutchinson_trace(op, probes)
+    torch.testing.assert_close(quads, torch.einsum("kd,de,ke->k", probes, H, probes))
+    assert float(quads.mean()) == pytest.approx(float(torch.trace(H)), rel=0.1)
+
+
+def test_power_iteration_finds_the_largest_magnitude_eigenvalues():
+    model, data = small_problem()
+    H = autograd_hessian(model, data)
+    exact = torch.linalg.eigvalsh(H)
+    by_magnitude = exact[exact.abs().argsort(descending=True)]
+    op = HessianOperator(model, data)
+    values, vectors = top_eigenvalues(op, k=2, iters=2000, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(values, by_magnitude[:2], rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(vectors @ vectors.T, torch.eye(2, dtype=torch.float64), atol=1e-6, rtol=0)
