@@ -28,7 +28,10 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/step_overhead.py
+	$(BIN)/python benchmarks/slq_vs_pyhessian.py
+	$(BIN)/python benchmarks/pruning_limit.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

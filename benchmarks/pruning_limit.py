@@ -52,8 +52,9 @@ def main() -> None:
               f"| {r['predicted_ratio_global']:.3f} | {r['predicted_ratio_per_tensor']:.3f} | {other:.3f} "
               f"| {r['measured_ratio']:.3f} | {error:.1f} "
               f"| {r['seconds']['spectrum']:.0f}, {r['seconds']['scan']:.0f} |")  # fmt: skip
-    print(f"(predicted_ratio uses the {rows[0][1]['distance']} distance and the {rows[0][1]['spectrum_form']} spectrum; "
-          f"tolerance {rows[0][1]['tolerance']} accuracy)")  # fmt: skip
+    first = rows[0][1]
+    print(f"(predicted_ratio uses the {first['distance']} distance and the {first['spectrum_form']} spectrum; "
+          f"tolerance {first['tolerance']} accuracy)")  # fmt: skip
     print(f"worst_prediction_error_points={worst:.2f}")
 
 

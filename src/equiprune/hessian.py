@@ -10,6 +10,7 @@ serves all of them, which is where most of the time goes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
@@ -91,6 +92,7 @@ class HessianOperator:
         self.products = 0  # Hessian-vector products taken so far (a matmat of k vectors counts k)
         self._cached: tuple[torch.Tensor, ...] | None = None
         self._batched_ok = True
+        self._functional_ok = True
 
     @property
     def device(self) -> torch.device:
@@ -142,15 +144,55 @@ class HessianOperator:
             rows.append(flatten(_or_zeros(h, p) for h, p in zip(hv, self.params)))
         return torch.stack(rows)
 
+    def _forward_over_reverse(self, x, y, V: torch.Tensor) -> torch.Tensor:
+        """H·V on one batch as the directional derivative of the gradient (a jvp of grad), vmapped
+        over the vectors: the gradient is computed once and only the tangents are batched."""
+        from torch.func import functional_call, grad, jvp, vmap
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        chosen = {names[id(p)]: i for i, p in enumerate(self.params) if id(p) in names}
+        fixed = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
+        fixed.update(self.model.named_buffers())
+        primals = {n: self.params[i].detach() for n, i in chosen.items()}
+
+        def loss(ps):
+            return self.loss_fn(functional_call(self.model, {**fixed, **ps}, (x,)), y)
+
+        def product(v):
+            parts = unflatten(v, self.params)
+            return jvp(grad(loss), (primals,), ({n: parts[i] for n, i in chosen.items()},))[1]
+
+        with _mode(self.model, self.train_mode), warnings.catch_warnings():
+            # torch's own jvp decompositions are built with torch.jit.script on first use
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            hv = vmap(product, randomness="same")(V)
+        k = V.shape[0]
+        return torch.cat(
+            [hv[n].reshape(k, -1) if n in chosen else torch.zeros(k, p.numel(), device=p.device, dtype=p.dtype)
+             for p in self.params for n in [names.get(id(p), "")]],
+            dim=1,
+        )  # fmt: skip
+
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H·vᵢ for every row vᵢ of ``V`` (k, D)."""
+        """H·vᵢ for every row vᵢ of ``V`` (k, D).
+
+        One batch: its gradient graph is kept and each product is one backward through it. Several:
+        forward-over-reverse per batch (cheaper than building a graph per batch each time), falling
+        back to double backward for models that torch.func cannot trace."""
         if V.dim() != 2 or V.shape[1] != self.dim:
             raise EquipruneError(f"expected vectors of shape (k, {self.dim}), got {tuple(V.shape)}")
         V = V.to(device=self.device, dtype=self.dtype)
         out = torch.zeros_like(V)
-        for i, (_, y) in enumerate(self.batches):
-            grads = self._batch_grads(i)
-            out.add_(self._backward(grads, V, retain=len(self.batches) == 1), alpha=len(y) / self.samples)
+        for i, (x, y) in enumerate(self.batches):
+            part = None
+            if len(self.batches) > 1 and self._functional_ok:
+                try:
+                    part = self._forward_over_reverse(x, y, V)
+                except (RuntimeError, NotImplementedError, TypeError):
+                    self._functional_ok = False
+            if part is None:
+                part = self._backward(self._batch_grads(i), V, retain=len(self.batches) == 1)
+            out.add_(part, alpha=len(y) / self.samples)
         self.products += V.shape[0]
         return out
 

@@ -193,17 +193,21 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     from .train import resolve_device, run
 
     target, out = Path(target), Path(out)
+    settings = None
     if target.is_dir():
         run_dir = RunDir(target)
     elif target.is_file():
         cfg = load_config(target)
+        settings = cfg.limit
         run_dir = RunDir(out / "run")
         if not run_dir.is_finished():
-            run(cfg, run_dir.path, resume=run_dir.checkpoint.is_file(), quiet=quiet)
+            # [limit] does not shape the training: keep it out of the run, so editing it never
+            # stops an interrupted training from resuming.
+            run(dataclasses.replace(cfg, limit=None), run_dir.path, resume=run_dir.checkpoint.is_file(), quiet=quiet)
     else:
         raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
     cfg, model = _load_trained(run_dir)
-    settings = cfg.limit or LimitConfig()
+    settings = settings or cfg.limit or LimitConfig()
     if overrides:
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     device = resolve_device(cfg.device)
