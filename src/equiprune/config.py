@@ -125,7 +125,9 @@ class LimitConfig:
     hessian_batch_size: int = 1000
     bins: int = 10_000  # grid of the smoothed density
     sigma2: float = 1e-5  # Gaussian variance per Ritz value, times max(1, spectrum width)
-    spectrum: Literal["density", "quadrature"] = "density"  # the paper's smoothed grid, or Ritz nodes
+    # Ritz values and weights as they are (the SLQ estimate itself), or the paper's smoothed grid,
+    # which biases the prediction low (docs/pruning-limit.md); both are reported
+    spectrum: Literal["quadrature", "density"] = "quadrature"
     distance: Literal["global", "per-tensor"] = "global"  # the paper's ‖w − w_p‖, or the code's Σ_t
     step: float = 0.001  # pruning-ratio resolution
     scan: Literal["refine", "full"] = "refine"  # 1% steps then `step` near the limit, or `step` everywhere
