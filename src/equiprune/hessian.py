@@ -93,6 +93,9 @@ class HessianOperator:
         self._cached: tuple[torch.Tensor, ...] | None = None
         self._batched_ok = True
         self._functional_ok = True
+        # each chosen parameter's name in the model (None: not the model's, so its rows of H are zero)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._model_names = [names.get(id(p)) for p in self.params]
 
     @property
     def device(self) -> torch.device:
@@ -149,8 +152,7 @@ class HessianOperator:
         over the vectors: the gradient is computed once and only the tangents are batched."""
         from torch.func import functional_call, grad, jvp, vmap
 
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        chosen = {names[id(p)]: i for i, p in enumerate(self.params) if id(p) in names}
+        chosen = {n: i for i, n in enumerate(self._model_names) if n is not None}
         fixed = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
         fixed.update(self.model.named_buffers())
         primals = {n: self.params[i].detach() for n, i in chosen.items()}
@@ -167,11 +169,7 @@ class HessianOperator:
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
             hv = vmap(product, randomness="same")(V)
         k = V.shape[0]
-        return torch.cat(
-            [hv[n].reshape(k, -1) if n in chosen else torch.zeros(k, p.numel(), device=p.device, dtype=p.dtype)
-             for p in self.params for n in [names.get(id(p), "")]],
-            dim=1,
-        )  # fmt: skip
+        return torch.cat([_or_zeros(hv.get(n), p, k).reshape(k, -1) for n, p in zip(self._model_names, self.params)], 1)
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H·vᵢ for every row vᵢ of ``V`` (k, D).

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .config import LimitConfig, RunConfig, load_config
-from .data import Batches, Split, load_split
+from .data import Batches, Split
 from .errors import ConfigError
 from .hessian import HessianOperator, rademacher_probes
 from .lanczos import density, slq
@@ -190,7 +190,7 @@ def _load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
 
 def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, quiet: bool = False):
     """Run the analysis for a run directory or a configuration file into ``out``; returns the result."""
-    from .train import resolve_device, run
+    from .train import load_run_splits, resolve_device, run
 
     target, out = Path(target), Path(out)
     settings = None
@@ -210,11 +210,8 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     settings = settings or cfg.limit or LimitConfig()
     if overrides:
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    device = resolve_device(cfg.device)
     d = cfg.data
-    train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
-    test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
-    train, test = Split(train.x.to(device), train.y.to(device)), Split(test.x.to(device), test.y.to(device))
+    train, test = load_run_splits(d, resolve_device(cfg.device))
     method = cfg.method.build()
     l1 = method.l1_term(model) if hasattr(method, "l1_term") else 0.0
     result = analyse(model, train, test, settings, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,

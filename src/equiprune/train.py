@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .compact import PruneResult
-from .config import RunConfig
+from .config import DataConfig, RunConfig
 from .data import DATASETS, Batches, Split, load_split
 from .errors import TrainingDiverged
 from .measure import count_macs, count_params, nonzero_params
@@ -78,6 +78,13 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
     model.train(was_training)
     return correct / len(split), loss / len(split)
+
+
+def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
+    """The configured training and test splits (subsets applied), on ``device``."""
+    train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
+    test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
+    return Split(train.x.to(device), train.y.to(device)), Split(test.x.to(device), test.y.to(device))
 
 
 def build_model(cfg: RunConfig) -> nn.Module:
@@ -128,10 +135,7 @@ class Trainer:
 
     def _load_data(self) -> None:
         d = self.cfg.data
-        train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
-        test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
-        self.train_split = Split(train.x.to(self.device), train.y.to(self.device))
-        self.test_split = Split(test.x.to(self.device), test.y.to(self.device))
+        self.train_split, self.test_split = load_run_splits(d, self.device)
         self.batches = Batches(self.train_split, d.batch_size, True, self.cfg.seed, self.rank, self.world)
         self.calibration = Calibration(self.train_split, d.batch_size, self.cfg.seed)
 
