@@ -147,10 +147,12 @@ def test_fused_ascent_step_equals_projected_utility_gradient_step(costs):
 
 def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_without_bias():
     g = torch.Generator().manual_seed(3)
-    rows = [(torch.randn(5, 7, generator=g), torch.randn(5, generator=g)), (torch.randn(3, 4, generator=g), None)]
-    got = game.squared_norms_of_rows(rows)
-    naive = [torch.tensor([sum(float(v) ** 2 for v in w[i]) + (float(b[i]) ** 2 if b is not None else 0.0)
-                           for i in range(w.shape[0])]) for w, b in rows]  # fmt: skip
+    pairs = [(torch.randn(5, 7, generator=g), torch.randn(5, generator=g)), (torch.randn(3, 4, generator=g), None),
+             (torch.randn(3, 1, generator=g), torch.randn(3, generator=g))]  # fmt: skip
+    groups = [[pairs[0]], [pairs[1], pairs[2]]]  # the second: a conv producer and its BatchNorm
+    got = game.squared_norms_of_rows(groups)
+    naive = [torch.tensor([sum(sum(float(v) ** 2 for v in w[i]) + (float(b[i]) ** 2 if b is not None else 0.0)
+                               for w, b in rows) for i in range(rows[0][0].shape[0])]) for rows in groups]  # fmt: skip
     for a, b in zip(got, naive):
         torch.testing.assert_close(a, b)
-    torch.testing.assert_close(got[0], game.squared_norms([rows[0][0], rows[0][1].unsqueeze(1)]))
+    torch.testing.assert_close(got[0], game.squared_norms([pairs[0][0], pairs[0][1].unsqueeze(1)]))

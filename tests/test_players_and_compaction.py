@@ -8,7 +8,7 @@ from equiprune import game
 from equiprune.compact import compact, keep_masks
 from equiprune.errors import PruningError
 from equiprune.game import GameSettings
-from equiprune.groups import attach, neuron_players
+from equiprune.groups import attach, find_players
 from equiprune.methods import build_method
 from equiprune.models import mlp
 
@@ -24,7 +24,7 @@ def _random_participations(gated, zero_fraction=0.5, seed=0):
 
 def test_mlp_players_are_the_hidden_neurons():
     model = mlp(hidden=(32, 16))
-    groups = neuron_players(model)
+    groups = find_players(model)
     assert [(g.name, g.size, g.consumer_name) for g in groups] == [("1", 32, "3"), ("3", 16, "5")]
     assert [type(m) for m in groups[0].between] == [nn.ReLU]
 
@@ -87,11 +87,12 @@ def test_excluded_layers_keep_all_their_neurons():
 
 
 def test_unsupported_model_layout_names_the_layer():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    with pytest.raises(PruningError, match=r"'2' \(LayerNorm\)"):
-        neuron_players(model)
-    with pytest.raises(PruningError, match="nn.Sequential"):
-        neuron_players(nn.Linear(3, 3))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(PruningError, match=r"'1': layer '2' \(LayerNorm\).*[Ee]xclude"):
+        find_players(model)
+    assert [g.name for g in find_players(model, exclude=["1"])] == ["3"]
+    with pytest.raises(PruningError, match="no hidden layer"):
+        find_players(nn.Linear(3, 3))
 
 
 def _one_step(benefit_grad):

@@ -172,7 +172,10 @@ def test_a_sweep_directory_refuses_a_changed_plan(tmp_path, data_root):
             lambda t: t.replace("lr_s = 0.02", "lr_s = 0.02\ncost_rmp = 0.5"),
             "unknown key 'cost_rmp'.*did you mean 'cost_ramp'",
         ),
-        (lambda t: t.replace('name = "random"', 'name = "random"\nplayers = "filter"'), "unknown player kind 'filter'"),
+        (
+            lambda t: t.replace('name = "random"', 'name = "random"\nplayers = "filters"'),
+            "unknown player kind 'filters'",
+        ),
         (lambda t: t.replace("hidden = [16, 8]", "hidden = [16, 8]\ndepth = 3"), "unknown key 'depth'"),
     ],
 )

@@ -1,13 +1,15 @@
 """Compaction: remove pruned players and return a smaller plain ``nn.Module``.
 
-A player's participation multiplies its neuron's output where the next layer reads it, so the
-survivors' participations fold exactly into the consumer's input columns (``W[:, i]·s_i``), and a
-removed neuron's rows and columns simply go. The compacted model computes exactly what the gated
-model computes once the removed players' participations are set to zero, for any activation.
+A player's participation multiplies its channel where every consumer reads it, so the survivors'
+participations fold exactly into the consumers' input columns (``W[:, i]·s_i``), and a removed
+channel's producer rows, BatchNorm statistics and consumer columns simply go. The compacted model
+computes exactly what the gated model computes once the removed players' participations are set to
+zero, for any activation, across BatchNorm and residual sums.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -50,20 +52,46 @@ def keep_masks(gated: GatedModel, epsilon: float) -> dict[str, torch.Tensor]:
     return masks
 
 
-def _slim_linear(old: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None, col_scale) -> nn.Linear:
+@dataclass
+class _Cut:
+    """What one layer keeps: output channels (``rows``), input features (``cols``) and their scale."""
+
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+
+def _full(current: torch.Tensor | None, width: int, fill: bool | float, like: torch.Tensor) -> torch.Tensor:
+    """``current``, or a new vector of ``width`` × ``fill`` (what a layer keeps by default: all)."""
+    return current if current is not None else torch.full((width,), fill, dtype=like.dtype, device=like.device)
+
+
+def _slim(old: nn.Module, cut: _Cut) -> nn.Module:
+    """A copy of ``old`` (Linear, Conv2d or BatchNorm) with only the kept rows and columns."""
+    new = copy.deepcopy(old)
+    if isinstance(old, nn.modules.batchnorm._BatchNorm):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(old, name)
+            if t is not None:
+                value = t.detach()[cut.rows]
+                setattr(new, name, nn.Parameter(value) if isinstance(t, nn.Parameter) else value)
+        new.num_features = int(cut.rows.sum())
+        return new
     weight = old.weight.detach()
     bias = old.bias.detach() if old.bias is not None else None
-    if cols is not None:
-        weight = weight[:, cols] * col_scale[cols]
-    if rows is not None:
-        weight = weight[rows]
-        bias = bias[rows] if bias is not None else None
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    new = new.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
+    if cut.cols is not None:
+        scale = cut.scale[cut.cols]
+        weight = weight[:, cut.cols] * scale.view(1, -1, *([1] * (weight.dim() - 2)))
+    if cut.rows is not None:
+        weight = weight[cut.rows]
+        bias = bias[cut.rows] if bias is not None else None
+    new.weight = nn.Parameter(weight.clone())
+    if bias is not None:
+        new.bias = nn.Parameter(bias.clone())
+    if isinstance(old, nn.Linear):
+        new.out_features, new.in_features = weight.shape[0], weight.shape[1]
+    else:
+        new.out_channels, new.in_channels = weight.shape[0], weight.shape[1]
     return new
 
 
@@ -118,18 +146,31 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
                 f"the mask of layer {group.name!r} drops every player: the network would be disconnected"
             )
     model = gated.plain_copy()
-    rows: dict[str, torch.Tensor] = {}
-    cols: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    cuts: dict[str, _Cut] = {}
     for group, s in zip(gated.groups, gated.gates):
-        rows[group.name] = masks[group.name]
-        cols[group.consumer_name] = (masks[group.name], s.detach())
-    for name in sorted(set(rows) | set(cols)):
-        col_keep, col_scale = cols.get(name, (None, None))
-        new = _slim_linear(model.get_submodule(name), rows.get(name), col_keep, col_scale)
+        keep, s = masks[group.name], s.detach()
+        for name, _ in group.producers:
+            cuts.setdefault(name, _Cut()).rows = keep
+        for f in group.followers:
+            cut = cuts.setdefault(f.name, _Cut())
+            cut.rows = _full(cut.rows, f.module.num_features, True, keep)
+            cut.rows[f.offset : f.offset + group.size] = keep
+        for c in group.consumers:
+            cut = cuts.setdefault(c.name, _Cut())
+            width = c.module.in_channels if isinstance(c.module, nn.Conv2d) else c.module.in_features
+            cut.cols, cut.scale = _full(cut.cols, width, True, keep), _full(cut.scale, width, 1.0, s)
+            span = slice(c.offset, c.offset + group.size * c.repeat)
+            cut.cols[span] = keep.repeat_interleave(c.repeat)
+            cut.scale[span] = s.repeat_interleave(c.repeat)
+    for name, cut in cuts.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        setattr(
+            model.get_submodule(parent_name) if parent_name else model, child, _slim(model.get_submodule(name), cut)
+        )
     if balance:
-        homogeneous = [g for g in gated.groups if all(isinstance(m, POSITIVELY_HOMOGENEOUS) for m in g.between)]
+        homogeneous = [
+            g for g in gated.groups if g.simple and all(isinstance(m, POSITIVELY_HOMOGENEOUS) for m in g.between)
+        ]
         rebalance(model, [(g.name, g.consumer_name) for g in homogeneous])
     kept = {k: int(v.sum()) for k, v in masks.items()}
     total = {g.name: g.size for g in gated.groups}

@@ -44,6 +44,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: list[int] | None = None  # widths of the hidden Linear layers; None: the model's own default
+    width: float | None = None  # channel multiplier of convolutional models (resnet20, vgg11, …)
     activation: str = "relu"
 
     def __post_init__(self):
@@ -52,6 +53,8 @@ class ModelConfig:
         MODELS.get(self.name, "model.name")
         if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
+        if self.width is not None and not self.width > 0:
+            raise ConfigError(f"model.width: must be > 0, got {self.width!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation: got {self.activation!r}, expected one of {sorted(ACTIVATIONS)}")
 
@@ -101,7 +104,7 @@ class MethodConfig:
         from .methods import METHODS, build_method
 
         if self.players is None:
-            return build_method(self.name, self.preset, self.settings, tuple(self.exclude))
+            return build_method(self.name, self.preset, self.settings, tuple(self.exclude), self.players)
         if self.players not in PLAYER_KINDS:
             raise ConfigError(
                 f"method.players: unknown player kind {self.players!r}; expected one of {list(PLAYER_KINDS)}"
@@ -112,7 +115,7 @@ class MethodConfig:
                 f"method.players: method {self.name!r} cannot prune {self.players!r} players; "
                 f"it supports {list(supported)}"
             )
-        return build_method(self.name, self.preset, self.settings, tuple(self.exclude))
+        return build_method(self.name, self.preset, self.settings, tuple(self.exclude), self.players)
 
 
 @dataclass

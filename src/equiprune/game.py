@@ -116,20 +116,26 @@ def squared_norms(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum((b * b).sum(1) for b in blocks)
 
 
-def squared_norms_of_rows(rows: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
-    """``squared_norms`` for many groups at once, each given as ``(weight (n, d), bias (n,) or None)``.
+def squared_norms_of_rows(groups: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor | None]]]) -> list[torch.Tensor]:
+    """``squared_norms`` for many groups at once, each given as its ``(weight (n, d), bias (n,) or
+    None)`` pairs (one per layer the players own rows of: a producer, a BatchNorm).
 
     The training loop calls this after every step, where kernel-launch overhead, not arithmetic,
     dominates: one single-pass ``vector_norm`` per weight, then two multi-tensor kernels for all
     groups together (square, add the bias squares), instead of five small kernels per group.
     """
-    out = [torch.linalg.vector_norm(w, dim=1) for w, _ in rows]
+    pairs = [pair for rows in groups for pair in rows]
+    out = [torch.linalg.vector_norm(w, dim=1) for w, _ in pairs]
     torch._foreach_mul_(out, out)
-    with_bias = [(sq, b) for sq, (_, b) in zip(out, rows) if b is not None]
+    with_bias = [(sq, b) for sq, (_, b) in zip(out, pairs) if b is not None]
     if with_bias:
         sqs, biases = zip(*with_bias)
         torch._foreach_addcmul_(list(sqs), list(biases), list(biases))
-    return out
+    sums, i = [], 0
+    for rows in groups:
+        sums.append(out[i] if len(rows) == 1 else sum(out[i : i + len(rows)]))
+        i += len(rows)
+    return sums
 
 
 def inner_with_grad(blocks: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,21 +1,23 @@
 """Players: the parameter groups of a model whose participation can be gated, and the gates.
 
-A :class:`PlayerGroup` is a set of ``n`` players that share one *gate site*: a module whose output
-is multiplied, channel by channel, by the participations ``s`` (one per player). Each player owns a
-slice of some parameters; :meth:`PlayerGroup.blocks` returns them as ``(n, d_k)`` row views, so the
-game can compute norms, inner products and competition for all players of a group in a few tensor
-operations, whatever the granularity (neurons today; filters, heads and single weights reuse the
-same interface).
+A :class:`PlayerGroup` is a set of ``n`` players: the channels of one channel space (see
+:mod:`equiprune.tracing`), i.e. the output neurons of a Linear layer or the filters of a Conv2d,
+together with everything that must shrink with them: the BatchNorm statistics that follow them,
+the other producers a residual sum couples them to, and the input columns of the layers that read
+them. Each player owns a slice of those parameters; :meth:`PlayerGroup.blocks` returns them as
+``(n, d_k)`` row views, so the game can compute norms, inner products and competition for all
+players of a group in a few tensor operations, whatever the granularity.
 
-For a neuron of a ``Linear`` layer the gate multiplies the neuron's output as the next layer sees
-it (a forward pre-hook on the consumer), so the network computes ``s_i·act(w_i·x + b_i)``. For
-ReLU this is the paper's "the network uses s_i·θ_i"; unlike gating the pre-activation, it keeps
-∂L/∂s_i = ⟨∂L/∂h_i, act(z_i)⟩ informative at s_i = 0 (a dropped player can come back), and folding
-s_i into the consumer's input columns at the end is exact for every activation.
+The gate multiplies a player's channel where every consumer reads it (a forward pre-hook on the
+consumer), so the network computes ``s_i·act(w_i·x + b_i)``. For ReLU this is the paper's "the
+network uses s_i·θ_i"; unlike gating the pre-activation, it keeps ∂L/∂s_i = ⟨∂L/∂h_i, act(z_i)⟩
+informative at s_i = 0 (a dropped player can come back), and folding s_i into the consumers' input
+columns at the end is exact for every activation and across residual sums.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,123 +25,156 @@ import torch
 import torch.nn as nn
 
 from .errors import PruningError
+from .tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude
 
-#: The kinds of player equiprune can prune today (filters and heads are planned): hidden neurons,
-#: and single weights (unstructured pruning, see ``equiprune.masks``).
-PLAYER_KINDS = ("neuron", "weight")
+#: The kinds of player equiprune can prune: hidden neurons of Linear layers, filters (output
+#: channels) of Conv2d layers, and single weights (unstructured pruning, see ``equiprune.masks``).
+PLAYER_KINDS = ("neuron", "filter", "weight")
+STRUCTURED_KINDS = ("neuron", "filter")
 
-#: Modules that act element by element: a neuron's value passes through them unchanged in position,
-#: so a Linear's output neurons stay aligned with the next Linear's inputs.
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
-    nn.Dropout, nn.AlphaDropout, nn.Identity,
-)  # fmt: skip
+__all__ = ["ELEMENTWISE", "PLAYER_KINDS", "GatedModel", "PlayerGroup", "attach", "find_players"]
 
 
 @dataclass
 class PlayerGroup:
-    """The output neurons of ``producer`` (a Linear), consumed by the inputs of ``consumer``.
-
-    ``between`` holds the element-wise modules applied in between (the activation, dropout).
-    """
+    """``size`` players: the channels that ``producers`` write (one row each), ``followers`` keep
+    statistics of and ``consumers`` read (input columns). ``between``: the element-wise modules
+    the channels pass through (the activation)."""
 
     name: str
-    producer: nn.Linear
-    consumer: nn.Linear
-    consumer_name: str
+    size: int
+    producers: list[tuple[str, nn.Module]]
+    consumers: list[Consumer]
+    followers: list[Follower] = field(default_factory=list)
     between: list[nn.Module] = field(default_factory=list)
-    kind: str = "neuron"
 
     @property
-    def size(self) -> int:
-        return self.producer.out_features
+    def kind(self) -> str:
+        return "filter" if isinstance(self.producers[0][1], nn.Conv2d) else "neuron"
+
+    # The single producer and consumer of a plain Linear → activation → Linear group (an MLP's).
+    @property
+    def producer(self) -> nn.Module:
+        return self.producers[0][1]
 
     @property
-    def gate_site(self) -> nn.Module:
-        """The module whose input (channel by channel) the participations multiply."""
-        return self.consumer
+    def consumer(self) -> nn.Module:
+        return self.consumers[0].module
 
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The players' parameters as one ``(n, d)`` weight view and an optional ``(n,)`` bias."""
-        return self.producer.weight, self.producer.bias
+    @property
+    def consumer_name(self) -> str:
+        return self.consumers[0].name
 
-    def blocks(self) -> list[torch.Tensor]:
-        """The players' parameters as ``(n, d_k)`` row views (no copies)."""
-        weight, bias = self.rows()
-        return [weight] if bias is None else [weight, bias.unsqueeze(1)]
+    @property
+    def simple(self) -> bool:
+        """One Linear producer read by one Linear consumer, nothing else: an MLP's hidden layer."""
+        return (
+            len(self.producers) == 1
+            and isinstance(self.producer, nn.Linear)
+            and not self.followers
+            and len(self.consumers) == 1
+            and isinstance(self.consumer, nn.Linear)
+            and self.consumers[0].repeat == 1
+            and self.consumer.in_features == self.size
+        )
+
+    def rows(self, followers: bool = True, grads: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The players' parameters as ``(weight (n, d), bias (n,) or None)`` views: one pair per
+        producer, then (with ``followers``) one per affine BatchNorm. ``grads``: their gradients
+        instead, zeros where none exists."""
+
+        def get(p: torch.Tensor | None) -> torch.Tensor | None:
+            if p is None or not grads:
+                return p
+            return p.grad if p.grad is not None else torch.zeros_like(p)
+
+        out = [(get(m.weight).view(self.size, -1), get(m.bias)) for _, m in self.producers]
+        if followers:
+            for f in self.followers:
+                if f.module.affine:
+                    sl = slice(f.offset, f.offset + self.size)
+                    out.append((get(f.module.weight)[sl].unsqueeze(1), get(f.module.bias)[sl]))
+        return out
+
+    def blocks(self, followers: bool = True, grads: bool = False) -> list[torch.Tensor]:
+        """The players' parameters (or their gradients) as ``(n, d_k)`` row views (no copies)."""
+        out = []
+        for weight, bias in self.rows(followers, grads):
+            out += [weight] if bias is None else [weight, bias.unsqueeze(1)]
+        return out
 
     def grad_blocks(self) -> list[torch.Tensor]:
-        """The gradients of :meth:`blocks`, aligned with them (zeros where no gradient exists)."""
-        grads = []
-        for p in [self.producer.weight, self.producer.bias]:
-            if p is None:
-                continue
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            grads.append(g if g.dim() == 2 else g.unsqueeze(1))
-        return grads
+        """The gradients of :meth:`blocks`, aligned with them."""
+        return self.blocks(grads=True)
 
 
-def _leaves_in_order(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The leaf modules of nested ``nn.Sequential`` containers, in execution order."""
-    if not isinstance(model, nn.Sequential):
-        raise PruningError(
-            f"cannot discover neuron players in {prefix or 'the model'} ({type(model).__name__}): "
-            "automatic discovery currently follows nn.Sequential chains of Linear layers and "
-            "element-wise modules. Wrap the layers in nn.Sequential, or build the PlayerGroups yourself."
-        )
-    out = []
-    for name, child in model.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, nn.Sequential):
-            out += _leaves_in_order(child, full)
-        else:
-            out.append((full, child))
-    return out
+def find_players(
+    model: nn.Module, exclude: Iterable[str] = (), kinds: Sequence[str] = STRUCTURED_KINDS
+) -> list[PlayerGroup]:
+    """One :class:`PlayerGroup` per prunable channel space of ``model`` (see :mod:`equiprune.tracing`).
 
-
-def neuron_players(model: nn.Module, exclude: Iterable[str] = ()) -> list[PlayerGroup]:
-    """One :class:`PlayerGroup` per hidden Linear layer of a Sequential model.
-
-    A Linear followed (through element-wise modules only) by another Linear has players; the last
-    Linear (the classifier) has none. ``exclude`` names Linear layers to leave ungated.
+    Spaces that reach the model's output or input (logits, image channels) have no players. A
+    space a layer in ``exclude`` produces is left ungated. A space that meets an operation the
+    analysis cannot follow is an error naming the operation and the layers to exclude.
     """
-    exclude = set(exclude)
-    leaves = _leaves_in_order(model)
-    names = {n for n, _ in leaves}
-    unknown = exclude - names
-    if unknown:
-        raise PruningError(f"exclude names no layer of the model: {sorted(unknown)}; layers: {sorted(names)}")
-    groups: list[PlayerGroup] = []
-    pending: tuple[str, nn.Linear] | None = None
-    between: list[nn.Module] = []
-    for name, mod in leaves:
-        if isinstance(mod, nn.Linear):
-            if pending is not None and pending[0] not in exclude:
-                groups.append(PlayerGroup(pending[0], pending[1], mod, name, between))
-            pending, between = (name, mod), []
-        elif isinstance(mod, ELEMENTWISE) or (isinstance(mod, nn.Flatten) and pending is None):
-            if pending is not None:
-                between.append(mod)
-        else:
-            raise PruningError(
-                f"layer {name!r} ({type(mod).__name__}) sits where neuron players are traced and is "
-                "neither Linear nor element-wise; neuron players cannot be kept aligned across it. "
-                "Exclude the Linear layers around it by name, or restructure the model."
-            )
+    exclude = check_exclude(model, exclude)
+    groups, blocked = [], []
+    for space in channel_spaces(model):
+        if space.fixed or exclude & set(space.producer_names):
+            continue
+        if space.blocked:
+            blocked.append(f"{', '.join(map(repr, space.producer_names))}: {space.blocked[0]}")
+            continue
+        if not space.consumers:  # computed but never read: nothing to gate
+            continue
+        group = PlayerGroup(
+            space.producer_names[0], space.size, space.producers, space.consumers, space.followers, space.between
+        )
+        if group.kind in kinds:
+            groups.append(group)
+    if blocked:
+        raise PruningError(
+            "cannot keep these layers' channels consistent when pruning them: "
+            + "; ".join(blocked)
+            + ". Exclude them (method.exclude = [...] in the config, or exclude=... in Python), "
+            "or rewrite the operation with supported ones."
+        )
     if not groups:
-        raise PruningError("the model has no hidden Linear layer with neurons to gate")
+        raise PruningError(
+            f"the model has no hidden layer with {' or '.join(kinds)} players: only a Linear or Conv2d layer "
+            "whose output feeds another such layer (not the model's output) can be pruned"
+        )
     return groups
 
 
 class _GateHook:
-    """Forward pre-hook multiplying a Linear module's input features by a participation vector."""
+    """Forward pre-hook multiplying a consumer's input channels by the participations that reach it.
 
-    def __init__(self, gate: torch.Tensor):
-        self.gate = gate
+    ``segments``: ``(offset, gate, repeat)`` per player group the consumer reads, sorted by offset;
+    inputs no group covers pass unscaled."""
+
+    def __init__(self, width: int, segments: list[tuple[int, torch.Tensor, int]], channels_first: bool):
+        self.width, self.segments, self.channels_first = width, segments, channels_first
+        # The common case (an MLP's, a plain CNN's): one group covering every input, once each.
+        only = segments[0] if len(segments) == 1 else None
+        self.whole = only[1] if only and only[0] == 0 and only[2] == 1 and only[1].numel() == width else None
+
+    def scale(self) -> torch.Tensor:
+        parts, pos = [], 0
+        for offset, gate, repeat in self.segments:
+            if offset > pos:
+                parts.append(gate.new_ones(offset - pos))
+            parts.append(gate if repeat == 1 else gate.repeat_interleave(repeat))
+            pos = offset + gate.numel() * repeat
+        if pos < self.width:
+            parts.append(parts[-1].new_ones(self.width - pos))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __call__(self, module, args):
-        return (args[0] * self.gate, *args[1:])
+        scale = self.whole if self.whole is not None else self.scale()
+        if self.channels_first:  # (N, C, H, W)
+            scale = scale.view(-1, 1, 1)
+        return (args[0] * scale, *args[1:])
 
 
 class GatedModel(nn.Module):
@@ -162,8 +197,15 @@ class GatedModel(nn.Module):
         self._attach_hooks()
 
     def _attach_hooks(self) -> None:
+        reads: dict[str, tuple[nn.Module, list]] = {}
         for g, s in zip(self.groups, self.gates):
-            self._handles.append(g.gate_site.register_forward_pre_hook(_GateHook(s)))
+            for c in g.consumers:
+                reads.setdefault(c.name, (c.module, []))[1].append((c.offset, s, c.repeat))
+        for module, segments in reads.values():
+            conv = isinstance(module, nn.Conv2d)
+            width = module.in_channels if conv else module.in_features
+            hook = _GateHook(width, sorted(segments, key=lambda seg: seg[0]), channels_first=conv)
+            self._handles.append(module.register_forward_pre_hook(hook))
 
     def _detach_hooks(self) -> None:
         for h in self._handles:
@@ -181,8 +223,6 @@ class GatedModel(nn.Module):
 
     def plain_copy(self) -> nn.Module:
         """A deep copy of the underlying model without the gate hooks."""
-        import copy
-
         self._detach_hooks()
         try:
             return copy.deepcopy(self.model)
@@ -190,6 +230,6 @@ class GatedModel(nn.Module):
             self._attach_hooks()
 
 
-def attach(model: nn.Module, exclude: Iterable[str] = ()) -> GatedModel:
-    """Gate every neuron of ``model``'s hidden Linear layers; all participations start at 1."""
-    return GatedModel(model, neuron_players(model, exclude))
+def attach(model: nn.Module, exclude: Iterable[str] = (), kinds: Sequence[str] = STRUCTURED_KINDS) -> GatedModel:
+    """Gate every player of ``model`` (hidden neurons and filters); all participations start at 1."""
+    return GatedModel(model, find_players(model, exclude, kinds))

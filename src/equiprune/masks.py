@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .compact import PruneResult, compact
 from .errors import PruningError
-from .groups import GatedModel, neuron_players
+from .groups import GatedModel, find_players
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -85,9 +85,9 @@ def compact_unstructured(model: nn.Module, masks: WeightMasks) -> PruneResult:
     ``kept``/``total`` count weights per layer, the players of unstructured pruning."""
     masks.apply()
     small = copy.deepcopy(model)
-    try:
-        groups = neuron_players(small)
-    except PruningError:  # not a chain of Linear layers: keep the architecture, zeros and all
+    try:  # hidden Linear → activation → Linear layers; other layers keep their shape, zeros and all
+        groups = [g for g in find_players(small) if g.simple]
+    except PruningError:
         groups = []
     keep = {}
     for g in groups:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch.nn as nn
@@ -76,5 +77,124 @@ def lenet5(
     return nn.Sequential(*features, *_classifier(16 * 5 * 5, hidden, act, num_classes))
 
 
+def _scaled(channels: int, width: float) -> int:
+    """``channels`` times the width multiplier, at least 1."""
+    if not width > 0:
+        raise ConfigError(f"model.width: must be > 0, got {width!r}")
+    return max(1, round(channels * width))
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with BatchNorm and a residual sum; a 1×1 convolution (with BatchNorm)
+    on the shortcut where the shape changes (the "option B" shortcut, which keeps the sum's
+    channels prunable as one coupled group)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: type[nn.Module]):
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(cin, cout, stride)
+        self.act1 = act()
+        self.conv2, self.bn2 = _conv_bn(cout, cout)
+        self.shortcut = (
+            nn.Sequential(*_conv_bn(cin, cout, stride, kernel=1)) if stride != 1 or cin != cout else nn.Identity()
+        )
+        self.act2 = act()
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet (He et al., 2016, section 4.2): a 3×3 stem, three stages of
+    ``blocks`` basic blocks at 16, 32 and 64 channels (times ``width``), global average pooling
+    and a linear classifier."""
+
+    def __init__(self, blocks: int, in_channels: int, num_classes: int, width: float, act: type[nn.Module]):
+        super().__init__()
+        widths = [_scaled(c, width) for c in (16, 32, 64)]
+        self.conv1, self.bn1 = _conv_bn(in_channels, widths[0])
+        self.act1 = act()
+        stages, cin = [], widths[0]
+        for i, cout in enumerate(widths):
+            layers = []
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if (i > 0 and b == 0) else 1, act))
+                cin = cout
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+@MODELS.register("resnet20")
+def resnet20(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: float = 1.0, activation: str = "relu"
+) -> ResNet:
+    """ResNet-20 for 32×32 (or 28×28) images: 3 blocks per stage, 0.27 M parameters at width 1."""
+    return ResNet(3, int(input_shape[0]), num_classes, width, _activation(activation))
+
+
+@MODELS.register("resnet56")
+def resnet56(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: float = 1.0, activation: str = "relu"
+) -> ResNet:
+    """ResNet-56: 9 blocks per stage."""
+    return ResNet(9, int(input_shape[0]), num_classes, width, _activation(activation))
+
+
+VGG_LAYOUTS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+def _vgg(layout: str, input_shape: Sequence[int], num_classes: int, width: float, activation: str) -> nn.Sequential:
+    """The CIFAR variant of VGG: 3×3 convolutions with BatchNorm, five max-pools (ceil mode, so
+    28×28 inputs work too) down to 1×1, and one linear classifier."""
+    act = _activation(activation)
+    layers: list[nn.Module] = []
+    cin = int(input_shape[0])
+    for item in VGG_LAYOUTS[layout]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        else:
+            cout = _scaled(int(item), width)
+            layers += [*_conv_bn(cin, cout), act()]
+            cin = cout
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(cin, num_classes))
+
+
+@MODELS.register("vgg11")
+def vgg11(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: float = 1.0, activation: str = "relu"
+) -> nn.Sequential:
+    """VGG-11 (CIFAR variant, with BatchNorm)."""
+    return _vgg("vgg11", input_shape, num_classes, width, activation)
+
+
+@MODELS.register("vgg16")
+def vgg16(
+    input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: float = 1.0, activation: str = "relu"
+) -> nn.Sequential:
+    """VGG-16 (CIFAR variant, with BatchNorm)."""
+    return _vgg("vgg16", input_shape, num_classes, width, activation)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    return MODELS.get(name, "model.name")(**kwargs)
+    """The model called ``name``; a setting it does not take is a ConfigError naming the ones it does."""
+    builder = MODELS.get(name, "model.name")
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no setting {', '.join(map(repr, unknown))}; it takes {sorted(accepted)}")
+    return builder(**kwargs)

@@ -89,7 +89,8 @@ def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
 
 def build_model(cfg: RunConfig) -> nn.Module:
     ds = DATASETS.get(cfg.data.dataset, "data.dataset")
-    widths = {} if cfg.model.hidden is None else {"hidden": cfg.model.hidden}
+    m = cfg.model
+    widths = {k: v for k, v in (("hidden", m.hidden), ("width", m.width)) if v is not None}
     shape, classes = ds.input_shape, ds.num_classes
     return create_model(
         cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
@@ -337,6 +338,15 @@ class Trainer:
         if self.cfg.train.finetune_epochs:
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
 
+    def _player_kind(self) -> str:
+        """What the method pruned: the configured kind, else the kinds of the gated groups."""
+        if self.cfg.method.players:
+            return self.cfg.method.players
+        groups = getattr(self.trained, "groups", None)
+        if groups is None:
+            return self.method.player_kinds[0]
+        return "+".join(sorted({g.kind for g in groups}))
+
     @staticmethod
     def _kept_metrics(st: _State) -> dict[str, Any]:
         kept = sum(st.result.kept.values())
@@ -365,7 +375,7 @@ class Trainer:
             "params_before": params_before,
             "params_after": count_params(small),
             "nonzero_params_after": nonzero_params(small),
-            "players": self.cfg.method.players or self.method.player_kinds[0],
+            "players": self._player_kind(),
             "macs_before": self.macs_before,
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,

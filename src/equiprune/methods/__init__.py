@@ -9,10 +9,15 @@ from .base import METHODS, Dense, Method
 
 
 def build_method(
-    name: str, preset: str | None = None, settings: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()
+    name: str,
+    preset: str | None = None,
+    settings: dict[str, Any] | None = None,
+    exclude: tuple[str, ...] = (),
+    players: str | None = None,
 ) -> Method:
-    """The method called ``name``, its preset applied and its settings validated field by field."""
-    return METHODS.get(name, "method.name").from_config(preset, settings or {}, exclude)
+    """The method called ``name``, its preset applied and its settings validated field by field;
+    ``players`` restricts it to one player kind (see ``equiprune.groups.PLAYER_KINDS``)."""
+    return METHODS.get(name, "method.name").from_config(preset, settings or {}, exclude, players)
 
 
 __all__ = ["METHODS", "Method", "Dense", "build_method"]

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..compact import PruneResult
 from ..config import from_dict
 from ..errors import ConfigError
-from ..groups import neuron_players
+from ..groups import STRUCTURED_KINDS, GatedModel, attach, find_players
 from ..registry import Registry
 
 
@@ -48,11 +48,17 @@ class Method:
     name: ClassVar[str]
     settings_type: ClassVar[type]
     #: Player kinds the method can prune (see ``groups``); the loop refuses any other.
-    player_kinds: ClassVar[tuple[str, ...]] = ("neuron",)
+    player_kinds: ClassVar[tuple[str, ...]] = STRUCTURED_KINDS
 
-    def __init__(self, settings: Any, exclude: tuple[str, ...] = ()):
+    def __init__(self, settings: Any, exclude: tuple[str, ...] = (), players: str | None = None):
         self.settings = settings
         self.exclude = tuple(exclude)  # layer names left ungated
+        self.players = players  # the one player kind to prune; None: every kind the method supports
+
+    def attach(self, model: nn.Module) -> GatedModel:
+        """Gate the model's structured players (of the configured kind), minus the excluded layers."""
+        kinds = (self.players,) if self.players else [k for k in self.player_kinds if k in STRUCTURED_KINDS]
+        return attach(model, self.exclude, kinds)
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -60,7 +66,9 @@ class Method:
         return {}
 
     @classmethod
-    def from_config(cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = ()) -> Method:
+    def from_config(
+        cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = (), players: str | None = None
+    ) -> Method:
         values: dict[str, Any] = {}
         if preset is not None:
             presets = cls.presets()
@@ -71,7 +79,7 @@ class Method:
                 )
             values.update(presets[preset])
         values.update(settings)
-        return cls(from_dict(cls.settings_type, values, "method"), exclude)
+        return cls(from_dict(cls.settings_type, values, "method"), exclude, players)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the module to train (the model itself, or a wrapper that gates it)."""
@@ -155,11 +163,11 @@ class Dense(Method):
 
     name = "dense"
     settings_type = DenseSettings
-    player_kinds = ("neuron", "weight")
+    player_kinds = (*STRUCTURED_KINDS, "weight")
 
     def training_key(self) -> str | None:
         return "dense"
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
-        widths = {g.name: g.size for g in neuron_players(trained)}
+        widths = {g.name: g.size for g in find_players(trained)}
         return PruneResult(trained, widths, dict(widths))

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .. import game
 from ..compact import PruneResult, compact, keep_masks
-from ..groups import GatedModel, attach
+from ..groups import GatedModel
 from .base import METHODS, Method
 
 #: Bin edges of the participation histogram written each epoch.
@@ -24,8 +24,8 @@ class EquilibriumPruner(Method):
     name = "game"
     settings_type = game.GameSettings
 
-    def __init__(self, settings: game.GameSettings, exclude: tuple[str, ...] = ()):
-        super().__init__(settings, exclude)
+    def __init__(self, settings: game.GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
+        super().__init__(settings, exclude, players)
         self._step = 0  # participation updates so far (drives the cost ramp)
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
 
@@ -34,7 +34,7 @@ class EquilibriumPruner(Method):
         return game.PRESETS
 
     def prepare(self, model: nn.Module) -> GatedModel:
-        return attach(model, self.exclude)
+        return self.attach(model)
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         self._ramp_steps = self.settings.cost_ramp * steps_per_epoch * epochs

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from ..compact import PruneResult, compact
-from ..groups import attach
 from ..selection import layerwise_counts
 from .base import METHODS, Calibration, Method, check_selection
 
@@ -33,7 +32,7 @@ class Scratch(Method):
     settings_type = ScratchSettings
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        gated = attach(model, self.exclude)
+        gated = self.attach(model)
         self._total = {g.name: g.size for g in gated.groups}
         self._kept = layerwise_counts(self.settings.budget, self._total)
         masks = {

@@ -10,7 +10,9 @@ live players by its score and keeps exactly the budget's count (see :mod:`equipr
   keeping a geometrically shrinking fraction (budget^(r/rounds) after round r), the network
   training on between rounds; the last round, at the end, lands on the budget exactly.
 
-Scores: ``magnitude-l1`` / ``magnitude-l2`` (norm of the player's incoming weights and bias),
+Scores: ``magnitude-l1`` / ``magnitude-l2`` (norm of the player's incoming weights and bias: a
+neuron's row, a filter's kernels, summed over the layers a residual sum couples; BatchNorm scales
+are not counted, as in L1-norm filter pruning, Li et al. 2017),
 ``random``, ``taylor`` (first-order Taylor estimate of the loss change on removal,
 |s_i·∂L/∂s_i| = |Σ_batch activation × gradient|, averaged over calibration batches) and
 ``slimming`` (network slimming: the gates train with the weights under an L1 penalty λ·Σ|s_i|,
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from ..compact import PruneResult, compact
 from ..errors import ConfigError
 from ..game import squared_norms
-from ..groups import GatedModel, attach
+from ..groups import GatedModel
 from ..selection import Allocation, kept_total, top_k_masks
 from .base import METHODS, Calibration, Method, check_selection, require_at_least
 
@@ -56,8 +58,8 @@ class StructuredPruner(Method):
 
     settings_type = StructuredSettings
 
-    def __init__(self, settings, exclude: tuple[str, ...] = ()):
-        super().__init__(settings, exclude)
+    def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
+        super().__init__(settings, exclude, players)
         self._step = 0
         self._round_steps: list[int] = []  # steps after which an iterative round prunes
         self._rounds_done = 0
@@ -71,7 +73,7 @@ class StructuredPruner(Method):
     # --- the hooks ------------------------------------------------------------------------------
 
     def prepare(self, model: nn.Module) -> GatedModel:
-        return attach(model, self.exclude)
+        return self.attach(model)
 
     def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         self._calibration = calibration
@@ -150,7 +152,7 @@ class MagnitudeL1(StructuredPruner):
     name = "magnitude-l1"
 
     def scores(self, trained, calibration=None):
-        return {g.name: sum(b.detach().abs().sum(1) for b in g.blocks()) for g in trained.groups}
+        return {g.name: sum(b.detach().abs().sum(1) for b in g.blocks(followers=False)) for g in trained.groups}
 
 
 @METHODS.register("magnitude-l2")
@@ -160,7 +162,7 @@ class MagnitudeL2(StructuredPruner):
     name = "magnitude-l2"
 
     def scores(self, trained, calibration=None):
-        return {g.name: squared_norms([b.detach() for b in g.blocks()]).sqrt() for g in trained.groups}
+        return {g.name: squared_norms([b.detach() for b in g.blocks(followers=False)]).sqrt() for g in trained.groups}
 
 
 @METHODS.register("random")

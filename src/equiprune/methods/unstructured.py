@@ -59,8 +59,8 @@ class UnstructuredPruner(Method):
     #: when the budget is applied: "init" (before_run), "end" (finish) or "during" (subclass)
     when: str = "end"
 
-    def __init__(self, settings, exclude: tuple[str, ...] = ()):
-        super().__init__(settings, exclude)
+    def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
+        super().__init__(settings, exclude, players)
         self._step = 0
         self._calibration: Calibration | None = None
 
@@ -317,8 +317,8 @@ class IterativeMagnitudeRewind(_ByMagnitude):
     when = "during"
     settings_type = ImpSettings
 
-    def __init__(self, settings, exclude: tuple[str, ...] = ()):
-        super().__init__(settings, exclude)
+    def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
+        super().__init__(settings, exclude, players)
         self._rewind: dict[str, torch.Tensor] | None = None
         self._restart: int | None = None
 
