@@ -29,6 +29,7 @@ class DataConfig:
     eval_batch_size: int = 2000
     train_subset: int | None = None  # use only the first N training examples (quick looks, tests)
     test_subset: int | None = None
+    augment: Literal["none", "crop-flip"] = "none"  # random crops and mirroring of training images (CIFAR)
 
     def __post_init__(self):
         from .data import DATASETS

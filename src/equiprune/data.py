@@ -1,5 +1,8 @@
 """Datasets by name, from the official files: a local directory, else a cache, else a download.
 
+MNIST and Fashion-MNIST come as gzipped IDX files; CIFAR-10 and CIFAR-100 as the official "python
+version" archive (pickled batches in a .tar.gz), read directly from the archive.
+
 Every file is checked against its SHA-256 whichever way it was found, so a truncated or corrupted
 copy is never used silently. The whole dataset is held in memory as tensors: the datasets here are
 small, and slicing tensors is much faster than a DataLoader for them.
@@ -10,8 +13,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
 import struct
+import tarfile
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -41,11 +46,72 @@ class IdxDataset:
     num_classes: int = 10
     input_shape: tuple[int, ...] = (1, 28, 28)
 
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.files)
 
-DATASETS: Registry[IdxDataset] = Registry("dataset")
+    def read(self, split: str, root, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The raw uint8 images and integer labels of ``split``."""
+        images_file, labels_file = self.files[split]
+        return read_idx(resolve_file(self, images_file, root, download)), read_idx(
+            resolve_file(self, labels_file, root, download)
+        )
 
 
-def _register(ds: IdxDataset) -> None:
+@dataclass(frozen=True)
+class CifarDataset:
+    """A dataset shipped as one archive of pickled batches (the CIFAR "python version")."""
+
+    name: str
+    folder: str
+    archive: str  # the .tar.gz file name
+    top: str  # the directory inside the archive
+    members: dict[str, tuple[str, ...]]  # split -> pickled batches inside ``top``
+    label_key: bytes
+    sha256: dict[str, str]
+    mirrors: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    input_shape: tuple[int, ...] = (3, 32, 32)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.members)
+
+    def read(self, split: str, root, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        path = resolve_file(self, self.archive, root, download)
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                batches = [self._batch(tar, path, member) for member in self.members[split]]
+        except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            raise DataError(f"{path} is not a readable CIFAR archive: {exc}") from exc
+        return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+    def _batch(self, tar: tarfile.TarFile, path: Path, member: str) -> tuple[np.ndarray, np.ndarray]:
+        """One pickled batch: images (N, 3, 32, 32) and labels, checked against the format."""
+        name = f"{self.top}/{member}"
+        try:
+            f = tar.extractfile(name)
+        except KeyError:
+            f = None
+        if f is None:
+            raise DataError(f"{path} has no file {name}: not the official {self.archive}")
+        batch = pickle.load(f, encoding="bytes")
+        x, y = np.asarray(batch.get(b"data")), np.asarray(batch.get(self.label_key))
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != int(np.prod(self.input_shape)):
+            raise DataError(f"{path}: {name} holds data of shape {x.shape} {x.dtype}, expected (N, 3072) uint8")
+        if y.shape != (len(x),) or y.min(initial=0) < 0 or y.max(initial=0) >= self.num_classes:
+            raise DataError(
+                f"{path}: {name} has {y.shape} labels for {len(x)} images, or labels outside 0..{self.num_classes - 1}"
+            )
+        return x.reshape(len(x), *self.input_shape), y
+
+
+DATASETS: Registry[IdxDataset | CifarDataset] = Registry("dataset")
+
+
+def _register(ds: IdxDataset | CifarDataset) -> None:
     DATASETS.register(ds.name)(ds)
 
 
@@ -89,6 +155,37 @@ _register(
         std=0.3530,
     )
 )
+_CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+_register(
+    CifarDataset(
+        name="cifar10",
+        folder="cifar-10",
+        archive="cifar-10-python.tar.gz",
+        top="cifar-10-batches-py",
+        members={"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        label_key=b"labels",
+        sha256={"cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"},
+        mirrors=_CIFAR_MIRRORS,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        num_classes=10,
+    )
+)
+_register(
+    CifarDataset(
+        name="cifar100",
+        folder="cifar-100",
+        archive="cifar-100-python.tar.gz",
+        top="cifar-100-python",
+        members={"train": ("train",), "test": ("test",)},
+        label_key=b"fine_labels",
+        sha256={"cifar-100-python.tar.gz": "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"},
+        mirrors=_CIFAR_MIRRORS,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        num_classes=100,
+    )
+)
 
 
 def cache_dir() -> Path:
@@ -106,7 +203,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _how_to_supply(ds: IdxDataset, fname: str) -> str:
+def _how_to_supply(ds: IdxDataset | CifarDataset, fname: str) -> str:
     return (
         f"Supply the official file {ds.folder}/{fname} in a directory passed as `root` "
         f"(CLI: [data] root in the config) or named by ${DATA_ENV}, "
@@ -114,7 +211,7 @@ def _how_to_supply(ds: IdxDataset, fname: str) -> str:
     )
 
 
-def _verify(ds: IdxDataset, path: Path, source: str) -> None:
+def _verify(ds: IdxDataset | CifarDataset, path: Path, source: str) -> None:
     expected = ds.sha256[path.name]
     actual = sha256_of(path)
     if actual != expected:
@@ -125,7 +222,7 @@ def _verify(ds: IdxDataset, path: Path, source: str) -> None:
         )
 
 
-def _download(ds: IdxDataset, fname: str, dest: Path, mirrors: tuple[str, ...]) -> None:
+def _download(ds: IdxDataset | CifarDataset, fname: str, dest: Path, mirrors: tuple[str, ...]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for mirror in mirrors:
@@ -149,7 +246,7 @@ def _download(ds: IdxDataset, fname: str, dest: Path, mirrors: tuple[str, ...]) 
 
 
 def resolve_file(
-    ds: IdxDataset,
+    ds: IdxDataset | CifarDataset,
     fname: str,
     root: str | os.PathLike | None = None,
     download: bool = True,
@@ -218,24 +315,41 @@ def load_split(
 ) -> Split:
     """Load ``split`` ("train" or "test") of dataset ``name`` as normalised tensors."""
     ds = DATASETS.get(name, "data.dataset")
-    if split not in ds.files:
-        raise DataError(f"dataset {name!r} has no split {split!r}; expected one of {sorted(ds.files)}")
-    images_file, labels_file = ds.files[split]
-    images = read_idx(resolve_file(ds, images_file, root, download))
-    labels = read_idx(resolve_file(ds, labels_file, root, download))
+    if split not in ds.splits:
+        raise DataError(f"dataset {name!r} has no split {split!r}; expected one of {ds.splits}")
+    images, labels = ds.read(split, root, download)
     if len(images) != len(labels):
         raise DataError(f"{name}/{split}: {len(images)} images but {len(labels)} labels")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).reshape(len(images), *ds.input_shape)
-    x = (x - ds.mean) / ds.std
+    # per-channel statistics for colour images, one pair for grey ones
+    x = (x - torch.tensor(ds.mean).view(-1, 1, 1)) / torch.tensor(ds.std).view(-1, 1, 1)
     return Split(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The standard CIFAR augmentation, batched: each image shifted by a random crop of its
+    zero-padded copy (up to ``pad`` pixels each way) and mirrored left-right with probability ½."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx = (torch.randint(0, 2 * pad + 1, (2, n), generator=generator)).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    # contiguous: the gather leaves a channels-last layout, which some CPU kernels handle very slowly
+    return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
+
+
+AUGMENTATIONS = ("none", "crop-flip")
 
 
 class Batches:
     """Mini-batches over a :class:`Split`, shuffled by ``(seed, epoch)`` alone.
 
-    Deriving each epoch's order from the seed and the epoch number (not from a running RNG) is what
-    lets an interrupted run resume to the same result. ``rank``/``world_size`` give each process of a
-    distributed run its own disjoint, equally long share of every epoch.
+    Deriving each epoch's order (and augmentation) from the seed and the epoch number, not from a
+    running RNG, is what lets an interrupted run resume to the same result. ``rank``/``world_size``
+    give each process of a distributed run its own disjoint, equally long share of every epoch.
+    ``augment = "crop-flip"`` applies :func:`crop_flip` to every training batch.
     """
 
     def __init__(
@@ -246,9 +360,15 @@ class Batches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        augment: str = "none",
     ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        if augment not in AUGMENTATIONS:
+            raise DataError(f"data.augment: got {augment!r}, expected one of {list(AUGMENTATIONS)}")
+        if augment != "none" and split.x.dim() != 4:
+            raise DataError(f"data.augment={augment!r} needs images (N, C, H, W), got shape {tuple(split.x.shape)}")
+        self.augment = augment
 
     def _indices(self, epoch: int) -> torch.Tensor:
         n = len(self.split)
@@ -265,6 +385,8 @@ class Batches:
 
     def epoch(self, epoch: int):
         idx = self._indices(epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 31 + self.rank + 1)
         for start in range(0, len(idx), self.batch_size):
             b = idx[start : start + self.batch_size]
-            yield self.split.x[b], self.split.y[b]
+            x = self.split.x[b]
+            yield (crop_flip(x, g) if self.augment == "crop-flip" else x), self.split.y[b]

@@ -137,7 +137,7 @@ class Trainer:
     def _load_data(self) -> None:
         d = self.cfg.data
         self.train_split, self.test_split = load_run_splits(d, self.device)
-        self.batches = Batches(self.train_split, d.batch_size, True, self.cfg.seed, self.rank, self.world)
+        self.batches = Batches(self.train_split, d.batch_size, True, self.cfg.seed, self.rank, self.world, d.augment)
         self.calibration = Calibration(self.train_split, d.batch_size, self.cfg.seed)
 
     # --- the shared training phase ------------------------------------------------------------
