@@ -72,6 +72,18 @@ def _cmd_limit(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import export_run, speed_markdown
+
+    sizes = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+    if not sizes or min(sizes) < 1:
+        raise EquipruneError(f"--batch-sizes: expected comma-separated integers >= 1, got {args.batch_sizes!r}")
+    report = export_run(args.run, onnx=args.onnx, batch_sizes=sizes, repeats=args.repeats)
+    print(speed_markdown(report))
+    print("wrote " + ", ".join(report["files"]) + f", {args.run}/speed.json and speed.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune", description="Equilibrium-driven pruning of PyTorch networks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "or 0.1%% everywhere")  # fmt: skip
     lim.add_argument("--quiet", action="store_true", help="no progress bars")
     lim.set_defaults(func=_cmd_limit)
+
+    ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
+    ex.add_argument("run", help="a finished run directory")
+    ex.add_argument("--onnx", action="store_true", help="also write export/model.onnx (needs equiprune[onnx])")
+    ex.add_argument("--batch-sizes", default="1,32,256", help="batch sizes to time (default 1,32,256)")
+    ex.add_argument("--repeats", type=int, default=20, help="timed forward passes per measurement (default 20)")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import io
-from .config import LimitConfig, RunConfig, load_config
+from .config import LimitConfig, load_config
 from .data import Batches, Split
 from .errors import ConfigError
 from .hessian import HessianOperator, rademacher_probes
@@ -39,7 +39,7 @@ from .limit import (
     width_fraction,
 )
 from .masks import prunable_parameters
-from .runs import RunDir
+from .runs import RunDir, load_trained
 
 DISTANCES = ("global", "per-tensor")
 
@@ -172,22 +172,6 @@ def plot_limit(out: Path, result: dict[str, Any]) -> None:
     _save(fig, out / "pruning_limit.png")
 
 
-def _load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
-    from .train import build_model, resolve_device
-
-    if not run.config.is_file():
-        raise ConfigError(f"{run.path} is not an equiprune run directory (no config.toml)")
-    if not run.trained_state.is_file():
-        raise ConfigError(
-            f"{run.path} has no trained_state.pt: its training phase has not finished, or it was written by an "
-            "older equiprune. Finish it (`equiprune run CONFIG --out DIR --resume`) or pass the config to `limit`."
-        )
-    cfg = load_config(run.config)
-    model = build_model(cfg).to(resolve_device(cfg.device))
-    model.load_state_dict(torch.load(run.trained_state, map_location=resolve_device(cfg.device)))
-    return cfg, model
-
-
 def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, quiet: bool = False):
     """Run the analysis for a run directory or a configuration file into ``out``; returns the result."""
     from .train import load_run_splits, resolve_device, run
@@ -206,7 +190,7 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
             run(dataclasses.replace(cfg, limit=None), run_dir.path, resume=run_dir.checkpoint.is_file(), quiet=quiet)
     else:
         raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
-    cfg, model = _load_trained(run_dir)
+    cfg, model = load_trained(run_dir)
     settings = settings or cfg.limit or LimitConfig()
     if overrides:
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})

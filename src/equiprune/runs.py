@@ -8,6 +8,8 @@ DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., w
 DIR/model_state.pt     its state_dict alone
 DIR/trained_state.pt   the configured model's state_dict at the end of training, before pruning
 DIR/*.png              plots
+DIR/speed.json, .md    `equiprune export`: size and measured latency before and after compaction
+DIR/export/            `equiprune export`: model.pt2 (torch.export) and model.onnx
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from . import io
 from .config import RunConfig, dump_toml, load_config
@@ -32,6 +36,9 @@ class RunDir:
     model = property(lambda self: self.path / "model.pt")
     model_state = property(lambda self: self.path / "model_state.pt")
     trained_state = property(lambda self: self.path / "trained_state.pt")
+
+    speed = property(lambda self: self.path / "speed.json")
+    export_dir = property(lambda self: self.path / "export")
 
     def is_finished(self) -> bool:
         return self.results.is_file()
@@ -72,6 +79,24 @@ class RunDir:
 
     def read_results(self) -> dict[str, Any]:
         return json.loads(self.results.read_text())
+
+
+def load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
+    """A run's configuration and its model as trained, before pruning (``trained_state.pt``)."""
+    from .train import build_model, resolve_device
+
+    if not run.config.is_file():
+        raise ConfigError(f"{run.path} is not an equiprune run directory (no config.toml)")
+    if not run.trained_state.is_file():
+        raise ConfigError(
+            f"{run.path} has no trained_state.pt: its training phase has not finished, or it was written by an "
+            "older equiprune. Finish it (`equiprune run CONFIG --out DIR --resume`)."
+        )
+    cfg = load_config(run.config)
+    device = resolve_device(cfg.device)
+    model = build_model(cfg).to(device)
+    model.load_state_dict(torch.load(run.trained_state, map_location=device))
+    return cfg, model
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> str:

@@ -1,0 +1,101 @@
+"""Deployable forms of a compacted model: BatchNorm folded, torch.export and ONNX files that load
+without equiprune and compute the same outputs; the before/after speed report of a run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from equiprune.cli import main
+from equiprune.compact import compact, keep_masks
+from equiprune.export import fold_batchnorm, save_exported, save_onnx, speed_report
+from equiprune.groups import attach
+from equiprune.models import create_model
+
+from .test_tracing import _random_participations, _randomise_batchnorm
+
+
+def _pruned_resnet():
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.25)
+    _randomise_batchnorm(model)
+    gated = attach(model)
+    _random_participations(gated)
+    return model.eval(), compact(gated, keep_masks(gated, 0.01)).model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+def test_folding_batchnorm_keeps_the_outputs_and_removes_every_batchnorm(name):
+    model = create_model(name, width=0.25).double()
+    _randomise_batchnorm(model)
+    model.eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-12)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original is left alone"
+
+
+def test_exported_program_loads_without_the_model_code_at_any_batch_size(tmp_path):
+    _, pruned = _pruned_resnet()
+    path = save_exported(fold_batchnorm(pruned), (3, 32, 32), tmp_path / "m.pt2")
+    loaded = torch.export.load(path).module()
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 32, 32)
+        torch.testing.assert_close(loaded(x), pruned(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_model_matches_in_onnxruntime(tmp_path):
+    import onnxruntime as ort  # the onnx extra, part of dev
+
+    _, pruned = _pruned_resnet()
+    path = save_onnx(fold_batchnorm(pruned), (3, 32, 32), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)
+    (got,) = session.run(None, {"input": x.numpy()})
+    np.testing.assert_allclose(got, pruned(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_speed_report_counts_what_compaction_removed():
+    dense, pruned = _pruned_resnet()
+    report = speed_report(dense, pruned, (3, 32, 32), batch_sizes=(1, 4), repeats=2)
+    assert report["params_after"] < report["params_before"] and 0 < report["flop_ratio"] < 1
+    assert [r["batch_size"] for r in report["latency"]] == [1, 4]
+    assert all(r["dense_ms"] > 0 and r["pruned_ms"] > 0 for r in report["latency"])
+
+
+def test_export_command_writes_deployable_files_and_the_speed_report(tmp_path, data_root, capsys):
+    config = tmp_path / "lenet.toml"
+    config.write_text(f"""
+seed = 0
+device = "cpu"
+[data]
+dataset = "fashion-mnist"
+root = "{data_root}"
+train_subset = 1000
+test_subset = 500
+[model]
+name = "lenet5"
+[train]
+epochs = 2
+finetune_epochs = 1
+[method]
+name = "magnitude-l1"
+budget = 0.5
+""")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    assert main(["export", str(run_dir), "--onnx", "--batch-sizes", "1,8", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs per example" in out and "latency, batch 8" in out
+    report = json.loads((run_dir / "speed.json").read_text())
+    assert report["flop_ratio"] < 1 and (run_dir / "speed.md").is_file()
+    loaded = torch.export.load(run_dir / "export" / "model.pt2").module()
+    small = torch.load(run_dir / "model.pt", weights_only=False).eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), small(x), rtol=1e-4, atol=1e-5)
+    assert (run_dir / "export" / "model.onnx").stat().st_size > 0
+    assert main(["export", str(run_dir), "--batch-sizes", "0"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err
