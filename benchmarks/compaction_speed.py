@@ -1,0 +1,75 @@
+"""Does compaction make a network really faster? Measured CPU latency against the FLOP ratio.
+
+For each case, the model's filters are pruned (L1-norm scores, the same fraction of every player
+group, coupled residual channels kept together) to about the target fraction of its MACs and
+compacted into a plain smaller model; both models get BatchNorm folded and are timed alternately
+at batch 256 in eval mode (``equiprune.export.speed_report``). Weights need no training for a
+timing, so the models are freshly initialised.
+
+    speed-up            = dense latency / pruned latency
+    FLOP ratio          = pruned MACs / dense MACs
+    speed-up over FLOPs = speed-up × FLOP ratio   (1.0: latency falls exactly as FLOPs do)
+
+The last line printed is ``worst_speedup_over_flop_ratio=<float>`` over all cases; target ≥ 0.7.
+
+    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+from equiprune.export import speed_report
+from equiprune.measure import count_macs
+from equiprune.methods import build_method
+from equiprune.models import create_model
+
+CASES = [  # (model, settings, input shape, target FLOP fraction)
+    ("resnet20", {}, (3, 32, 32), 0.50),
+    ("resnet20", {}, (3, 32, 32), 0.25),
+]
+
+
+def prune_to_flops(name: str, settings: dict, shape, target: float):
+    """The dense model and its L1-pruned compaction whose MACs are closest to ``target`` × dense,
+    found by bisection on the fraction of players kept in every group."""
+    torch.manual_seed(0)
+    dense = create_model(name, input_shape=shape, **settings).eval()
+    full = count_macs(dense, shape)
+    lo, hi, best = 0.05, 1.0, None
+    for _ in range(12):
+        budget = (lo + hi) / 2
+        method = build_method("magnitude-l1", settings={"budget": budget})
+        small = method.finish(method.prepare(copy.deepcopy(dense))).model.eval()  # prepare gates in place
+        ratio = count_macs(small, shape) / full
+        if best is None or abs(ratio - target) < abs(best[1] - target):
+            best = (small, ratio, budget)
+        lo, hi = (budget, hi) if ratio < target else (lo, budget)
+    return dense, best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}")
+    print(f"{'case':<28} {'kept':>6} {'FLOP ratio':>10} {'dense ms':>9} {'pruned ms':>9} {'speed-up':>8} {'×FLOPs':>7}")
+    worst = float("inf")
+    for name, settings, shape, target in CASES:
+        dense, (small, ratio, budget) = prune_to_flops(name, settings, shape, target)
+        report = speed_report(dense, small, shape, batch_sizes=(args.batch,), repeats=args.repeats)
+        row = report["latency"][0]
+        score = row["speedup"] * report["flop_ratio"]
+        worst = min(worst, score)
+        label = f"{name} @ {target:.0%} FLOPs"
+        print(f"{label:<28} {budget:>6.3f} {report['flop_ratio']:>10.3f} {row['dense_ms']:>9.1f} "
+              f"{row['pruned_ms']:>9.1f} {row['speedup']:>8.2f} {score:>7.2f}")  # fmt: skip
+    print(f"worst_speedup_over_flop_ratio={worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()
