@@ -87,10 +87,13 @@ def test_excluded_layers_keep_all_their_neurons():
 
 
 def test_unsupported_model_layout_names_the_layer():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    with pytest.raises(PruningError, match=r"'1': layer '2' \(LayerNorm\).*[Ee]xclude"):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Softmax(-1), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(PruningError, match=r"'1': layer '2' \(Softmax\).*[Ee]xclude"):
         find_players(model)
     assert [g.name for g in find_players(model, exclude=["1"])] == ["3"]
+    # normalising across the channels fixes them: no error, the layer is simply not prunable
+    normed = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert [g.name for g in find_players(normed)] == ["3"]
     with pytest.raises(PruningError, match="no hidden layer"):
         find_players(nn.Linear(3, 3))
 

@@ -92,6 +92,7 @@ MODEL_CASES = [
     ("vgg11", dict(input_shape=(1, 28, 28), width=0.125)),
     ("lenet5", dict(input_shape=(1, 28, 28))),
     ("mlp", dict(input_shape=(1, 8, 8), hidden=(12, 6))),
+    ("vit", dict(input_shape=(3, 32, 32), depth=2, dim=32, heads=4, mlp=48)),
 ]
 
 
@@ -198,3 +199,35 @@ def test_game_costs_of_a_filter_cover_its_convolution_and_batchnorm():
             naive[i] += float(f.module.weight[f.offset + i].detach() ** 2 + f.module.bias[f.offset + i].detach() ** 2)
     torch.testing.assert_close(sq, naive)
     torch.testing.assert_close(game.squared_norms(group.blocks()), naive)
+
+
+def test_transformer_players_are_attention_heads_and_mlp_units():
+    model = create_model("vit", input_shape=(1, 28, 28), depth=2, dim=32, heads=4, mlp=48)
+    groups = {g.name: g for g in find_players(model)}
+    assert sorted(groups) == ["blocks.0.attn", "blocks.0.fc1", "blocks.1.attn", "blocks.1.fc1"]
+    heads = groups["blocks.1.attn"]
+    assert (heads.kind, heads.size, heads.row_pattern) == ("head", 4, (8, 3))
+    assert [(c.name, c.repeat) for c in heads.consumers] == [("blocks.1.attn.proj", 8)]
+    # a head's parameters: its 8 rows of each of the query, key and value projections (and biases)
+    qkv = model.blocks[1].attn.qkv
+    naive = torch.tensor([sum(float(qkv.weight[t * 32 + h * 8 : t * 32 + h * 8 + 8].detach().square().sum())
+                             + float(qkv.bias[t * 32 + h * 8 : t * 32 + h * 8 + 8].detach().square().sum())
+                             for t in range(3)) for h in range(4)])  # fmt: skip
+    torch.testing.assert_close(game.squared_norms(heads.blocks()), naive)
+    assert [g.kind for g in find_players(model, kinds=("head",))] == ["head", "head"]
+    assert sorted(g.name for g in find_players(model, exclude=["blocks.0.attn"])) == [
+        "blocks.0.fc1", "blocks.1.attn", "blocks.1.fc1",
+    ]  # fmt: skip
+    # the residual stream (embedding, attention and MLP outputs) passes LayerNorms: fixed, not pruned
+    assert not any(n in groups for n in ("embed", "blocks.0.attn.proj", "blocks.0.fc2"))
+
+
+def test_a_pruned_transformer_has_fewer_heads_and_runs():
+    gated = attach(create_model("vit", input_shape=(1, 28, 28), depth=2, dim=32, heads=4, mlp=48))
+    with torch.no_grad():
+        gated.gates[0].copy_(torch.tensor([0.5, 0.0, 0.0, 1.0]))
+    small = compact(gated, keep_masks(gated, 0.01)).model
+    assert small.blocks[0].attn.heads == 2 and small.blocks[0].attn.qkv.out_features == 3 * 2 * 8
+    assert small.blocks[0].attn.proj.in_features == 16 and small.blocks[1].attn.heads == 4
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(small(x), gated(x), rtol=1e-5, atol=1e-6)

@@ -150,7 +150,7 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
     for group, s in zip(gated.groups, gated.gates):
         keep, s = masks[group.name], s.detach()
         for name, _ in group.producers:
-            cuts.setdefault(name, _Cut()).rows = keep
+            cuts.setdefault(name, _Cut()).rows = group.producer_rows(keep)
         for f in group.followers:
             cut = cuts.setdefault(f.name, _Cut())
             cut.rows = _full(cut.rows, f.module.num_features, True, keep)
@@ -167,6 +167,9 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
         setattr(
             model.get_submodule(parent_name) if parent_name else model, child, _slim(model.get_submodule(name), cut)
         )
+    for group in gated.groups:
+        for name, attribute in group.resize:
+            setattr(model.get_submodule(name), attribute, int(masks[group.name].sum()))
     if balance:
         homogeneous = [
             g for g in gated.groups if g.simple and all(isinstance(m, POSITIVELY_HOMOGENEOUS) for m in g.between)

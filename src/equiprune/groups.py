@@ -28,9 +28,10 @@ from .errors import PruningError
 from .tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude
 
 #: The kinds of player equiprune can prune: hidden neurons of Linear layers, filters (output
-#: channels) of Conv2d layers, and single weights (unstructured pruning, see ``equiprune.masks``).
-PLAYER_KINDS = ("neuron", "filter", "weight")
-STRUCTURED_KINDS = ("neuron", "filter")
+#: channels) of Conv2d layers, attention heads (of ``equiprune.layers.MultiHeadSelfAttention``), and
+#: single weights (unstructured pruning, see ``equiprune.masks``).
+PLAYER_KINDS = ("neuron", "filter", "head", "weight")
+STRUCTURED_KINDS = ("neuron", "filter", "head")
 
 __all__ = ["ELEMENTWISE", "PLAYER_KINDS", "GatedModel", "PlayerGroup", "attach", "find_players"]
 
@@ -47,10 +48,21 @@ class PlayerGroup:
     consumers: list[Consumer]
     followers: list[Follower] = field(default_factory=list)
     between: list[nn.Module] = field(default_factory=list)
+    #: a player's rows in each producer: ``repeat`` consecutive rows in each of ``tile`` blocks
+    #: (an attention head: head_dim rows of the query, of the key and of the value projection)
+    row_pattern: tuple[int, int] = (1, 1)
+    #: (module name, attribute) pairs that count this group's players (an attention layer's heads)
+    resize: list[tuple[str, str]] = field(default_factory=list)
+    kind: str = ""
 
-    @property
-    def kind(self) -> str:
-        return "filter" if isinstance(self.producers[0][1], nn.Conv2d) else "neuron"
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = "filter" if isinstance(self.producers[0][1], nn.Conv2d) else "neuron"
+
+    def producer_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """Which rows of each producer survive when ``keep`` says which players do."""
+        repeat, tile = self.row_pattern
+        return keep.repeat_interleave(repeat).repeat(tile) if (repeat, tile) != (1, 1) else keep
 
     # The single producer and consumer of a plain Linear → activation → Linear group (an MLP's).
     @property
@@ -88,7 +100,18 @@ class PlayerGroup:
                 return p
             return p.grad if p.grad is not None else torch.zeros_like(p)
 
-        out = [(get(m.weight).view(self.size, -1), get(m.bias)) for _, m in self.producers]
+        repeat, tile = self.row_pattern
+        out = []
+        for _, m in self.producers:
+            if tile == 1 and repeat == 1:
+                out.append((get(m.weight).view(self.size, -1), get(m.bias)))
+                continue
+            weight = get(m.weight).view(tile, self.size, -1)
+            bias = get(m.bias).view(tile, self.size, repeat) if m.bias is not None else None
+            for t in range(tile):  # views: the query, key and value rows of every head
+                out.append((weight[t], None))
+                if bias is not None:
+                    out.append((bias[t], None))
         if followers:
             for f in self.followers:
                 if f.module.affine:
@@ -120,16 +143,19 @@ def find_players(
     exclude = check_exclude(model, exclude)
     groups, blocked = [], []
     for space in channel_spaces(model):
-        if space.fixed or exclude & set(space.producer_names):
+        owners = set(space.producer_names) | {name for name, _ in space.resize}  # an attention layer, by name
+        if space.fixed or exclude & owners:
             continue
         if space.blocked:
             blocked.append(f"{', '.join(map(repr, space.producer_names))}: {space.blocked[0]}")
             continue
         if not space.consumers:  # computed but never read: nothing to gate
             continue
+        name = space.resize[0][0] if space.kind == "head" else space.producer_names[0]
         group = PlayerGroup(
-            space.producer_names[0], space.size, space.producers, space.consumers, space.followers, space.between
-        )
+            name, space.size, space.producers, space.consumers, space.followers, space.between,
+            space.row_pattern, space.resize, space.kind or "",
+        )  # fmt: skip
         if group.kind in kinds:
             groups.append(group)
     if blocked:

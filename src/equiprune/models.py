@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .layers import MultiHeadSelfAttention
 from .registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -188,6 +190,58 @@ def vgg16(
 ) -> nn.Sequential:
     """VGG-16 (CIFAR variant, with BatchNorm)."""
     return _vgg("vgg16", input_shape, num_classes, width, activation)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp: int, act: type[nn.Module]):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), MultiHeadSelfAttention(dim, heads)
+        self.norm2, self.fc1, self.act, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp), act(), nn.Linear(mlp, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """A small vision transformer: non-overlapping ``patch``×``patch`` patches embedded by a Linear
+    layer, learned position embeddings, ``depth`` pre-norm blocks, mean pooling over tokens and a
+    linear classifier. Players: each block's attention heads and MLP hidden units."""
+
+    def __init__(self, input_shape, num_classes, patch, dim, depth, heads, mlp, act):
+        super().__init__()
+        c, h, w = (int(v) for v in input_shape)
+        if h % patch or w % patch:
+            raise ConfigError(f"model vit: patch size {patch} does not divide the {h}×{w} input")
+        self.patch, self.tokens = patch, (h // patch) * (w // patch)
+        self.embed = nn.Linear(c * patch * patch, dim)
+        self.pos = nn.Parameter(torch.randn(1, self.tokens, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp, act) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        p = self.patch
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, self.tokens, c * p * p)
+        x = self.blocks(self.embed(patches) + self.pos)
+        return self.head(self.norm(x).mean(dim=1))
+
+
+@MODELS.register("vit")
+def vit(
+    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    patch: int = 4,
+    dim: int = 64,
+    depth: int = 4,
+    heads: int = 4,
+    mlp: int = 128,
+    activation: str = "gelu",
+) -> ViT:
+    """A small ViT for 28×28 (49 patches of 4×4) and 32×32 (64 patches) images: 0.2 M parameters."""
+    return ViT(input_shape, num_classes, patch, dim, depth, heads, mlp, _activation(activation))
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

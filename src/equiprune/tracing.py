@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import PruningError
+from .layers import MultiHeadSelfAttention
 
 #: Modules that act element by element: channels pass through them unchanged in position.
 ELEMENTWISE = (
@@ -100,6 +101,11 @@ class ChannelSpace:
     between: list[nn.Module] = field(default_factory=list)  # element-wise modules on the way
     fixed: bool = False
     blocked: list[str] = field(default_factory=list)  # why it cannot be pruned
+    # Attention heads: a player owns ``repeat`` consecutive rows of each of ``tile`` blocks of its
+    # producer's rows (query, key, value), and ``resize`` names module attributes counting players.
+    row_pattern: tuple[int, int] = (1, 1)
+    resize: list[tuple[str, str]] = field(default_factory=list)
+    kind: str | None = None
 
     @property
     def producer_names(self) -> list[str]:
@@ -234,6 +240,13 @@ class _Analysis:
                     offset += n * repeat
             size = module.out_channels if conv else module.out_features
             return self.new_space(size, (name, module))
+        if isinstance(module, MultiHeadSelfAttention):
+            return self.attention(node, module, x)
+        if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            # Normalising across channels: removing one changes every other's output, so these
+            # channels are fixed (a transformer's residual stream), not prunable.
+            self.fix(x)
+            return FIXED
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if x is not None and x.segments:
                 offset = 0
@@ -252,6 +265,24 @@ class _Analysis:
                 return self.opaque(node, f"layer {name!r} (Flatten from dimension {module.start_dim})")
             return self.flatten(x)
         return self.opaque(node)
+
+    def attention(self, node: fx.Node, module: MultiHeadSelfAttention, x: Layout | None) -> Layout:
+        """Heads are players of their own; the block reads its input through ``qkv``, writes its
+        output through ``proj``."""
+        name = node.target
+        if x is not None and x.segments:
+            if x.spatial:
+                return self.opaque(node, f"layer {name!r} (attention) reads a feature map")
+            offset = 0
+            for sid, n in x.segments:
+                self.space(sid).consumers.append(Consumer(f"{name}.qkv", module.qkv, offset, 1))
+                offset += n
+        heads = ChannelSpace(module.heads, producers=[(f"{name}.qkv", module.qkv)], kind="head")
+        heads.consumers.append(Consumer(f"{name}.proj", module.proj, 0, module.head_dim))
+        heads.row_pattern, heads.resize = (module.head_dim, 3), [(name, "heads")]
+        self.spaces.append(heads)
+        self.parent.append(len(self.parent))
+        return self.new_space(module.proj.out_features, (f"{name}.proj", module.proj))
 
     @staticmethod
     def flatten(x: Layout | None) -> Layout | None:
@@ -308,9 +339,16 @@ class _Analysis:
         return Layout(tuple(seg for lay in real for seg in lay.segments), spatial=spatial)
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping equiprune's attention layer whole."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, MultiHeadSelfAttention) or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # fx raises many kinds (TraceError, TypeError, …) for untraceable code
         raise PruningError(
             f"cannot find the players of {type(model).__name__} automatically: torch.fx could not trace "

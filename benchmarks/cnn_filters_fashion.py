@@ -1,0 +1,185 @@
+"""Filter and neuron pruning of LeNet-5 on Fashion-MNIST: the equilibrium pruner against L1-norm
+filter pruning and against Torch-Pruning's group-magnitude pruner, at the same FLOPs and epochs.
+
+Per seed, on the full Fashion-MNIST training set (batch 128, Adam 1e-3):
+
+1. the dense LeNet-5 trains for ``--prune-epochs``; the equilibrium pruner trains a gated copy
+   for the same epochs (same data order) and compacts it: its MACs set the target for the others;
+2. from the trained dense model, ``magnitude-l1`` (L1 norm of each filter's / neuron's incoming
+   weights, the same fraction of every layer) and Torch-Pruning's ``MagnitudePruner`` with
+   ``GroupMagnitudeImportance(p=1)`` (the same ratio in every layer, classifier ignored) each
+   prune to the MACs closest to the target (bisection on their keep fraction / pruning ratio);
+3. all three pruned models fine-tune for ``--finetune-epochs`` with one loop (Adam 1e-3,
+   cosine), so every method gets the same epochs in all, and are timed at batch 256 on CPU.
+
+Prints a table per seed and the means; the last lines are
+``game_minus_torch_pruning_points=`` (accuracy, mean over seeds) and
+``latency_ratio_game_over_torch_pruning=`` (batch 256; the target is at most 1.10).
+
+    pip install -e '.[bench]'; python benchmarks/cnn_filters_fashion.py [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from equiprune.config import parse_config
+from equiprune.data import Batches
+from equiprune.export import speed_report
+from equiprune.measure import count_macs
+from equiprune.methods import build_method
+from equiprune.runs import RunDir, load_trained
+from equiprune.train import evaluate, load_run_splits, run
+
+SHAPE = (1, 28, 28)
+
+
+def config(method: str, seed: int, epochs: int, settings: str, root: str | None) -> str:
+    data_root = f'root = "{root}"' if root else ""
+    return f"""
+seed = {seed}
+device = "cpu"
+[data]
+dataset = "fashion-mnist"
+{data_root}
+[model]
+name = "lenet5"
+[train]
+epochs = {epochs}
+finetune_epochs = 0
+lr = 0.001
+[method]
+name = "{method}"
+{settings}
+"""
+
+
+def bisect(prune, target_macs: int, lo: float, hi: float, increasing: bool):
+    """The pruned model whose MACs are closest to ``target_macs``; ``prune(x)`` gets smaller as x
+    moves from ``lo`` to ``hi`` when not ``increasing``."""
+    best = None
+    for _ in range(14):
+        x = (lo + hi) / 2
+        model = prune(x)
+        macs = count_macs(model, SHAPE)
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (model, macs, x)
+        too_big = macs > target_macs
+        if increasing:  # larger x keeps more
+            lo, hi = (lo, x) if too_big else (x, hi)
+        else:  # larger x prunes more
+            lo, hi = (x, hi) if too_big else (lo, x)
+    return best
+
+
+def l1_prune(dense, budget: float):
+    method = build_method("magnitude-l1", settings={"budget": budget})
+    return method.finish(method.prepare(copy.deepcopy(dense))).model
+
+
+def torch_pruning_prune(dense, ratio: float):
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    pruner = tp.pruner.MagnitudePruner(
+        model, torch.randn(1, *SHAPE), importance=tp.importance.GroupMagnitudeImportance(p=1),
+        pruning_ratio=ratio, ignored_layers=[classifier],
+    )  # fmt: skip
+    pruner.step()
+    return model
+
+
+def finetune(model, train, test, epochs: int, seed: int) -> float:
+    """Adam 1e-3 with a cosine schedule over ``epochs``, the same data order for every method."""
+    model = copy.deepcopy(model).train()
+    batches = Batches(train, 128, shuffle=True, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(batches))
+    for epoch in range(epochs):
+        for x, y in batches.epoch(epoch):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    return evaluate(model.eval(), test, 2000)[0], model
+
+
+def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
+    dense_dir, game_dir = work / f"dense{seed}", work / f"game{seed}"
+    game_settings = f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75"
+    run(parse_config(config("dense", seed, args.prune_epochs, "", args.data)), dense_dir, quiet=True)
+    game = run(parse_config(config("game", seed, args.prune_epochs, game_settings, args.data)), game_dir, quiet=True)
+    cfg, dense = load_trained(RunDir(dense_dir))
+    dense.eval()
+    train, test = load_run_splits(cfg.data, torch.device("cpu"))
+    target = game["macs_after"]
+    full = count_macs(dense, SHAPE)
+    pruned = {"game": (torch.load(RunDir(game_dir).model, weights_only=False), target, None)}
+    pruned["l1-filter"] = bisect(lambda b: l1_prune(dense, b), target, 0.01, 1.0, increasing=True)
+    pruned["torch-pruning"] = bisect(lambda r: torch_pruning_prune(dense, r), target, 0.0, 0.99, increasing=False)
+    rows = {"dense": {"accuracy": evaluate(dense, test, 2000)[0], "flop_ratio": 1.0, "ms": None}}
+    for name, (model, macs, _) in pruned.items():
+        accuracy, tuned = finetune(model, train, test, args.finetune_epochs, seed)
+        speed = speed_report(dense, tuned, SHAPE, batch_sizes=(256,), repeats=args.repeats)
+        rows[name] = {"accuracy": accuracy, "flop_ratio": macs / full, "ms": speed["latency"][0]["pruned_ms"],
+                      "params": speed["params_after"]}  # fmt: skip
+    rows["dense"]["ms"] = speed["latency"][0]["dense_ms"]
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--prune-epochs", type=int, default=8)
+    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--gamma", type=float, default=0.15)
+    p.add_argument("--lr-s", type=float, default=0.01)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--data", help="directory with fashion-mnist/ (default: $EQUIPRUNE_DATA or the cache)")
+    args = p.parse_args()
+    import torch_pruning
+
+    print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
+    print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
+          f"gamma {args.gamma}, lr_s {args.lr_s}")  # fmt: skip
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            rows = one_seed(seed, args, Path(tmp))
+            print(f"\nseed {seed}")
+            for name, r in rows.items():
+                results.setdefault(name, []).append(r)
+                print(f"  {name:<14} accuracy {r['accuracy']:.4f}  FLOP ratio {r['flop_ratio']:.3f}  "
+                      f"batch-256 latency {r['ms']:.1f} ms")  # fmt: skip
+
+    def mean(name, key):
+        return statistics.mean(r[key] for r in results[name])
+
+    def std(name, key):
+        values = [r[key] for r in results[name]]
+        return statistics.stdev(values) if len(values) > 1 else math.nan
+
+    print(f"\nmean over {args.seeds} seed(s)")
+    print(f"{'method':<14} {'accuracy':>17} {'FLOP ratio':>10} {'latency ms':>10}")
+    for name in results:
+        print(f"{name:<14} {mean(name, 'accuracy'):>9.4f} ± {std(name, 'accuracy'):.4f} "
+              f"{mean(name, 'flop_ratio'):>10.3f} {mean(name, 'ms'):>10.1f}")  # fmt: skip
+    diff_l1 = 100 * (mean("game", "accuracy") - mean("l1-filter", "accuracy"))
+    diff_tp = 100 * (mean("game", "accuracy") - mean("torch-pruning", "accuracy"))
+    print(f"game_minus_l1_filter_points={diff_l1:.2f}")
+    print(f"game_minus_torch_pruning_points={diff_tp:.2f}")
+    print(f"latency_ratio_game_over_torch_pruning={mean('game', 'ms') / mean('torch-pruning', 'ms'):.3f}")
+
+
+if __name__ == "__main__":
+    main()
