@@ -231,3 +231,29 @@ def test_a_pruned_transformer_has_fewer_heads_and_runs():
     assert small.blocks[0].attn.proj.in_features == 16 and small.blocks[1].attn.heads == 4
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(small(x), gated(x), rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_folding_crosses_pooling_and_flatten_exactly():
+    """LeNet-5: conv → ReLU → max-pool → conv → ReLU → max-pool → flatten → Linear; every scale may
+    move across ReLU, max-pooling and flatten, so every filter ends with equal in and out norms."""
+    torch.manual_seed(0)
+    model = create_model("lenet5").double()
+    gated = attach(model)
+    _random_participations(gated)
+    with torch.no_grad():
+        model[3].weight.mul_(20.0)  # lopsided, as after the game
+    plain = compact(gated, keep_masks(gated, 0.01))
+    balanced = compact(gated, keep_masks(gated, 0.01), balance=True).model
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(balanced(x), plain.model(x), rtol=1e-9, atol=1e-12)
+    conv, fc = balanced[3], balanced[7]
+    n = conv.out_channels
+    rows = (conv.weight.reshape(n, -1).square().sum(1) + conv.bias.square()).sqrt()
+    cols = fc.weight.reshape(fc.out_features, n, -1).square().sum((0, 2)).sqrt()
+    torch.testing.assert_close(rows, cols, rtol=1e-5, atol=0)
+    # BatchNorm after a convolution would undo a scale: a ResNet's groups are left as folded
+    resnet = attach(create_model("resnet20", width=0.25).double())
+    _random_participations(resnet)
+    a = compact(resnet, keep_masks(resnet, 0.01)).model
+    b = compact(resnet, keep_masks(resnet, 0.01), balance=True).model
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

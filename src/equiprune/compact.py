@@ -95,35 +95,63 @@ def _slim(old: nn.Module, cut: _Cut) -> nn.Module:
     return new
 
 
-#: Activations with act(c·z) = c·act(z) for c > 0: a neuron's scale can move across them exactly.
-POSITIVELY_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Dropout)
+#: Modules with f(c·z) = c·f(z) for c > 0: a channel's scale can move across them exactly.
+POSITIVELY_HOMOGENEOUS = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+)  # fmt: skip
+
+
+def _rebalanceable(group) -> bool:
+    """One producer and nothing else scaling the channels (no BatchNorm, which would undo a scale),
+    positively homogeneous modules only in between, and consumers that read this group alone."""
+    return (
+        len(group.producers) == 1
+        and group.row_pattern == (1, 1)
+        and not group.followers
+        and all(isinstance(m, POSITIVELY_HOMOGENEOUS) for m in group.between)
+        and all(c.offset == 0 for c in group.consumers)
+    )
 
 
 @torch.no_grad()
-def rebalance(model: nn.Module, pairs: list[tuple[str, str]], tol: float = 1e-6, max_passes: int = 200) -> None:
-    """Give every hidden neuron equal incoming and outgoing norms, without changing the function.
+def rebalance(
+    model: nn.Module, pairs: list[tuple[str, list[tuple[str, int]]]], tol: float = 1e-6, max_passes: int = 200
+) -> None:
+    """Give every channel equal incoming and outgoing norms, without changing the function.
 
-    A participation s_i folded into the consumer leaves the neuron lopsided: during the game the
+    A participation s_i folded into the consumers leaves the channel lopsided: during the game the
     network compensates a small s_i with large incoming weights, so after folding the incoming row
-    is large and the outgoing column small, a poor start for fine-tuning with a per-parameter
-    optimizer. Across a positively homogeneous activation, scaling the incoming row (and bias) by
-    k_i and the outgoing column by 1/k_i is exact; k_i = sqrt(‖out_i‖ / ‖in_i‖) makes both
-    norms sqrt(‖in_i‖·‖out_i‖). ``pairs`` are (producer, consumer) Linear names, in forward order.
+    is large and the outgoing columns small, a poor start for fine-tuning with a per-parameter
+    optimizer. Across positively homogeneous modules, scaling the incoming row (and bias) by k_i
+    and the outgoing columns by 1/k_i is exact; k_i = sqrt(‖out_i‖ / ‖in_i‖) makes both norms
+    sqrt(‖in_i‖·‖out_i‖). ``pairs``: (producer, [(consumer, repeat), ...]) names, in forward order;
+    a consumer reading each channel at ``repeat`` consecutive inputs (after a flatten) has all of
+    them scaled.
 
     Consecutive layers share weights (a consumer is the next pair's producer), so one pass unsettles
     the previous pair; passes repeat until every k_i is 1 to within ``tol`` (a few dozen suffice).
     """
     for _ in range(max_passes):
         largest_move = 0.0
-        for producer_name, consumer_name in pairs:
-            p, c = model.get_submodule(producer_name), model.get_submodule(consumer_name)
-            rows = p.weight.square().sum(1) + (p.bias.square() if p.bias is not None else 0)
-            cols = c.weight.square().sum(0)
+        for producer_name, consumers in pairs:
+            p = model.get_submodule(producer_name)
+            n = p.weight.shape[0]
+            rows = p.weight.reshape(n, -1).square().sum(1) + (p.bias.square() if p.bias is not None else 0)
+            cols = torch.zeros_like(rows)
+            for name, repeat in consumers:
+                w = model.get_submodule(name).weight
+                cols += w.transpose(0, 1).reshape(n, -1).square().sum(1) if repeat == 1 else (
+                    w.reshape(w.shape[0], n, repeat, -1).square().sum((0, 2, 3))
+                )  # fmt: skip
             k = ((cols / rows.clamp_min(1e-30)) ** 0.25).where((rows > 0) & (cols > 0), torch.ones_like(rows))
-            p.weight.mul_(k.unsqueeze(1))
+            p.weight.mul_(k.view(-1, *([1] * (p.weight.dim() - 1))))
             if p.bias is not None:
                 p.bias.mul_(k)
-            c.weight.div_(k.unsqueeze(0))
+            for name, repeat in consumers:
+                w = model.get_submodule(name).weight
+                shape = (1, -1, *([1] * (w.dim() - 2)))
+                w.div_((k.repeat_interleave(repeat) if repeat > 1 else k).view(shape))
             largest_move = max(largest_move, float((k - 1).abs().max()))
         if largest_move < tol:
             return
@@ -171,10 +199,10 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
         for name, attribute in group.resize:
             setattr(model.get_submodule(name), attribute, int(masks[group.name].sum()))
     if balance:
-        homogeneous = [
-            g for g in gated.groups if g.simple and all(isinstance(m, POSITIVELY_HOMOGENEOUS) for m in g.between)
+        pairs = [
+            (g.producers[0][0], [(c.name, c.repeat) for c in g.consumers]) for g in gated.groups if _rebalanceable(g)
         ]
-        rebalance(model, [(g.name, g.consumer_name) for g in homogeneous])
+        rebalance(model, pairs)
     kept = {k: int(v.sum()) for k, v in masks.items()}
     total = {g.name: g.size for g in gated.groups}
     return PruneResult(model, kept, total)

@@ -131,6 +131,18 @@ def latency_ms(
     return statistics.median(times)
 
 
+def interleaved_latency(
+    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
+) -> dict[str, float]:
+    """Median latency (ms) of each model, timed in alternation for ``rounds`` rounds so that machine
+    load affects all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(latency_ms(model, input_shape, batch_size, repeats))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def speed_report(
     dense: nn.Module,
     pruned: nn.Module,
@@ -143,12 +155,9 @@ def speed_report(
     dense_f, pruned_f = fold_batchnorm(dense), fold_batchnorm(pruned)
     rows = []
     for bs in batch_sizes:
-        before, after = [], []
-        for _ in range(3):  # interleaved rounds
-            before.append(latency_ms(dense_f, input_shape, bs, repeats))
-            after.append(latency_ms(pruned_f, input_shape, bs, repeats))
-        b, a = statistics.median(before), statistics.median(after)
-        rows.append({"batch_size": bs, "dense_ms": b, "pruned_ms": a, "speedup": b / a})
+        ms = interleaved_latency({"dense": dense_f, "pruned": pruned_f}, input_shape, bs, repeats)
+        rows.append({"batch_size": bs, "dense_ms": ms["dense"], "pruned_ms": ms["pruned"],
+                     "speedup": ms["dense"] / ms["pruned"]})  # fmt: skip
     macs_before, macs_after = count_macs(dense, input_shape), count_macs(pruned, input_shape)
     return {
         "params_before": count_params(dense),

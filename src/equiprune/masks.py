@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.utils.parametrize as parametrize
 
 from .compact import PruneResult, compact
 from .errors import PruningError
@@ -113,3 +114,76 @@ def compact_unstructured(model: nn.Module, masks: WeightMasks) -> PruneResult:
     total, kept = masks.sizes(), masks.kept()
     weight_masks = {f"{name}.weight": m.weight != 0 for name, m in small.named_modules() if isinstance(m, PRUNABLE)}
     return PruneResult(small, kept, total, weight_masks)
+
+
+class _Scale(nn.Module):
+    """The parametrisation W ↦ W ⊙ S: a weight as its players' participations see it."""
+
+    def __init__(self, gate: nn.Parameter):
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.gate
+
+
+class WeightGatedModel(nn.Module):
+    """``model`` with a participation s ∈ [0,1] for every prunable weight (Linear and Conv layers):
+    the network computes with W ⊙ S. The gates, one tensor per layer shaped like its weight, are
+    parameters of this module but not given to the weight optimizer; ``weights()`` are the raw W,
+    aligned with ``gates``, so every per-player quantity is one element-wise tensor operation."""
+
+    def __init__(self, model: nn.Module, exclude: Iterable[str] = ()):
+        super().__init__()
+        self.exclude = tuple(exclude)
+        layers = WeightMasks(model, self.exclude).layers  # validates exclude, refuses a model without layers
+        self.model, self.names = model, list(layers)
+        self.gates = nn.ParameterList(nn.Parameter(torch.ones_like(m.weight)) for m in layers.values())
+        for m, gate in zip(layers.values(), self.gates):
+            parametrize.register_parametrization(m, "weight", _Scale(gate), unsafe=True)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def layers(self) -> list[nn.Module]:
+        return [self.model.get_submodule(name) for name in self.names]
+
+    def weights(self) -> list[torch.Tensor]:
+        """The raw weights W (not W ⊙ S)."""
+        return [m.parametrizations.weight.original for m in self.layers()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        gates = {id(g) for g in self.gates}
+        return [p for p in self.model.parameters() if id(p) not in gates]
+
+    def plain_copy(self) -> nn.Module:
+        """A deep copy of the model with raw weights W and no parametrisation.
+
+        Parametrised modules share a generated class, so the copy cannot drop its own
+        parametrisations without breaking the original's: take them off, copy, put them back
+        (the same Parameter objects, so an optimizer holding them is unaffected)."""
+        for m in self.layers():
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        try:
+            return copy.deepcopy(self.model)
+        finally:
+            for m, gate in zip(self.layers(), self.gates):
+                parametrize.register_parametrization(m, "weight", _Scale(gate), unsafe=True)
+
+    @torch.no_grad()
+    def compact(self, epsilon: float) -> PruneResult:
+        """Players with s < ``epsilon`` removed, the survivors' participations folded into W, and
+        the neurons the removals cut off taken out (:func:`compact_unstructured`)."""
+        for name, gate in zip(self.names, self.gates):
+            if not bool((gate >= epsilon).any()):
+                raise PruningError(
+                    f"every weight of layer {name!r} dropped out (largest participation {float(gate.max()):.3g} < "
+                    f"epsilon={epsilon}): the network would be disconnected. Lower the costs (beta, gamma, eta), "
+                    "shorten the pruning phase, or exclude this layer."
+                )
+        plain = self.plain_copy()
+        for name, gate in zip(self.names, self.gates):
+            plain.get_submodule(name).weight.mul_(gate)
+        masks = WeightMasks(plain, self.exclude)
+        masks.set({name: gate >= epsilon for name, gate in zip(self.names, self.gates)})
+        return compact_unstructured(plain, masks)

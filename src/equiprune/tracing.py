@@ -36,10 +36,14 @@ POOLING = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )  # fmt: skip
+#: Element-wise functions and methods, each with the module that computes the same (recorded in a
+#: group's ``between``, where compaction checks which activations a scale may cross exactly).
 ELEMENTWISE_FUNCTIONS = {
-    "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "tanh",
-    "sigmoid", "hardtanh", "hardswish", "hardsigmoid", "softplus", "dropout", "dropout2d", "contiguous",
-    "clone", "neg", "abs",
+    "relu": nn.ReLU, "relu_": nn.ReLU, "relu6": nn.ReLU6, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
+    "selu": nn.SELU, "celu": nn.CELU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish, "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid, "hardtanh": nn.Hardtanh, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+    "softplus": nn.Softplus, "dropout": nn.Dropout, "dropout2d": nn.Dropout2d, "contiguous": nn.Identity,
+    "clone": nn.Identity,
 }  # fmt: skip
 POOLING_FUNCTIONS = {
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
@@ -295,9 +299,8 @@ class _Analysis:
         if op in NON_TENSOR or (op == "getattr" and len(node.args) > 1 and node.args[1] in NON_TENSOR):
             return None
         if op in ELEMENTWISE_FUNCTIONS:
-            if x and x.segments:
-                for sid, _ in x.segments:  # for the exact-rebalancing check: ReLU is what matters
-                    self.space(sid).between.append(nn.ReLU() if op.startswith("relu") else nn.Identity())
+            for sid, _ in x.segments if x else ():
+                self.space(sid).between.append(ELEMENTWISE_FUNCTIONS[op]())
             return x
         if op in POOLING_FUNCTIONS:
             return x if x is None or not x.segments or x.spatial else self.opaque(node)

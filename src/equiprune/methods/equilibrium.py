@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from .. import game
 from ..compact import PruneResult, compact, keep_masks
-from ..groups import GatedModel
+from ..groups import STRUCTURED_KINDS, GatedModel
+from ..masks import WeightGatedModel
 from .base import METHODS, Method
 
 #: Bin edges of the participation histogram written each epoch.
@@ -18,11 +19,13 @@ HISTOGRAM_BINS = 20
 
 @METHODS.register("game")
 class EquilibriumPruner(Method):
-    """Players are the hidden neurons; participations start at 1 and follow projected gradient
-    ascent (or damped best response) on their utilities after every weight step."""
+    """Players are the structured groups (neurons, filters, heads) or, with ``players = "weight"``,
+    single weights; participations start at 1 and follow projected gradient ascent (or damped best
+    response) on their utilities after every weight step."""
 
     name = "game"
     settings_type = game.GameSettings
+    player_kinds = (*STRUCTURED_KINDS, "weight")
 
     def __init__(self, settings: game.GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
@@ -33,7 +36,9 @@ class EquilibriumPruner(Method):
     def presets(cls) -> dict[str, dict[str, Any]]:
         return game.PRESETS
 
-    def prepare(self, model: nn.Module) -> GatedModel:
+    def prepare(self, model: nn.Module) -> GatedModel | WeightGatedModel:
+        if self.players == "weight":
+            return WeightGatedModel(model, self.exclude)
         return self.attach(model)
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
@@ -58,14 +63,11 @@ class EquilibriumPruner(Method):
         cfg = self.settings
         self._step += 1
         scale = self.cost_scale()
-        groups, gates = trained.groups, list(trained.gates)
-        if cfg.benefit_grad == "gated":
-            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+        gates = list(trained.gates)
+        if isinstance(trained, WeightGatedModel):
+            gs, sqs, comps = self._weight_terms(trained, gates)
         else:
-            gs = [game.inner_with_grad(grp.blocks(), grp.grad_blocks()) for grp in groups]
-        # Only the O(n·d) terms whose cost weight is non-zero: they are most of the step's overhead.
-        sqs = game.squared_norms_of_rows([grp.rows() for grp in groups]) if (cfg.beta > 0 or cfg.eta > 0) else []
-        comps = [game.competition(grp.blocks(), s, sq) for grp, s, sq in zip(groups, gates, sqs)] if cfg.eta > 0 else []
+            gs, sqs, comps = self._group_terms(trained, gates)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale)
         else:
@@ -73,6 +75,33 @@ class EquilibriumPruner(Method):
                 sq = sqs[i] if sqs else 0.0
                 comp = comps[i] if comps else 0.0
                 s.lerp_(game.best_response(gs[i], sq, comp, cfg, scale), cfg.lr_s)
+
+    def _group_terms(self, trained: GatedModel, gates: list[torch.Tensor]):
+        """g_i, ‖θ_i‖² and the competition sums of every structured player, one tensor per group."""
+        cfg, groups = self.settings, trained.groups
+        if cfg.benefit_grad == "gated":
+            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+        else:
+            gs = [game.inner_with_grad(grp.blocks(), grp.grad_blocks()) for grp in groups]
+        # Only the O(n·d) terms whose cost weight is non-zero: they are most of the step's overhead.
+        sqs = game.squared_norms_of_rows([grp.rows() for grp in groups]) if (cfg.beta > 0 or cfg.eta > 0) else []
+        comps = [game.competition(grp.blocks(), s, sq) for grp, s, sq in zip(groups, gates, sqs)] if cfg.eta > 0 else []
+        return gs, sqs, comps
+
+    def _weight_terms(self, trained: WeightGatedModel, gates: list[torch.Tensor]):
+        """The same for single weights, element-wise over each layer's weight tensor: θ_i = w_i, so
+        ‖θ_i‖² = w_i² and Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = w_i·(Σ_j s_j w_j − s_i w_i) within the layer."""
+        cfg, weights = self.settings, [w.detach() for w in trained.weights()]
+        if cfg.benefit_grad == "gated":  # ∂L/∂s_i = w_i·∂L/∂(s_i w_i), from autograd
+            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+        else:  # ⟨∇_{w_i} L, w_i⟩
+            gs = [
+                w * (w_raw.grad if w_raw.grad is not None else torch.zeros_like(w))
+                for w, w_raw in zip(weights, trained.weights())
+            ]
+        sqs = [w * w for w in weights] if (cfg.beta > 0 or cfg.eta > 0) else []
+        comps = [w * ((s * w).sum() - s * w) for w, s in zip(weights, gates)] if cfg.eta > 0 else []
+        return gs, sqs, comps
 
     def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
         s_all = torch.cat([s.detach().flatten() for s in trained.gates]).float().cpu()
@@ -82,11 +111,19 @@ class EquilibriumPruner(Method):
             "players": int(s_all.numel()),
             "players_alive": int((s_all >= eps).sum()),
             "alive_fraction": float((s_all >= eps).float().mean()),
-            "alive_per_layer": {g.name: int((s.detach() >= eps).sum()) for g, s in zip(trained.groups, trained.gates)},
+            "alive_per_layer": {
+                name: int((s.detach() >= eps).sum()) for name, s in zip(self._names(trained), trained.gates)
+            },
             "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
             "participation_histogram": [int(c) for c in hist.tolist()],
         }
 
+    @staticmethod
+    def _names(trained) -> list[str]:
+        return trained.names if isinstance(trained, WeightGatedModel) else [g.name for g in trained.groups]
+
     def finish(self, trained: GatedModel, calibration=None) -> PruneResult:
+        if isinstance(trained, WeightGatedModel):
+            return trained.compact(self.settings.epsilon)
         masks = keep_masks(trained, self.settings.epsilon)
         return compact(trained, masks, balance=self.settings.fold == "balanced")
