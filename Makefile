@@ -32,6 +32,8 @@ bench: setup
 	$(BIN)/python benchmarks/step_overhead.py
 	$(BIN)/python benchmarks/slq_vs_pyhessian.py
 	$(BIN)/python benchmarks/pruning_limit.py
+	$(BIN)/python benchmarks/compaction_speed.py
+	$(BIN)/python benchmarks/cnn_filters_fashion.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,8 +1,9 @@
 """Does compaction make a network really faster? Measured CPU latency against the FLOP ratio.
 
-For each case, the model's filters are pruned (L1-norm scores, the same fraction of every player
-group, coupled residual channels kept together) to about the target fraction of its MACs and
-compacted into a plain smaller model; both models get BatchNorm folded and are timed alternately
+For each case, the model's players (ResNet-20: filters; ViT: attention heads and MLP units) are
+pruned (L1-norm scores, the same fraction of every player group, coupled residual channels kept
+together) to about the target fraction of its MACs (attention products included) and compacted
+into a plain smaller model; both models get BatchNorm folded and are timed alternately
 at batch 256 in eval mode (``equiprune.export.speed_report``). Weights need no training for a
 timing, so the models are freshly initialised.
 
@@ -30,6 +31,8 @@ from equiprune.models import create_model
 CASES = [  # (model, settings, input shape, target FLOP fraction)
     ("resnet20", {}, (3, 32, 32), 0.50),
     ("resnet20", {}, (3, 32, 32), 0.25),
+    ("vit", {}, (3, 32, 32), 0.50),  # heads and MLP units; the embedding stream stays whole
+    ("vit", {}, (3, 32, 32), 0.25),
 ]
 
 

@@ -2,6 +2,7 @@
 
 import torch.nn as nn
 
+from equiprune.layers import MultiHeadSelfAttention
 from equiprune.measure import count_macs, count_params, nonzero_params
 
 
@@ -22,3 +23,9 @@ def test_nonzero_params_counts_what_pruning_left():
     layer.weight.data[:2] = 0.0
     layer.bias.data[:] = 0.0
     assert nonzero_params(layer) == 4
+
+
+def test_macs_of_attention_count_both_products():
+    attn = MultiHeadSelfAttention(dim=8, heads=2, head_dim=4)
+    qkv, proj, products = 5 * 8 * 24, 5 * 8 * 8, 2 * 2 * (5 * 5 * 4)  # 5 tokens: QKᵀ and AV per head
+    assert count_macs(attn, (5, 8)) == qkv + proj + products

@@ -19,8 +19,11 @@ def nonzero_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """MACs of one forward pass on a single example of ``input_shape`` (Linear and Conv layers;
-    element-wise work is not counted), found by running the model once with counting hooks."""
+    """MACs of one forward pass on a single example of ``input_shape`` (Linear and Conv layers, and
+    the two attention products QKᵀ and AV of ``MultiHeadSelfAttention``; element-wise work is not
+    counted), found by running the model once with counting hooks."""
+    from .layers import MultiHeadSelfAttention
+
     total = 0
 
     def linear(module: nn.Linear, args, out) -> None:
@@ -32,8 +35,15 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
         total += per_output * out.numel()
 
+    def attention(module: MultiHeadSelfAttention, args, out) -> None:
+        nonlocal total
+        batch, tokens = args[0].shape[0], args[0].shape[1]
+        total += batch * 2 * module.heads * tokens * tokens * module.head_dim  # QKᵀ, then AV
+
     handles = []
     for m in model.modules():
+        if isinstance(m, MultiHeadSelfAttention):
+            handles.append(m.register_forward_hook(attention))
         if isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear))
         elif isinstance(m, nn.modules.conv._ConvNd):
