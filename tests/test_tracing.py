@@ -257,3 +257,32 @@ def test_balanced_folding_crosses_pooling_and_flatten_exactly():
     a = compact(resnet, keep_masks(resnet, 0.01)).model
     b = compact(resnet, keep_masks(resnet, 0.01), balance=True).model
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_transformer_prunes_heads_and_units_end_to_end(tmp_path, data_root):
+    from equiprune.config import parse_config
+    from equiprune.train import run
+
+    cfg = parse_config(f"""
+seed = 0
+device = "cpu"
+[data]
+dataset = "mnist"
+root = "{data_root}"
+train_subset = 512
+test_subset = 256
+[model]
+name = "vit"
+[train]
+epochs = 2
+finetune_epochs = 1
+[method]
+name = "magnitude-l2"
+budget = 0.5
+""")
+    results = run(cfg, tmp_path / "run", quiet=True)
+    assert results["players"] == "head+neuron"
+    assert results["neurons_kept"]["blocks.0.attn"] == 2 and results["neurons_kept"]["blocks.0.fc1"] == 64
+    small = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert [b.attn.heads for b in small.blocks] == [2, 2, 2, 2]
+    assert results["macs_after"] < results["macs_before"]
