@@ -115,7 +115,10 @@ def finetune(model, train, test, epochs: int, seed: int) -> float:
 
 def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
     dense_dir, game_dir = work / f"dense{seed}", work / f"game{seed}"
-    game_settings = f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75"
+    game_settings = (
+        f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75\n"
+        f'cost_weighting = "{args.cost_weighting}"'
+    )
     run(parse_config(config("dense", seed, args.prune_epochs, "", args.data)), dense_dir, quiet=True)
     game = run(parse_config(config("game", seed, args.prune_epochs, game_settings, args.data)), game_dir, quiet=True)
     cfg, dense = load_trained(RunDir(dense_dir))
@@ -144,7 +147,8 @@ def main() -> None:
     p.add_argument("--prune-epochs", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=4)
     p.add_argument("--beta", type=float, default=0.05)
-    p.add_argument("--gamma", type=float, default=0.15)
+    p.add_argument("--gamma", type=float, default=0.03)
+    p.add_argument("--cost-weighting", choices=["uniform", "macs"], default="macs")
     p.add_argument("--lr-s", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--data", help="directory with fashion-mnist/ (default: $EQUIPRUNE_DATA or the cache)")
@@ -153,7 +157,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
     print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
-          f"gamma {args.gamma}, lr_s {args.lr_s}")  # fmt: skip
+          f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}")  # fmt: skip
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):

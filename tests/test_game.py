@@ -156,3 +156,12 @@ def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_withou
     for a, b in zip(got, naive):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(got[0], game.squared_norms([pairs[0][0], pairs[0][1].unsqueeze(1)]))
+
+
+def test_gamma_weights_scale_the_l1_cost_group_by_group():
+    cfg = game.GameSettings(beta=0.0, gamma=0.1, lr_s=0.5)
+    gates = [torch.full((3,), 0.8), torch.full((2,), 0.8)]
+    grads = [torch.zeros(3), torch.zeros(2)]
+    game.ascent_step_(gates, grads, None, None, cfg, cost_scale=1.0, gamma_weights=[2.0, 0.5])
+    torch.testing.assert_close(gates[0], torch.full((3,), 0.8 - 0.5 * 0.1 * 2.0))
+    torch.testing.assert_close(gates[1], torch.full((2,), 0.8 - 0.5 * 0.1 * 0.5))

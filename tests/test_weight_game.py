@@ -71,3 +71,26 @@ def test_weight_game_runs_end_to_end(tmp_path, data_root):
     results = run(cfg, tmp_path / "run", quiet=True)
     assert results["players"] == "weight" and 0 < results["kept_fraction"] < 1
     assert results["nonzero_params_after"] < results["params_before"]
+
+
+def test_mac_weighted_costs_are_for_structured_players_and_average_to_one():
+    import pytest
+
+    from equiprune.data import Split
+    from equiprune.errors import ConfigError
+    from equiprune.groups import attach
+    from equiprune.measure import macs_per_player
+    from equiprune.methods.base import Calibration
+
+    calibration = Calibration(Split(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), 4, 0)
+    method = build_method("game", settings={"cost_weighting": "macs"})
+    gated = method.prepare(create_model("lenet5"))
+    method.before_run(gated, steps_per_epoch=2, epochs=1, calibration=calibration)
+    sizes = [g.size for g in gated.groups]
+    weights = method._gamma_weights
+    assert sum(w * n for w, n in zip(weights, sizes)) / sum(sizes) == pytest.approx(1.0)
+    macs = macs_per_player(attach(create_model("lenet5")), (1, 28, 28))
+    assert weights[0] / weights[2] == pytest.approx(macs[0] / macs[2])  # a conv1 filter vs an FC neuron
+    weight_players = build_method("game", settings={"cost_weighting": "macs"}, players="weight")
+    with pytest.raises(ConfigError, match="structured players"):
+        weight_players.before_run(weight_players.prepare(mlp()), 1, 1, calibration)

@@ -50,6 +50,10 @@ class GameSettings:
       columns; ``"balanced"`` (default) then also equalises each neuron's incoming and outgoing
       norms where the activation allows it exactly (ReLU family; see ``compact.rebalance``), which
       gives fine-tuning a well-scaled start; ``"consumer"`` leaves the fold as it is.
+    - ``cost_weighting``: ``"uniform"`` (the paper's) charges every player the same L1 cost γ;
+      ``"macs"`` charges each γ times the multiply-accumulates it accounts for, relative to the mean
+      player's, so that cheap players (a fully connected neuron) are kept before expensive ones (a
+      convolution filter on a large feature map) when they help the loss as much.
     """
 
     alpha: float = 1.0
@@ -63,6 +67,7 @@ class GameSettings:
     update: Update = "ascent"
     cost_ramp: float = 0.0
     fold: Literal["consumer", "balanced"] = "balanced"
+    cost_weighting: Literal["uniform", "macs"] = "uniform"
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta"):
@@ -82,6 +87,7 @@ class GameSettings:
             ("benefit_grad", ("gated", "theta")),
             ("update", ("ascent", "best_response")),
             ("fold", ("consumer", "balanced")),
+            ("cost_weighting", ("uniform", "macs")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
@@ -177,9 +183,10 @@ def ascent_step_(
     comps: Sequence[torch.Tensor] | None,
     cfg: GameSettings,
     cost_scale: float = 1.0,
+    gamma_weights: Sequence[float] | None = None,
 ) -> None:
     """In place, for every group at once: s ← Π_[0,1](s + lr_s·∂U/∂s), the same step as
-    ``project(s + lr_s * utility_grad(...))``.
+    ``project(s + lr_s * utility_grad(...))``; ``gamma_weights`` scale γ group by group.
 
     The training loop runs this after every weight step, so it is written as a handful of fused
     multi-tensor kernels over all groups instead of a dozen small kernels per group: launch overhead,
@@ -192,7 +199,9 @@ def ascent_step_(
     torch._foreach_add_(gates, list(grads), alpha=lr * cfg.alpha * cfg.sign)
     if cfg.eta > 0:
         torch._foreach_add_(gates, list(comps), alpha=-cfg.eta * k)
-    if cfg.gamma > 0:
+    if cfg.gamma > 0 and gamma_weights is not None:
+        torch._foreach_add_(gates, [-cfg.gamma * k * w for w in gamma_weights])
+    elif cfg.gamma > 0:
         torch._foreach_add_(gates, -cfg.gamma * k)
     torch._foreach_clamp_min_(gates, 0.0)
     torch._foreach_clamp_max_(gates, 1.0)

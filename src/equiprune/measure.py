@@ -18,36 +18,30 @@ def nonzero_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """MACs of one forward pass on a single example of ``input_shape`` (Linear and Conv layers, and
-    the two attention products QKᵀ and AV of ``MultiHeadSelfAttention``; element-wise work is not
-    counted), found by running the model once with counting hooks."""
+def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """MACs of one forward pass on a single example of ``input_shape``, per module name: Linear and
+    Conv layers, and the two attention products QKᵀ and AV of ``MultiHeadSelfAttention`` (under the
+    attention module's own name). Element-wise work is not counted. Found by running the model once
+    with counting hooks; a module called twice counts twice."""
     from .layers import MultiHeadSelfAttention
 
-    total = 0
+    macs: dict[str, int] = {}
 
-    def linear(module: nn.Linear, args, out) -> None:
-        nonlocal total
-        total += module.in_features * out.numel()
+    def counter(name: str, module: nn.Module):
+        def hook(mod, args, out) -> None:
+            if isinstance(mod, nn.Linear):
+                n = mod.in_features * out.numel()
+            elif isinstance(mod, MultiHeadSelfAttention):
+                batch, tokens = args[0].shape[0], args[0].shape[1]
+                n = batch * 2 * mod.heads * tokens * tokens * mod.head_dim  # QKᵀ, then AV
+            else:
+                n = (mod.in_channels // mod.groups) * int(torch.tensor(mod.kernel_size).prod()) * out.numel()
+            macs[name] = macs.get(name, 0) + n
 
-    def conv(module: nn.modules.conv._ConvNd, args, out) -> None:
-        nonlocal total
-        per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
-        total += per_output * out.numel()
+        return module.register_forward_hook(hook)
 
-    def attention(module: MultiHeadSelfAttention, args, out) -> None:
-        nonlocal total
-        batch, tokens = args[0].shape[0], args[0].shape[1]
-        total += batch * 2 * module.heads * tokens * tokens * module.head_dim  # QKᵀ, then AV
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, MultiHeadSelfAttention):
-            handles.append(m.register_forward_hook(attention))
-        if isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear))
-        elif isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv))
+    counted = (nn.Linear, nn.modules.conv._ConvNd, MultiHeadSelfAttention)
+    handles = [counter(name, m) for name, m in model.named_modules() if isinstance(m, counted)]
     try:
         p = next(model.parameters())
         was_training = model.training
@@ -57,4 +51,25 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return macs
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """MACs of one forward pass on a single example (see :func:`layer_macs`)."""
+    return sum(layer_macs(model, input_shape).values())
+
+
+def macs_per_player(gated, input_shape: Sequence[int]) -> list[float]:
+    """For each player group of a ``GatedModel``, the MACs one of its players accounts for: its share
+    of every producer's rows, every consumer's input columns and (a head) its attention products."""
+    macs = layer_macs(gated.model, input_shape)
+    out = []
+    for g in gated.groups:
+        repeat, tile = g.row_pattern
+        total = sum(macs.get(name, 0) * repeat * tile / m.weight.shape[0] for name, m in g.producers)
+        for c in g.consumers:
+            width = c.module.weight.shape[1] * (c.module.groups if isinstance(c.module, nn.Conv2d) else 1)
+            total += macs.get(c.name, 0) * c.repeat / width
+        total += sum(macs.get(name, 0) / g.size for name, _ in g.resize)
+        out.append(total)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -9,8 +10,10 @@ import torch.nn as nn
 
 from .. import game
 from ..compact import PruneResult, compact, keep_masks
+from ..errors import ConfigError
 from ..groups import STRUCTURED_KINDS, GatedModel
 from ..masks import WeightGatedModel
+from ..measure import macs_per_player
 from .base import METHODS, Method
 
 #: Bin edges of the participation histogram written each epoch.
@@ -31,6 +34,7 @@ class EquilibriumPruner(Method):
         super().__init__(settings, exclude, players)
         self._step = 0  # participation updates so far (drives the cost ramp)
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
+        self._gamma_weights: list[float] | None = None  # per group, with cost_weighting = "macs"
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -44,6 +48,15 @@ class EquilibriumPruner(Method):
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         self._ramp_steps = self.settings.cost_ramp * steps_per_epoch * epochs
         self._step = 0
+        self._gamma_weights = None
+        if self.settings.cost_weighting == "macs":
+            if isinstance(trained, WeightGatedModel):
+                raise ConfigError("method.cost_weighting = 'macs' weighs structured players; use 'uniform' for weights")
+            if calibration is None:
+                raise ConfigError("method.cost_weighting = 'macs' needs the input shape: the loop gave no data")
+            macs = macs_per_player(trained, calibration.input_shape)
+            mean = sum(m * g.size for m, g in zip(macs, trained.groups)) / sum(g.size for g in trained.groups)
+            self._gamma_weights = [m / mean for m in macs]
 
     def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
         return trained.weight_parameters()
@@ -68,13 +81,15 @@ class EquilibriumPruner(Method):
             gs, sqs, comps = self._weight_terms(trained, gates)
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
+        weights = self._gamma_weights
         if cfg.update == "ascent":
-            game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale)
+            game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
         else:
             for i, s in enumerate(gates):
                 sq = sqs[i] if sqs else 0.0
                 comp = comps[i] if comps else 0.0
-                s.lerp_(game.best_response(gs[i], sq, comp, cfg, scale), cfg.lr_s)
+                group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weights[i])
+                s.lerp_(game.best_response(gs[i], sq, comp, group_cfg, scale), cfg.lr_s)
 
     def _group_terms(self, trained: GatedModel, gates: list[torch.Tensor]):
         """g_i, ‖θ_i‖² and the competition sums of every structured player, one tensor per group."""
