@@ -165,3 +165,27 @@ def test_gamma_weights_scale_the_l1_cost_group_by_group():
     game.ascent_step_(gates, grads, None, None, cfg, cost_scale=1.0, gamma_weights=[2.0, 0.5])
     torch.testing.assert_close(gates[0], torch.full((3,), 0.8 - 0.5 * 0.1 * 2.0))
     torch.testing.assert_close(gates[1], torch.full((2,), 0.8 - 0.5 * 0.1 * 0.5))
+
+
+def test_the_game_starts_after_the_dense_fraction_and_ramps_its_costs_from_there():
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    method = build_method("game", settings={"start": 0.5, "cost_ramp": 0.5, "gamma": 0.1, "lr_s": 0.1})
+    gated = method.prepare(mlp(input_shape=(4,), hidden=(3,), num_classes=2))
+    method.before_run(gated, steps_per_epoch=4, epochs=2)  # 8 steps: 4 dense, then 2 of ramp, then full
+    scales = []
+    for _ in range(8):
+        method.after_step(gated)
+        scales.append(method.cost_scale())
+    assert scales == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
+    method2 = build_method("game", settings={"start": 0.5, "beta": 0.0, "gamma": 0.1, "lr_s": 0.1})
+    g2 = method2.prepare(mlp(input_shape=(4,), hidden=(3,), num_classes=2))
+    method2.before_run(g2, steps_per_epoch=2, epochs=1)
+    with torch.no_grad():
+        g2.gates[0].fill_(0.5)
+    g2.gates[0].grad = torch.zeros(3)
+    method2.after_step(g2)  # step 1 of 2: dense, no update
+    torch.testing.assert_close(g2.gates[0].detach(), torch.full((3,), 0.5))
+    method2.after_step(g2)  # step 2: the game, full costs (no ramp): s -= lr_s·γ
+    torch.testing.assert_close(g2.gates[0].detach(), torch.full((3,), 0.5 - 0.1 * 0.1))

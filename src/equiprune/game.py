@@ -42,6 +42,8 @@ class GameSettings:
       to the raw ones (for a Linear neuron this equals s_i·∂L/∂s_i, so it vanishes as s_i → 0).
     - ``update``: ``"ascent"`` (the paper's projected gradient step) or ``"best_response"``
       (move to the closed-form maximiser of U_i, damped by ``lr_s`` as a fraction of the way).
+    - ``start``: fraction of the pruning phase during which the network trains dense before the game
+      begins (participations stay at 1); the cost ramp then runs over the rest of the phase.
     - ``cost_ramp``: fraction of the pruning phase over which β, γ and η rise linearly from 0 to
       their values (0, the paper's setting, applies them in full from the first step). With
       strong costs a ramp lets the weakest players leave first, instead of every player declining
@@ -66,6 +68,7 @@ class GameSettings:
     benefit_grad: BenefitGrad = "gated"
     update: Update = "ascent"
     cost_ramp: float = 0.0
+    start: float = 0.0
     fold: Literal["consumer", "balanced"] = "balanced"
     cost_weighting: Literal["uniform", "macs"] = "uniform"
 
@@ -78,6 +81,8 @@ class GameSettings:
             raise ConfigError(f"method.lr_s: must be a finite number > 0, got {self.lr_s!r}")
         if not (0 <= self.cost_ramp <= 1):
             raise ConfigError(f"method.cost_ramp: must lie in [0, 1], got {self.cost_ramp!r}")
+        if not (0 <= self.start < 1):
+            raise ConfigError(f"method.start: must lie in [0, 1), got {self.start!r}")
         if not (0 <= self.epsilon <= 1):
             raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
         if self.update == "best_response" and self.lr_s > 1:

@@ -34,6 +34,7 @@ class EquilibriumPruner(Method):
         super().__init__(settings, exclude, players)
         self._step = 0  # participation updates so far (drives the cost ramp)
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
+        self._start_steps = 0.0  # set by before_run: steps of dense training before the game
         self._gamma_weights: list[float] | None = None  # per group, with cost_weighting = "macs"
 
     @classmethod
@@ -46,7 +47,9 @@ class EquilibriumPruner(Method):
         return self.attach(model)
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
-        self._ramp_steps = self.settings.cost_ramp * steps_per_epoch * epochs
+        total = steps_per_epoch * epochs
+        self._start_steps = self.settings.start * total  # dense training before the game begins
+        self._ramp_steps = self.settings.cost_ramp * (total - self._start_steps)
         self._step = 0
         self._gamma_weights = None
         if self.settings.cost_weighting == "macs":
@@ -62,8 +65,9 @@ class EquilibriumPruner(Method):
         return trained.weight_parameters()
 
     def cost_scale(self) -> float:
-        """How much of the costs apply at the current step (the linear cost ramp)."""
-        return min(1.0, self._step / self._ramp_steps) if self._ramp_steps > 0 else 1.0
+        """How much of the costs apply at the current step (the linear cost ramp after the start)."""
+        played = self._step - self._start_steps
+        return min(1.0, max(0.0, played / self._ramp_steps)) if self._ramp_steps > 0 else 1.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step}
@@ -75,6 +79,8 @@ class EquilibriumPruner(Method):
     def after_step(self, trained: GatedModel) -> None:
         cfg = self.settings
         self._step += 1
+        if self._step <= self._start_steps:  # still training dense: participations stay at 1
+            return
         scale = self.cost_scale()
         gates = list(trained.gates)
         if isinstance(trained, WeightGatedModel):
