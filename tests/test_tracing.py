@@ -286,3 +286,28 @@ budget = 0.5
     small = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert [b.attn.heads for b in small.blocks] == [2, 2, 2, 2]
     assert results["macs_after"] < results["macs_before"]
+
+
+@pytest.mark.parametrize("name, group", [("resnet20", "layer2.1.conv1"), ("vit", "blocks.0.attn")])
+def test_a_residual_branch_may_lose_every_player_and_still_compacts_exactly(name, group):
+    kwargs = dict(width=0.25) if name == "resnet20" else dict(input_shape=(3, 32, 32), depth=2, dim=32, mlp=48)
+    model = create_model(name, **kwargs).double()
+    _randomise_batchnorm(model)
+    gated = attach(model)
+    _random_participations(gated)
+    index = [g.name for g in gated.groups].index(group)
+    assert gated.groups[index].bypassed
+    with torch.no_grad():
+        gated.gates[index].zero_()
+    gated.eval()
+    result = compact(gated, keep_masks(gated, 0.01))
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(result.model.eval()(x), gated(x), rtol=1e-9, atol=1e-12)
+    assert result.kept[group] == 0
+    # a group on the only path (a ResNet stage, an MLP layer) is still refused
+    stage = attach(create_model("resnet20", width=0.25))
+    assert not stage.groups[0].bypassed
+    with torch.no_grad():
+        stage.gates[0].zero_()
+    with pytest.raises(PruningError, match="every player of layer 'conv1' dropped out"):
+        keep_masks(stage, 0.01)

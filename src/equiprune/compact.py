@@ -37,11 +37,12 @@ class PruneResult:
 
 
 def keep_masks(gated: GatedModel, epsilon: float) -> dict[str, torch.Tensor]:
-    """Which players survive (s_i >= epsilon), per group; refuses a group that loses everyone."""
+    """Which players survive (s_i >= epsilon), per group. A residual branch may lose everyone (the
+    block then adds a constant); any other group that loses everyone is refused."""
     masks = {}
     for group, s in zip(gated.groups, gated.gates):
         keep = s.detach() >= epsilon
-        if not bool(keep.any()):
+        if not bool(keep.any()) and not group.bypassed:
             raise PruningError(
                 f"every player of layer {group.name!r} dropped out (largest participation "
                 f"{float(s.detach().max()):.3g} < epsilon={epsilon}): removing them would disconnect the "
@@ -169,7 +170,7 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
             raise PruningError(
                 f"mask of layer {group.name!r}: expected {group.size} booleans, got {keep.shape} {keep.dtype}"
             )
-        if not bool(keep.any()):
+        if not bool(keep.any()) and not group.bypassed:
             raise PruningError(
                 f"the mask of layer {group.name!r} drops every player: the network would be disconnected"
             )
@@ -177,6 +178,10 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
     cuts: dict[str, _Cut] = {}
     for group, s in zip(gated.groups, gated.gates):
         keep, s = masks[group.name], s.detach()
+        if not bool(keep.any()):
+            # A residual branch that lost every channel: one silent channel stays (layers cannot have
+            # width 0), its consumer columns zero, so the branch adds what its layers make of nothing.
+            keep, s = torch.arange(group.size, device=keep.device) == 0, torch.zeros_like(s)
         for name, _ in group.producers:
             cuts.setdefault(name, _Cut()).rows = group.producer_rows(keep)
         for f in group.followers:
@@ -197,7 +202,7 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
         )
     for group in gated.groups:
         for name, attribute in group.resize:
-            setattr(model.get_submodule(name), attribute, int(masks[group.name].sum()))
+            setattr(model.get_submodule(name), attribute, max(1, int(masks[group.name].sum())))  # 1: silent
     if balance:
         pairs = [
             (g.producers[0][0], [(c.name, c.repeat) for c in g.consumers]) for g in gated.groups if _rebalanceable(g)

@@ -54,6 +54,8 @@ class PlayerGroup:
     #: (module name, attribute) pairs that count this group's players (an attention layer's heads)
     resize: list[tuple[str, str]] = field(default_factory=list)
     kind: str = ""
+    #: the signal has a path around this group (a residual branch): it may lose every player
+    bypassed: bool = False
 
     def __post_init__(self):
         if not self.kind:
@@ -154,7 +156,7 @@ def find_players(
         name = space.resize[0][0] if space.kind == "head" else space.producer_names[0]
         group = PlayerGroup(
             name, space.size, space.producers, space.consumers, space.followers, space.between,
-            space.row_pattern, space.resize, space.kind or "",
+            space.row_pattern, space.resize, space.kind or "", space.bypassed,
         )  # fmt: skip
         if group.kind in kinds:
             groups.append(group)

@@ -110,6 +110,10 @@ class ChannelSpace:
     row_pattern: tuple[int, int] = (1, 1)
     resize: list[tuple[str, str]] = field(default_factory=list)
     kind: str | None = None
+    #: every consumer writes into a sum with another path (a residual branch): the signal survives
+    #: the loss of every channel of this space
+    bypassed: bool = False
+    summed: bool = False  # added to another tensor (a residual sum)
 
     @property
     def producer_names(self) -> list[str]:
@@ -166,6 +170,10 @@ class _Analysis:
     def unify(self, layouts: list[Layout], reason: str) -> Layout:
         """Tensors combined element by element: their channels must be removed together."""
         real = [lay for lay in layouts if lay is not None and lay.segments]
+        if len([lay for lay in layouts if lay is not None]) >= 2:
+            for lay in real:
+                for sid, _ in lay.segments:
+                    self.space(sid).summed = True
         if len(real) < len([lay for lay in layouts if lay is not None]):  # one operand is fixed
             for lay in real:
                 self.fix(lay)
@@ -188,6 +196,7 @@ class _Analysis:
                     merged.between += gone.between
                     merged.blocked += gone.blocked
                     merged.fixed |= gone.fixed
+                    merged.summed |= gone.summed
                     self.parent[rb] = ra
         return first
 
@@ -380,6 +389,11 @@ def channel_spaces(model: nn.Module) -> list[ChannelSpace]:
         for name in sorted(touched & shared):
             space.blocked.append(f"layer {name!r} is called more than once per forward pass")
         out.append(space)
+    owner = {name: space for space in out for name in space.producer_names}
+    for space in out:
+        space.bypassed = bool(space.consumers) and all(
+            c.name in owner and owner[c.name].summed for c in space.consumers
+        )
     return out
 
 
