@@ -190,8 +190,7 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
             cut.rows[f.offset : f.offset + group.size] = keep
         for c in group.consumers:
             cut = cuts.setdefault(c.name, _Cut())
-            width = c.module.in_channels if isinstance(c.module, nn.Conv2d) else c.module.in_features
-            cut.cols, cut.scale = _full(cut.cols, width, True, keep), _full(cut.scale, width, 1.0, s)
+            cut.cols, cut.scale = _full(cut.cols, c.width, True, keep), _full(cut.scale, c.width, 1.0, s)
             span = slice(c.offset, c.offset + group.size * c.repeat)
             cut.cols[span] = keep.repeat_interleave(c.repeat)
             cut.scale[span] = s.repeat_interleave(c.repeat)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .errors import PruningError
-from .tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude
+from .tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude, input_width
 
 #: The kinds of player equiprune can prune: hidden neurons of Linear layers, filters (output
 #: channels) of Conv2d layers, attention heads (of ``equiprune.layers.MultiHeadSelfAttention``), and
@@ -231,8 +231,7 @@ class GatedModel(nn.Module):
                 reads.setdefault(c.name, (c.module, []))[1].append((c.offset, s, c.repeat))
         for module, segments in reads.values():
             conv = isinstance(module, nn.Conv2d)
-            width = module.in_channels if conv else module.in_features
-            hook = _GateHook(width, sorted(segments, key=lambda seg: seg[0]), channels_first=conv)
+            hook = _GateHook(input_width(module), sorted(segments, key=lambda seg: seg[0]), channels_first=conv)
             self._handles.append(module.register_forward_pre_hook(hook))
 
     def _detach_hooks(self) -> None:

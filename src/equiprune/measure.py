@@ -68,8 +68,7 @@ def macs_per_player(gated, input_shape: Sequence[int]) -> list[float]:
         repeat, tile = g.row_pattern
         total = sum(macs.get(name, 0) * repeat * tile / m.weight.shape[0] for name, m in g.producers)
         for c in g.consumers:
-            width = c.module.weight.shape[1] * (c.module.groups if isinstance(c.module, nn.Conv2d) else 1)
-            total += macs.get(c.name, 0) * c.repeat / width
+            total += macs.get(c.name, 0) * c.repeat / c.width
         total += sum(macs.get(name, 0) / g.size for name, _ in g.resize)
         out.append(total)
     return out

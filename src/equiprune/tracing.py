@@ -75,6 +75,11 @@ class Layout:
 FIXED = Layout((), spatial=False)
 
 
+def input_width(module: nn.Linear | nn.Conv2d) -> int:
+    """How many input features (Linear) or channels (Conv2d) a layer reads."""
+    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+
+
 @dataclass
 class Consumer:
     """A layer reading ``size`` channels of a space at input feature ``offset``, each ``repeat`` times."""
@@ -83,6 +88,11 @@ class Consumer:
     module: nn.Module
     offset: int
     repeat: int
+
+    @property
+    def width(self) -> int:
+        """All the input features the layer reads (this space's and any other's)."""
+        return input_width(self.module)
 
 
 @dataclass
@@ -241,7 +251,7 @@ class _Analysis:
                 if x.spatial != conv:
                     return self.opaque(node, f"layer {name!r} ({type(module).__name__}) reads a tensor whose "
                                              "channels are not in the dimension it mixes")  # fmt: skip
-                width = module.in_channels if conv else module.in_features
+                width = input_width(module)
                 repeat = x.repeat if x.repeat is not None else width // max(x.channels, 1)
                 if x.channels * repeat != width:
                     return self.opaque(
