@@ -98,9 +98,7 @@ class PlayerGroup:
         instead, zeros where none exists."""
 
         def get(p: torch.Tensor | None) -> torch.Tensor | None:
-            if p is None or not grads:
-                return p
-            return p.grad if p.grad is not None else torch.zeros_like(p)
+            return grad_or_zeros(p) if p is not None and grads else p
 
         repeat, tile = self.row_pattern
         out = []
@@ -131,6 +129,11 @@ class PlayerGroup:
     def grad_blocks(self) -> list[torch.Tensor]:
         """The gradients of :meth:`blocks`, aligned with them."""
         return self.blocks(grads=True)
+
+
+def grad_or_zeros(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad``, or zeros shaped like ``p`` where backward left none (a player no loss reached)."""
+    return p.grad if p.grad is not None else torch.zeros_like(p)
 
 
 def find_players(

@@ -11,7 +11,7 @@ import torch.nn as nn
 from .. import game
 from ..compact import PruneResult, compact, keep_masks
 from ..errors import ConfigError
-from ..groups import STRUCTURED_KINDS, GatedModel
+from ..groups import STRUCTURED_KINDS, GatedModel, grad_or_zeros
 from ..masks import WeightGatedModel
 from ..measure import macs_per_player
 from .base import METHODS, Method
@@ -101,7 +101,7 @@ class EquilibriumPruner(Method):
         """g_i, ‖θ_i‖² and the competition sums of every structured player, one tensor per group."""
         cfg, groups = self.settings, trained.groups
         if cfg.benefit_grad == "gated":
-            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+            gs = [grad_or_zeros(s) for s in gates]
         else:
             gs = [game.inner_with_grad(grp.blocks(), grp.grad_blocks()) for grp in groups]
         # Only the O(n·d) terms whose cost weight is non-zero: they are most of the step's overhead.
@@ -112,14 +112,12 @@ class EquilibriumPruner(Method):
     def _weight_terms(self, trained: WeightGatedModel, gates: list[torch.Tensor]):
         """The same for single weights, element-wise over each layer's weight tensor: θ_i = w_i, so
         ‖θ_i‖² = w_i² and Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = w_i·(Σ_j s_j w_j − s_i w_i) within the layer."""
-        cfg, weights = self.settings, [w.detach() for w in trained.weights()]
+        raw = trained.weights()
+        cfg, weights = self.settings, [w.detach() for w in raw]
         if cfg.benefit_grad == "gated":  # ∂L/∂s_i = w_i·∂L/∂(s_i w_i), from autograd
-            gs = [s.grad if s.grad is not None else torch.zeros_like(s) for s in gates]
+            gs = [grad_or_zeros(s) for s in gates]
         else:  # ⟨∇_{w_i} L, w_i⟩
-            gs = [
-                w * (w_raw.grad if w_raw.grad is not None else torch.zeros_like(w))
-                for w, w_raw in zip(weights, trained.weights())
-            ]
+            gs = [w * grad_or_zeros(p) for w, p in zip(weights, raw)]
         sqs = [w * w for w in weights] if (cfg.beta > 0 or cfg.eta > 0) else []
         comps = [w * ((s * w).sum() - s * w) for w, s in zip(weights, gates)] if cfg.eta > 0 else []
         return gs, sqs, comps
