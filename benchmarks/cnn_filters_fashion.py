@@ -4,7 +4,8 @@ filter pruning and against Torch-Pruning's group-magnitude pruner, at the same F
 Per seed, on the full Fashion-MNIST training set (batch 128, Adam 1e-3):
 
 1. the dense LeNet-5 trains for ``--prune-epochs``; the equilibrium pruner trains a gated copy
-   for the same epochs (same data order) and compacts it: its MACs set the target for the others;
+   for the same epochs (same data order; dense for the first ``--start`` of them, then the game)
+   and compacts it: its MACs set the target for the others;
 2. from the trained dense model, ``magnitude-l1`` (L1 norm of each filter's / neuron's incoming
    weights, the same fraction of every layer) and Torch-Pruning's ``MagnitudePruner`` with
    ``GroupMagnitudeImportance(p=1)`` (the same ratio in every layer, classifier ignored) each
@@ -117,7 +118,7 @@ def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
     dense_dir, game_dir = work / f"dense{seed}", work / f"game{seed}"
     game_settings = (
         f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75\n"
-        f'cost_weighting = "{args.cost_weighting}"'
+        f'cost_weighting = "{args.cost_weighting}"\nstart = {args.start}'
     )
     run(parse_config(config("dense", seed, args.prune_epochs, "", args.data)), dense_dir, quiet=True)
     game = run(parse_config(config("game", seed, args.prune_epochs, game_settings, args.data)), game_dir, quiet=True)
@@ -152,6 +153,8 @@ def main() -> None:
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--cost-weighting", choices=["uniform", "macs"], default="macs")
     p.add_argument("--lr-s", type=float, default=0.01)
+    # Measured (2 seeds): 4 dense epochs before 4 of the game lifted the game from 87.00% to 87.59%
+    p.add_argument("--start", type=float, default=0.5, help="fraction of the game phase trained dense first")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--data", help="directory with fashion-mnist/ (default: $EQUIPRUNE_DATA or the cache)")
     args = p.parse_args()
@@ -159,7 +162,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
     print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
-          f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}")  # fmt: skip
+          f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}, "
+          f"start {args.start}")  # fmt: skip
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):

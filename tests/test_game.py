@@ -189,3 +189,27 @@ def test_the_game_starts_after_the_dense_fraction_and_ramps_its_costs_from_there
     torch.testing.assert_close(g2.gates[0].detach(), torch.full((3,), 0.5))
     method2.after_step(g2)  # step 2: the game, full costs (no ramp): s -= lr_s·γ
     torch.testing.assert_close(g2.gates[0].detach(), torch.full((3,), 0.5 - 0.1 * 0.1))
+
+
+@pytest.mark.parametrize("players", [None, "weight"])
+def test_width_weighted_costs_charge_each_player_its_share_of_its_layer(players):
+    """With no benefit, one step lowers every participation by lr_s·γ·w, w = mean size / group size:
+    the 8-neuron layer's players pay twice what the 16-neuron layer's do, and w averages to 1."""
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    settings = {"cost_weighting": "width", "beta": 0.0, "gamma": 0.1, "lr_s": 0.1}
+    method = build_method("game", settings=settings, players=players)
+    gated = method.prepare(mlp(input_shape=(4,), hidden=(16, 8), num_classes=2))
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    sizes = [s.numel() for s in gated.gates]
+    expected = [sum(sizes) / len(sizes) / n for n in sizes]
+    if players is None:
+        assert sizes == [16, 8] and expected == [0.75, 1.5]
+    assert sum(w * n for w, n in zip(expected, sizes)) == pytest.approx(sum(sizes))
+    with torch.no_grad():
+        for s in gated.gates:
+            s.fill_(0.5)
+    method.after_step(gated)  # no backward ran: every benefit is zero
+    for s, w in zip(gated.gates, expected):
+        torch.testing.assert_close(s.detach(), torch.full_like(s, 0.5 - 0.1 * 0.1 * w))

@@ -35,7 +35,7 @@ class EquilibriumPruner(Method):
         self._step = 0  # participation updates so far (drives the cost ramp)
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
         self._start_steps = 0.0  # set by before_run: steps of dense training before the game
-        self._gamma_weights: list[float] | None = None  # per group, with cost_weighting = "macs"
+        self._gamma_weights: list[float] | None = None  # per group, unless cost_weighting = "uniform"
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -52,7 +52,10 @@ class EquilibriumPruner(Method):
         self._ramp_steps = self.settings.cost_ramp * (total - self._start_steps)
         self._step = 0
         self._gamma_weights = None
-        if self.settings.cost_weighting == "macs":
+        if self.settings.cost_weighting == "width":  # player-weighted mean of the weights is 1
+            sizes = [s.numel() for s in trained.gates]
+            self._gamma_weights = [sum(sizes) / len(sizes) / n for n in sizes]
+        elif self.settings.cost_weighting == "macs":
             if isinstance(trained, WeightGatedModel):
                 raise ConfigError("method.cost_weighting = 'macs' weighs structured players; use 'uniform' for weights")
             if calibration is None:
