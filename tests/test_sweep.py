@@ -230,3 +230,23 @@ def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
     assert interpolate_accuracy(rows, 10000) == pytest.approx(0.94)  # halfway in log(parameters)
     assert interpolate_accuracy(rows, 1000) == pytest.approx(0.90)
     assert interpolate_accuracy(rows, 500) is None and interpolate_accuracy(rows, 200000) is None
+
+
+def test_the_verdict_takes_the_best_game_setting_at_a_budget_and_names_its_label():
+    from equiprune.frontier import FrontierRow, render_markdown
+
+    def row(label, name, point, acc, std):
+        return FrontierRow(label, name, point, 0.1, 3, 0.1, 0.0, acc, std, 1000, None)
+
+    frontier = [
+        row("magnitude-l2", "magnitude-l2", "budget=0.1", 0.900, 0.010),
+        row("taylor", "taylor", "budget=0.1", 0.930, 0.001),
+        row("game", "game", "gamma=0.3", 0.880, 0.001),
+        row("game-width", "game", "gamma=0.1", 0.905, 0.002),
+    ]
+    text = render_markdown("t", frontier, [0.1])
+    verdict = next(line for line in text.splitlines() if line.startswith("- budget 10%"))
+    # the better of the two game labels is judged: +0.5 within magnitude-l2's std, -2.5 against taylor
+    assert verdict.startswith("- budget 10% (game-width kept 10.00%, gamma=0.1): ")
+    assert "magnitude-l2 +0.50 (tie)" in verdict and "taylor -2.50 (LOSS)" in verdict
+    assert "| game-width gamma=0.1 |" in text and "| game gamma=0.3 |" in text

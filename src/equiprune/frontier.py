@@ -157,7 +157,7 @@ def _verdict(frontier: list[FrontierRow], budgets: list[float]) -> list[str]:
             word = "tie" if _tie(g, r) else ("win" if diff > 0 else "LOSS")
             parts.append(f"{r.method} {diff:+.2f} ({word})")
         lines.append(
-            f"- budget {100 * b:g}% (game kept {100 * g.kept_fraction_mean:.2f}%, {g.point}): " + ", ".join(parts)
+            f"- budget {100 * b:g}% ({g.method} kept {100 * g.kept_fraction_mean:.2f}%, {g.point}): " + ", ".join(parts)
         )
     return lines + [""]
 
@@ -194,9 +194,8 @@ def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
         for name in sorted(others):
             acc = interpolate_accuracy(others[name], g.params_after_mean)
             cells.append("–" if acc is None else f"{100 * (g.test_accuracy_mean - acc):+.2f}")
-        lines.append(
-            f"| {g.point} | {g.params_after_mean:,.0f} | {100 * g.test_accuracy_mean:.2f} | " + " | ".join(cells) + " |"
-        )
+        head = f"| {g.method} {g.point} | {g.params_after_mean:,.0f} | {100 * g.test_accuracy_mean:.2f} | "
+        lines.append(head + " | ".join(cells) + " |")
     return lines + [""]
 
 
