@@ -232,7 +232,7 @@ def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
     assert interpolate_accuracy(rows, 500) is None and interpolate_accuracy(rows, 200000) is None
 
 
-def test_the_verdict_takes_the_best_game_setting_at_a_budget_and_names_its_label():
+def test_the_verdict_judges_each_game_label_as_it_is_where_no_two_settings_bracket_the_budget():
     from equiprune.frontier import FrontierRow, render_markdown
 
     def row(label, name, point, acc, std):
@@ -245,8 +245,36 @@ def test_the_verdict_takes_the_best_game_setting_at_a_budget_and_names_its_label
         row("game-width", "game", "gamma=0.1", 0.905, 0.002),
     ]
     text = render_markdown("t", frontier, [0.1])
-    verdict = next(line for line in text.splitlines() if line.startswith("- budget 10%"))
-    # the better of the two game labels is judged: +0.5 within magnitude-l2's std, -2.5 against taylor
-    assert verdict.startswith("- budget 10% (game-width kept 10.00%, gamma=0.1): ")
-    assert "magnitude-l2 +0.50 (tie)" in verdict and "taylor -2.50 (LOSS)" in verdict
+    verdict = [line for line in text.splitlines() if line.startswith("- budget 10%")]
+    # one line per label; game-width: +0.5 within magnitude-l2's std, -2.5 against taylor
+    assert verdict == [
+        "- budget 10%, game (gamma=0.3, kept 10.00%): 88.00 ± 0.10%; magnitude-l2 -2.00 (LOSS), taylor -5.00 (LOSS)",
+        "- budget 10%, game-width (gamma=0.1, kept 10.00%): 90.50 ± 0.20%; "
+        "magnitude-l2 +0.50 (tie), taylor -2.50 (LOSS)",
+    ]
     assert "| game-width gamma=0.1 |" in text and "| game gamma=0.3 |" in text
+
+
+def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
+    from equiprune.frontier import FrontierRow, render_markdown
+
+    def row(label, name, point, budget, kept, acc, std):
+        return FrontierRow(label, name, point, budget, 3, kept, 0.0, acc, std, 1000, None)
+
+    frontier = [
+        # two settings bracketing 8% kept; 8% is halfway between them in log(kept). The better one
+        # (98% at 16% kept) would win at 10% if judged as it is; interpolated, the game loses there.
+        row("game", "game", "gamma=0.3", 0.05, 0.04, 0.90, 0.010),
+        row("game", "game", "gamma=0.1", 0.2, 0.16, 0.98, 0.030),
+        row("random", "random", "budget=0.08", 0.08, 0.08, 0.95, 0.001),
+        row("taylor", "taylor", "budget=0.08", 0.08, 0.08, 0.97, 0.001),
+        row("taylor", "taylor", "budget=0.5", 0.5, 0.5, 0.99, 0.001),  # no game setting near 50%
+    ]
+    text = render_markdown("t", frontier, [0.05, 0.08, 0.2, 0.5])
+    lines = [line for line in text.splitlines() if line.startswith("- budget 8%") or line.startswith("- budget 50%")]
+    # interpolated: 94.00 ± 2.00; -1.00 lies within 2.00 of random, -3.00 does not of taylor
+    assert lines == [
+        "- budget 8%, game (interpolated between gamma=0.3 and gamma=0.1, kept 8.00%): 94.00 ± 2.00%; "
+        "random -1.00 (tie), taylor -3.00 (LOSS)",
+        "- budget 50%, game: no cost setting landed near this budget",
+    ]
