@@ -263,7 +263,7 @@ def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
 
     frontier = [
         # two settings bracketing 8% kept; 8% is halfway between them in log(kept). The better one
-        # (98% at 16% kept) would win at 10% if judged as it is; interpolated, the game loses there.
+        # (98% at 16% kept) would beat both baselines if judged as it is; interpolated, it does not.
         row("game", "game", "gamma=0.3", 0.05, 0.04, 0.90, 0.010),
         row("game", "game", "gamma=0.1", 0.2, 0.16, 0.98, 0.030),
         row("random", "random", "budget=0.08", 0.08, 0.08, 0.95, 0.001),

@@ -155,13 +155,13 @@ def _verdict(frontier: list[FrontierRow], budgets: list[float]) -> list[str]:
              "label is judged at the baselines' kept fraction, interpolated linearly in log kept fraction between "
              "its two settings that bracket it (a chord under a concave frontier: where they lie far apart it "
              "understates); where none bracket it, its setting nearest the budget is judged as it is.", ""]  # fmt: skip
+    games_of = {label: [r for r in frontier if r.method == label] for label in labels}
     for b in budgets:
         baselines = sorted((r for r in frontier if r.budget == b and r.method_name not in (GAME, "dense")),
                            key=lambda r: r.method)  # fmt: skip
+        at = statistics.fmean(r.kept_fraction_mean for r in baselines) if baselines else b
         for label in labels:
-            games = [r for r in frontier if r.method == label]
-            at = statistics.fmean(r.kept_fraction_mean for r in baselines) if baselines else b
-            g = _game_at(games, at, b)
+            g = _game_at(games_of[label], at, b)
             if g is None:
                 lines.append(f"- budget {100 * b:g}%, {label}: no cost setting landed near this budget")
             elif baselines:
@@ -176,9 +176,8 @@ def _game_at(games: list[FrontierRow], at: float, budget: float) -> FrontierRow 
     kept = lambda r: r.kept_fraction_mean  # noqa: E731
     bracket = _bracket(games, at, kept)
     if bracket is not None:
-        lo, hi, t = bracket
-        acc = lo.test_accuracy_mean + t * (hi.test_accuracy_mean - lo.test_accuracy_mean)
-        std = lo.test_accuracy_std + t * (hi.test_accuracy_std - lo.test_accuracy_std)
+        lo, hi, _ = bracket
+        acc, std = _along(bracket, lambda r: r.test_accuracy_mean), _along(bracket, lambda r: r.test_accuracy_std)
         point = f"interpolated between {lo.point} and {hi.point}"
         return replace(lo, point=point, budget=budget, kept_fraction_mean=at, kept_fraction_std=0.0,
                        test_accuracy_mean=acc, test_accuracy_std=std)  # fmt: skip
@@ -206,14 +205,17 @@ def _bracket(rows: list[FrontierRow], x: float, x_of) -> tuple[FrontierRow, Fron
     return None
 
 
+def _along(bracket: tuple[FrontierRow, FrontierRow, float], y_of) -> float:
+    """``y_of`` at the bracketed point: linear between the two rows."""
+    lo, hi, t = bracket
+    return y_of(lo) + t * (y_of(hi) - y_of(lo))
+
+
 def interpolate_accuracy(rows: list[FrontierRow], params: float) -> float | None:
     """A method's mean accuracy at ``params`` parameters, linear in log(parameters) between its two
     neighbouring points; None outside the range it covers."""
     bracket = _bracket(rows, params, lambda r: r.params_after_mean)
-    if bracket is None:
-        return None
-    lo, hi, t = bracket
-    return lo.test_accuracy_mean + t * (hi.test_accuracy_mean - lo.test_accuracy_mean)
+    return None if bracket is None else _along(bracket, lambda r: r.test_accuracy_mean)
 
 
 def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
