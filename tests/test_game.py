@@ -213,3 +213,70 @@ def test_width_weighted_costs_charge_each_player_its_share_of_its_layer(players)
     method.after_step(gated)  # no backward ran: every benefit is zero
     for s, w in zip(gated.gates, expected):
         torch.testing.assert_close(s.detach(), torch.full_like(s, 0.5 - 0.1 * 0.1 * w))
+
+
+def _rewound_reference(initial: dict, gates: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The initial MLP with every dropped neuron silenced by zeroing its incoming row and bias (ReLU
+    then gives exactly 0): what a ticket of the survivors at their initial weights computes."""
+    from equiprune.models import mlp
+
+    ref = mlp(hidden=(8, 6))
+    ref.load_state_dict(initial)
+    linears = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for layer, s in zip(linears, gates):
+            dropped = s < 0.01
+            layer.weight[dropped] = 0.0
+            layer.bias[dropped] = 0.0
+    return ref(x)
+
+
+def test_rewind_compacts_the_survivors_with_their_initial_weights_and_survives_a_checkpoint():
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(hidden=(8, 6))
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    method = build_method("game", settings={"gamma": 0.1, "rewind": True})
+    trained = method.prepare(model)
+    method.before_run(trained, steps_per_epoch=2, epochs=1)
+    state = method.state_dict()
+    with torch.no_grad():  # what training leaves: moved weights, some players out, some part-way
+        for p in trained.weight_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        trained.gates[0].copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 0.2, 0.0, 1.0]))
+        trained.gates[1].copy_(torch.tensor([0.0, 0.7, 1.0, 0.0, 0.0, 1.0]))
+    gates = [s.detach().clone() for s in trained.gates]
+    x = torch.randn(5, 1, 28, 28)
+    expected = _rewound_reference(initial, gates, x)
+    unrewound = trained(x).detach()  # what compaction without rewinding would reproduce
+
+    # A resumed run: the trainer calls before_run on the restored model, then loads the method's state.
+    resumed = build_method("game", settings={"gamma": 0.1, "rewind": True})
+    resumed.before_run(trained, steps_per_epoch=2, epochs=1)
+    resumed.load_state_dict(torch.load(_saved(state), weights_only=False))
+    result = resumed.finish(trained)
+
+    assert result.kept == {"1": 5, "3": 3}
+    torch.testing.assert_close(result.model(x), expected)
+    assert not torch.allclose(unrewound, expected)  # so the check above tells the two apart
+
+
+def _saved(state: dict):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_rewind_refuses_single_weight_players():
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    method = build_method("game", settings={"rewind": True}, players="weight")
+    trained = method.prepare(mlp(hidden=(8, 6)))
+    with pytest.raises(ConfigError, match=r"method.rewind: .*players = 'weight'.*'imp'"):
+        method.before_run(trained, steps_per_epoch=2, epochs=1)

@@ -60,6 +60,11 @@ class GameSettings:
       of its layer it stands for and every layer pays alike for losing the same fraction of its
       players (with uniform costs a wide layer's players are each as dear as a narrow layer's, and
       the game thins the wide layer far more than the others: 7 + 9 of the MLP's 512 + 256 neurons).
+    - ``rewind``: at compaction the survivors take back the weights they had when the run began
+      (their initialisation), with participation 1, as in a lottery ticket: the game only chooses
+      who stays, and the fine-tuning epochs train the survivors from their starting point. Measured
+      on Fashion-MNIST at 10% of the neurons kept, the game's own weights fine-tuned no better than
+      a fresh start (see docs/methods-and-sweeps.md).
     """
 
     alpha: float = 1.0
@@ -75,6 +80,7 @@ class GameSettings:
     start: float = 0.0
     fold: Literal["consumer", "balanced"] = "balanced"
     cost_weighting: Literal["uniform", "macs", "width"] = "uniform"
+    rewind: bool = False
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta"):

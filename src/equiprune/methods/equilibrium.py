@@ -36,6 +36,7 @@ class EquilibriumPruner(Method):
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
         self._start_steps = 0.0  # set by before_run: steps of dense training before the game
         self._gamma_weights: list[float] | None = None  # per group, unless cost_weighting = "uniform"
+        self._initial: dict[str, torch.Tensor] | None = None  # the weights to rewind to (rewind = true)
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -47,6 +48,11 @@ class EquilibriumPruner(Method):
         return self.attach(model)
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
+        if self.settings.rewind:
+            if isinstance(trained, WeightGatedModel):
+                raise ConfigError("method.rewind: rewinds structured players; with players = 'weight' use method 'imp'")
+            if self._initial is None:  # a resumed run has it from its checkpoint already
+                self._initial = {k: v.detach().clone() for k, v in trained.model.state_dict().items()}
         total = steps_per_epoch * epochs
         self._start_steps = self.settings.start * total  # dense training before the game begins
         self._ramp_steps = self.settings.cost_ramp * (total - self._start_steps)
@@ -73,10 +79,11 @@ class EquilibriumPruner(Method):
         return min(1.0, max(0.0, played / self._ramp_steps)) if self._ramp_steps > 0 else 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step}
+        return {"step": self._step, "initial": self._initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
+        self._initial = state.get("initial")
 
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:
@@ -148,4 +155,11 @@ class EquilibriumPruner(Method):
         if isinstance(trained, WeightGatedModel):
             return trained.compact(self.settings.epsilon)
         masks = keep_masks(trained, self.settings.epsilon)
+        if self.settings.rewind:
+            # The game chose who stays; the survivors restart from their initial weights, ungated.
+            with torch.no_grad():
+                trained.model.load_state_dict(self._initial)
+                for s in trained.gates:
+                    s.fill_(1.0)
+            return compact(trained, masks, balance=False)
         return compact(trained, masks, balance=self.settings.fold == "balanced")
