@@ -62,9 +62,8 @@ class GameSettings:
       the game thins the wide layer far more than the others: 7 + 9 of the MLP's 512 + 256 neurons).
     - ``rewind``: at compaction the survivors take back the weights they had when the run began
       (their initialisation), with participation 1, as in a lottery ticket: the game only chooses
-      who stays, and the fine-tuning epochs train the survivors from their starting point. Measured
-      on Fashion-MNIST at 10% of the neurons kept, the game's own weights fine-tuned no better than
-      a fresh start (see docs/methods-and-sweeps.md).
+      who stays, and the fine-tuning epochs train the survivors from their starting point (measured
+      against the game's own weights in docs/equilibrium.md).
     """
 
     alpha: float = 1.0
