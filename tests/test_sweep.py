@@ -278,3 +278,19 @@ def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
         "random -1.00 (tie), taylor -3.00 (LOSS)",
         "- budget 50%, game: no cost setting landed near this budget",
     ]
+
+
+def test_a_setting_added_since_a_run_was_stored_does_not_make_it_run_again(tmp_path, data_root):
+    """A newer equiprune adds a setting (here: the stored hash is of a config without it); the stored
+    run's own config, read now, resolves to the planned one, so the sweep skips it. A real change
+    of settings is still refused."""
+    out = tmp_path / "out"
+    text = _sweep_text(data_root, '[[methods]]\nname = "scratch"\ntrain = { finetune_epochs = 0 }', budgets="[0.5]")
+    sweep = load_sweep(_write(tmp_path, text))
+    run_sweep(sweep, out, quiet=True)
+    with ResultStore(out / "results.sqlite") as store, store._db:
+        store._db.execute("UPDATE runs SET config_hash = 'hash-under-an-older-schema'")
+    assert run_sweep(sweep, out, quiet=True) == {"ran": 0, "resumed": 0, "skipped": 1, "failed": 0}
+    changed = load_sweep(_write(tmp_path, text.replace("lr = 0.003", "lr = 0.01"), "changed.toml"))
+    with pytest.raises(ConfigError, match="another configuration.*--rerun scratch"):
+        run_sweep(changed, out, quiet=True)

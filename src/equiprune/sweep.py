@@ -35,7 +35,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import io
-from .config import RunConfig, _unknown_key, dump_toml, read_toml_file, run_config_from_dict
+from .config import RunConfig, _unknown_key, dump_toml, load_config, read_toml_file, run_config_from_dict
 from .errors import ConfigError, PruningError, TrainingDiverged
 from .methods import METHODS
 from .runs import RunDir
@@ -144,6 +144,18 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
     return runs
 
 
+def _same_run(out: Path, planned: PlannedRun) -> bool:
+    """Whether the stored run's own config, read by this version of equiprune, is the planned one.
+
+    A stored hash can differ only because a newer version added a setting (which the stored
+    config then takes at its default, as the run did): that run need not be repeated."""
+    path = RunDir(out / "runs" / planned.run_id).config
+    try:
+        return path.is_file() and load_config(path).to_dict() == planned.config.to_dict()
+    except ConfigError:  # a setting since removed or renamed: not provably the same run
+        return False
+
+
 def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[str, ...] = ()) -> dict[str, int]:
     """Run every planned run not yet in the store; returns counts of runs done and skipped.
 
@@ -163,7 +175,7 @@ def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[s
             shutil.rmtree(out / "runs" / label, ignore_errors=True)
         for planned in sweep.runs:  # refuse a changed plan before any work
             stored = store.config_hash(planned.run_id)
-            if stored is not None and stored != planned.config_hash:
+            if stored is not None and stored != planned.config_hash and not _same_run(out, planned):
                 raise ConfigError(
                     f"{out} holds run {planned.run_id} with another configuration; to run method "
                     f"{planned.label!r} again with its new settings pass --rerun {planned.label}, "
