@@ -54,6 +54,8 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (("lr_s = 0.01", "lr_s = 0.01\nbenefit_sign = 'down'"), r"method.benefit_sign: got 'down'"),
         (("lr_s = 0.01", "lr_s = 0.01\nwarmup = 2"), r"method: unknown key 'warmup'"),
         (("seed = 1", 'seed = 1\ndevice = "tpu"'), r"device: got 'tpu'"),
+        (("seed = 1", "seed = 1\nthreads = 0"), r"threads: must be a whole number >= 1"),
+        (("seed = 1", 'seed = 1\nthreads = "2"'), r"threads: expected an integer, got str"),
     ],
 )
 def test_bad_values_are_rejected_by_name(patch, needle):

@@ -48,6 +48,17 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert evaluate(model, test, 1000)[0] == results["test_accuracy"]
 
 
+def test_a_run_pins_its_thread_count_records_it_and_restores_the_callers(tmp_path, data_root):
+    before = torch.get_num_threads()
+    pinned = 1 if before != 1 else 2
+    text = small_config(data_root, epochs=2, finetune=0, train_subset=1000).replace(
+        "seed = 0", f"seed = 0\nthreads = {pinned}"
+    )
+    results = run(parse_config(text), tmp_path / "r", quiet=True)
+    assert results["environment"] == {"torch": torch.__version__, "threads": pinned, "device": "cpu"}
+    assert torch.get_num_threads() == before
+
+
 def test_a_run_directory_is_never_silently_reused(tmp_path, data_root):
     cfg = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=1000))
     run(cfg, tmp_path / "r", quiet=True)

@@ -158,6 +158,9 @@ class LimitConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
+    # CPU threads for this run (torch.set_num_threads); unset: torch's own choice. The same seed with
+    # another thread count sums in another order and can end elsewhere: pin it to reproduce a run.
+    threads: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -169,6 +172,10 @@ class RunConfig:
             raise ConfigError(f"seed: must be >= 0, got {self.seed}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: got {self.device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(
+                f"threads: must be a whole number >= 1 (or left out for torch's choice), got {self.threads}"
+            )
         self.method.build()  # validate method settings now, not after data loading
 
     def to_dict(self) -> dict[str, Any]:

@@ -380,6 +380,8 @@ class Trainer:
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,
             "shared_training": st.shared,
+            # what besides the config decides the numbers (of the last session, for a resumed run)
+            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
         }
         if self.rank == 0:
             io.torch_save(self.run_dir.model, small)
@@ -395,4 +397,10 @@ def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=N
     """Train, prune and compact ``cfg`` into run directory ``out``; returns the results.
 
     ``shared``: a directory where runs with the same training phase share it (see the module doc)."""
-    return Trainer(cfg, out, resume, quiet, shared).run()
+    previous = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return Trainer(cfg, out, resume, quiet, shared).run()
+    finally:  # a sweep runs many configs in one process: leave the next one torch's default
+        torch.set_num_threads(previous)
