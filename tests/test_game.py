@@ -252,7 +252,8 @@ def test_rewind_compacts_the_survivors_with_their_initial_weights_and_survives_a
     expected = _rewound_reference(initial, gates, x)
     unrewound = trained(x).detach()  # what compaction without rewinding would reproduce
 
-    # A resumed run: the trainer calls before_run on the restored model, then loads the method's state.
+    # A resumed run: the trainer calls before_run (on weights that are not the initial ones here),
+    # then loads the method's state from the checkpoint.
     resumed = build_method("game", settings={"gamma": 0.1, "rewind": True})
     resumed.before_run(trained, steps_per_epoch=2, epochs=1)
     resumed.load_state_dict(torch.load(_saved(state), weights_only=False))

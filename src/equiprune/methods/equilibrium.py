@@ -51,8 +51,8 @@ class EquilibriumPruner(Method):
         if self.settings.rewind:
             if isinstance(trained, WeightGatedModel):
                 raise ConfigError("method.rewind: rewinds structured players; with players = 'weight' use method 'imp'")
-            if self._initial is None:  # a resumed run has it from its checkpoint already
-                self._initial = {k: v.detach().clone() for k, v in trained.model.state_dict().items()}
+            # A resumed run replaces this with its checkpoint's copy (load_state_dict comes after).
+            self._initial = {k: v.detach().clone() for k, v in trained.model.state_dict().items()}
         total = steps_per_epoch * epochs
         self._start_steps = self.settings.start * total  # dense training before the game begins
         self._ramp_steps = self.settings.cost_ramp * (total - self._start_steps)
