@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from equiprune import train
 from equiprune.cli import main
@@ -82,6 +83,8 @@ def test_a_sweep_runs_the_grid_stores_every_run_once_and_reports(tmp_path, data_
     report = write_report(out)
     text = report.read_text()
     assert "## Budget 25% of players kept" in text and "**" in text
+    threads = by_id["dense/default/seed0"]["environment"]["threads"]
+    assert f"All 5 runs: torch {torch.__version__}, {threads} CPU thread(s), device cpu." in text
     frontier = json.loads((out / "frontier.json").read_text())
     keys = {"method", "budget", "kept_fraction_mean", "test_accuracy_mean", "test_accuracy_std", "seeds"}
     assert all(keys <= set(row) for row in frontier)
@@ -197,6 +200,25 @@ def _row(label, method, point, budget, kept, acc, seed=0):
     results = {"kept_fraction": kept, "test_accuracy": acc, "params_after": 100, "macs_after": 90}
     return {"run_id": f"{label}/{point}/seed{seed}", "label": label, "method": method, "point": point,
             "budget": budget, "seed": seed, "results": results}  # fmt: skip
+
+
+def test_the_report_warns_when_runs_ran_with_different_thread_counts():
+    from equiprune.frontier import environment_lines
+
+    rows = [_row("taylor", "taylor", "budget=0.1", 0.1, 0.1, 0.9, seed=s) for s in range(3)]
+    rows.append(_row("game", "game", "gamma=0.1", None, 0.1, 0.9))
+    for r, threads in zip(rows, (1, 1, 2)):
+        r["results"]["environment"] = {"torch": "2.13.0", "threads": threads, "device": "cpu"}
+    rows.append({**_row("game", "game", "gamma=0.2", None, 0.1, 0.9), "status": "failed"})  # not counted
+    text = "\n".join(environment_lines(rows))
+    assert "different environments" in text and "Pin `threads`" in text
+    assert "| 2.13.0 | 1 | cpu | 2 | taylor |" in text
+    assert "| 2.13.0 | 2 | cpu | 1 | taylor |" in text
+    # the game run stored before equiprune recorded its environment
+    assert "| not recorded | not recorded | not recorded | 1 | game |" in text
+    same = "\n".join(environment_lines(rows[:2]))
+    assert "All 2 runs: torch 2.13.0, 1 CPU thread(s), device cpu." in same and "different" not in same
+    assert "The 1 runs do not record their environment" in "\n".join(environment_lines(rows[3:4]))
 
 
 def test_budget_free_settings_join_the_nearest_budget_only_when_close():
