@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 OUT ?= runs/game-mnist
 SEEDS ?= 3
+# Runs at once; the bundled configurations pin one CPU thread each, so the results do not depend on it.
+JOBS ?= 2
 
 .PHONY: setup reproduce test lint bench clean
 
@@ -18,7 +20,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 reproduce: setup
-	$(BIN)/equiprune reproduce game-mnist --out $(OUT) --seeds $(SEEDS)
+	$(BIN)/equiprune reproduce game-mnist --out $(OUT) --seeds $(SEEDS) --jobs $(JOBS)
 
 test: setup lint
 	$(BIN)/python -m pytest -q

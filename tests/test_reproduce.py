@@ -8,6 +8,7 @@ import pytest
 from equiprune import reproduce as rep
 from equiprune.cli import main
 from equiprune.config import parse_config
+from equiprune.errors import ConfigError
 
 from .helpers import small_config
 
@@ -22,7 +23,7 @@ def tiny_suite(monkeypatch, data_root):
     def tiny(suite_name, name):
         full = real(suite_name, name)  # the shipped file must parse and validate
         small = parse_config(small_config(data_root, epochs=2, finetune=1, train_subset=2000, gamma=0.05))
-        return dataclasses.replace(small, method=full.method)
+        return dataclasses.replace(small, method=full.method, threads=full.threads)
 
     monkeypatch.setattr(rep, "bundled_config", tiny)
 
@@ -49,6 +50,17 @@ def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed*/results.json")}
     rep.reproduce("game-mnist", tmp_path, seeds=2, quiet=True)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed*/results.json")} == stamps
+
+
+def test_reproduce_with_two_jobs_gives_the_same_summary(tiny_suite, tmp_path):
+    one = rep.reproduce("game-mnist", tmp_path / "one", seeds=2, quiet=True)
+    two = rep.reproduce("game-mnist", tmp_path / "two", seeds=2, quiet=True, jobs=2)
+    assert [r["config"] for r in two.rows] == ["l1-l2-combined", "equiprune-best", "dense-kept-widths"]
+    # The bundled configurations pin one thread, so every run matches exactly; only the time differs.
+    untimed = [[{k: v for k, v in r.items() if not k.startswith("seconds")} for r in s.rows] for s in (one, two)]
+    assert untimed[1] == untimed[0] and "test_accuracy_mean" in untimed[0][0]
+    with pytest.raises(ConfigError, match="--jobs"):
+        rep.reproduce("game-mnist", tmp_path / "three", seeds=1, quiet=True, jobs=0)
 
 
 def test_reproduce_cli_rejects_unknown_suite_and_bad_seeds(tmp_path, capsys):

@@ -11,7 +11,7 @@ from equiprune.config import run_config_from_dict
 from equiprune.errors import ConfigError
 from equiprune.frontier import frontier_rows, write_report
 from equiprune.store import ResultStore
-from equiprune.sweep import load_sweep, parse_sweep, run_sweep
+from equiprune.sweep import lanes, load_sweep, parse_sweep, run_sweep
 
 
 def _sweep_text(data_root, methods: str, budgets="[0.25]", seeds="[0]") -> str:
@@ -125,6 +125,33 @@ def test_an_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path,
     assert run_sweep(sweep, out, quiet=True) == {"ran": 3, "resumed": 0, "skipped": 2, "failed": 0}
     with ResultStore(out / "results.sqlite") as store:
         assert sorted(r["run_id"] for r in store.rows()) == sorted(r.run_id for r in sweep.runs)
+
+
+def test_a_parallel_sweep_stores_the_same_results_as_one_run_after_another(tmp_path, data_root):
+    text = _sweep_text(data_root, TINY_METHODS, seeds="[0, 1]")
+    sweep = load_sweep(_write(tmp_path, text.replace("[base.data]", "[base]\nthreads = 1\n[base.data]")))
+    # the one-shot methods of a seed share one training phase, so they run in one lane, in order
+    assert [[r.run_id for r in lane] for lane in lanes(sweep.runs)][:4] == [
+        ["dense/default/seed0"], ["magnitude-l2/budget=0.25/seed0", "random/budget=0.25/seed0"],
+        ["game/gamma=0.3/seed0"], ["game/gamma=0.05/seed0"],
+    ]  # fmt: skip
+    assert len(lanes(sweep.runs)) == 8
+    counts = {"ran": 10, "resumed": 0, "skipped": 0, "failed": 0}
+    assert run_sweep(sweep, tmp_path / "one", quiet=True) == counts
+    assert run_sweep(sweep, tmp_path / "two", quiet=True, jobs=2) == counts
+    stored = []
+    for out in ("one", "two"):
+        with ResultStore(tmp_path / out / "results.sqlite") as store:
+            stored.append({r["run_id"]: r["results"] for r in store.rows()})
+    assert sorted(stored[0]) == sorted(stored[1]) == sorted(r.run_id for r in sweep.runs)
+    for run_id, alone in stored[0].items():
+        side_by_side = stored[1][run_id]
+        for key in ("test_accuracy", "test_loss", "neurons_kept", "shared_training", "environment"):
+            assert side_by_side[key] == alone[key], (run_id, key)
+    assert sum(r["shared_training"] for r in stored[1].values()) == 2  # random reused each seed's phase
+    assert run_sweep(sweep, tmp_path / "two", quiet=True, jobs=2) == {**counts, "ran": 0, "skipped": 10}
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_sweep(sweep, tmp_path / "two", quiet=True, jobs=0)
 
 
 def test_a_collapsing_setting_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_root):

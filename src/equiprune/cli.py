@@ -24,7 +24,7 @@ def _cmd_reproduce(args) -> int:
 
     if args.suite not in SUITES:
         raise EquipruneError(f"unknown suite {args.suite!r}; expected one of {sorted(SUITES)}")
-    summary = reproduce(args.suite, args.out, seeds=args.seeds, quiet=args.quiet)
+    summary = reproduce(args.suite, args.out, seeds=args.seeds, quiet=args.quiet, jobs=args.jobs)
     print(summary.markdown)
     print(f"wrote {summary.json_path} and {summary.md_path}")
     return 0
@@ -35,7 +35,7 @@ def _cmd_sweep(args) -> int:
     from .sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
-    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun))
+    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs)
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
           f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
     print(f"wrote {write_report(args.out)}")
@@ -100,12 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="directory for the runs and summary.json / summary.md")
     rp.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    rp.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
     rp.set_defaults(func=_cmd_reproduce)
 
     sw = sub.add_parser("sweep", help="run methods x budgets x seeds into one results store, then report")
     sw.add_argument("sweep", help="a TOML sweep file, e.g. configs/sweeps/mnist_mlp_neurons.toml")
     sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
     sw.add_argument("--rerun", action="append", default=[], metavar="LABEL",
                     help="discard the stored runs of this method label and run them again (repeatable)")  # fmt: skip
     sw.set_defaults(func=_cmd_sweep)

@@ -15,9 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from . import io
 from .config import MethodConfig, RunConfig, parse_config
 from .game import PAPER_TABLE2
+from .parallel import check_jobs, run_lanes
 from .runs import RunDir
 from .train import run
 
@@ -173,31 +176,62 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
 SUITE_TITLES = {"game_mnist": "Pruning as a Game (arXiv 2512.22106), Table 2 on MNIST, reproduced"}
 
 
-def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False) -> Summary:
+def _run_task(task: tuple[RunConfig, Path]) -> dict[str, Any]:
+    return run_or_reuse(task[0], task[1], quiet=True)
+
+
+def _run_all(tasks: list[tuple[str, RunConfig, Path]], quiet: bool, jobs: int) -> list[dict[str, Any]]:
+    """Each ``(title, config, run directory)``'s results, in order; ``jobs`` at once."""
+    if jobs == 1:
+        results = []
+        for title, cfg, path in tasks:
+            if not quiet:
+                print(f"== {title}")
+            results.append(run_or_reuse(cfg, path, quiet))
+        return results
+    by_path: dict[Path, dict[str, Any]] = {}
+    titles = {path: title for title, _, path in tasks}
+    bar = tqdm(total=len(tasks), desc=f"runs, {jobs} at once", unit="run", disable=quiet)
+
+    def ended(task: tuple[RunConfig, Path], results: dict[str, Any]) -> None:
+        by_path[task[1]] = results
+        bar.update(1)
+        if not quiet:
+            tqdm.write(f"== {titles[task[1]]}: test accuracy {100 * results['test_accuracy']:.2f}%")
+
+    with bar:
+        run_lanes(_run_task, [[(cfg, path)] for _, cfg, path in tasks], jobs, ended)
+    return [by_path[path] for _, _, path in tasks]
+
+
+def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False, jobs: int = 1) -> Summary:
+    """Run the suite's configurations (``seeds`` each) and the dense reference of the best one's
+    kept widths into ``out``, ``jobs`` runs at once, and write ``summary.json`` / ``summary.md``.
+    Finished runs are read back, interrupted ones resumed."""
     if seeds < 1:
         from .errors import ConfigError
 
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
+    check_jobs(jobs)
     suite = SUITES[suite_name]
     out = Path(out)
+    bases = {name: bundled_config(suite_name, name) for name in suite.configs}
+    tasks = [(f"{name}, seed {seed}", dataclasses.replace(base, seed=seed), out / name / f"seed{seed}")
+             for name, base in bases.items() for seed in range(seeds)]  # fmt: skip
+    done = _run_all(tasks, quiet, jobs)
     rows, best_results = [], []
-    for name in suite.configs:
-        base = bundled_config(suite_name, name)
-        results = []
-        for seed in range(seeds):
-            cfg = dataclasses.replace(base, seed=seed)
-            if not quiet:
-                print(f"== {name}, seed {seed}")
-            results.append(run_or_reuse(cfg, out / name / f"seed{seed}", quiet))
+    for i, (name, base) in enumerate(bases.items()):
+        results = done[i * seeds : (i + 1) * seeds]
         rows.append(_row(name, base, results))
         if name == suite.best:
             best_cfg, best_results = base, results
-    dense_results = []
-    for r in best_results:
-        cfg = dense_reference(best_cfg, r["neurons_kept"], r["seed"])
-        if not quiet:
-            print(f"== {DENSE_REFERENCE} {cfg.model.hidden}, seed {r['seed']}")
-        dense_results.append(run_or_reuse(cfg, out / DENSE_REFERENCE / f"seed{r['seed']}", quiet))
+    refs = [dense_reference(best_cfg, r["neurons_kept"], r["seed"]) for r in best_results]
+    dense_results = _run_all(
+        [(f"{DENSE_REFERENCE} {cfg.model.hidden}, seed {cfg.seed}", cfg, out / DENSE_REFERENCE / f"seed{cfg.seed}")
+         for cfg in refs],
+        quiet,
+        jobs,
+    )  # fmt: skip
     if dense_results:
         dense_row = _row(DENSE_REFERENCE, dense_reference(best_cfg, best_results[0]["neurons_kept"], 0), dense_results)
         # Its widths are the best configuration's kept ones: report them as a fraction of the 768.

@@ -35,7 +35,8 @@ class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path)
+        # A parallel sweep's workers write rows concurrently: wait for the lock rather than fail.
+        self._db = sqlite3.connect(self.path, timeout=120)
         with self._db:
             self._db.execute(SCHEMA)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import shutil
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from . import io
 from .config import RunConfig, _unknown_key, dump_toml, load_config, read_toml_file, run_config_from_dict
 from .errors import ConfigError, PruningError, TrainingDiverged
 from .methods import METHODS
+from .parallel import check_jobs, run_lanes
 from .runs import RunDir
 from .store import ResultStore
 
@@ -156,13 +158,16 @@ def _same_run(out: Path, planned: PlannedRun) -> bool:
         return False
 
 
-def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[str, ...] = ()) -> dict[str, int]:
+def run_sweep(
+    sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[str, ...] = (), jobs: int = 1
+) -> dict[str, int]:
     """Run every planned run not yet in the store; returns counts of runs done and skipped.
 
     ``rerun``: labels whose stored runs (rows and run directories) are discarded first, to run a
-    method again after changing its settings in the sweep file."""
-    from .train import run
-
+    method again after changing its settings in the sweep file.
+    ``jobs``: runs at once, each in its own process (``parallel.run_lanes``); runs that share a
+    training phase stay in one lane, in order (:func:`lanes`)."""
+    check_jobs(jobs)
     out = Path(out)
     done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
     labels = {r.label for r in sweep.runs}
@@ -183,27 +188,56 @@ def run_sweep(sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[s
                 )
         io.write_json(out / "sweep.json", {"name": sweep.name, "budgets": sweep.budgets,
                                            "runs": [r.run_id for r in sweep.runs]})  # fmt: skip
-        bar = tqdm(sweep.runs, desc=f"sweep {sweep.name}", unit="run", disable=quiet)
-        for planned in bar:
-            if store.config_hash(planned.run_id) is not None:
-                done["skipped"] += 1
-                continue
-            bar.set_postfix_str(planned.run_id)
-            rd = RunDir(out / "runs" / planned.run_id)
-            status = "finished"
-            if rd.is_finished():  # finished, but killed before its row was written
-                rd.prepare(planned.config, resume=True)  # refuses a directory of another configuration
-                results = rd.read_results()
-            else:
-                resume = rd.checkpoint.is_file()
-                done["resumed" if resume else "ran"] += 1
-                try:
-                    results = run(planned.config, rd.path, resume=resume, quiet=True, shared=out / "shared")
-                except (PruningError, TrainingDiverged) as exc:  # an outcome of this setting, not a bug
-                    done["failed"] += 1
-                    tqdm.write(f"{planned.run_id}: failed: {exc}")
-                    status, results = "failed", {"error": str(exc)}
-            store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
-                      budget=planned.budget, seed=planned.seed, config_hash=planned.config_hash,
-                      results=results, status=status)  # fmt: skip
+        pending = [r for r in sweep.runs if store.config_hash(r.run_id) is None]
+    done["skipped"] = len(sweep.runs) - len(pending)
+    bar = tqdm(total=len(sweep.runs), initial=done["skipped"], desc=f"sweep {sweep.name}", unit="run", disable=quiet)
+
+    def ended(planned: PlannedRun, how: tuple[str, ...]) -> None:
+        for key in how:
+            done[key] += 1
+        bar.set_postfix_str(planned.run_id)
+        bar.update(1)
+
+    with bar:
+        run_lanes(functools.partial(_run_one, out=out), lanes(pending), jobs, ended)
     return done
+
+
+def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
+    """Run (or resume) one planned run and add its row to the store; returns what to count:
+    ("ran",) or ("resumed",), with "failed" added when the run stopped with a clear error, or ()
+    when it had finished but was killed before its row was written."""
+    from .train import run
+
+    rd = RunDir(out / "runs" / planned.run_id)
+    status, how = "finished", ()
+    if rd.is_finished():
+        rd.prepare(planned.config, resume=True)  # refuses a directory of another configuration
+        results = rd.read_results()
+    else:
+        resume = rd.checkpoint.is_file()
+        how = ("resumed",) if resume else ("ran",)
+        try:
+            results = run(planned.config, rd.path, resume=resume, quiet=True, shared=out / "shared")
+        except (PruningError, TrainingDiverged) as exc:  # an outcome of this setting, not a bug
+            how += ("failed",)
+            tqdm.write(f"{planned.run_id}: failed: {exc}")
+            status, results = "failed", {"error": str(exc)}
+    with ResultStore(out / "results.sqlite") as store:
+        store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
+                  budget=planned.budget, seed=planned.seed, config_hash=planned.config_hash,
+                  results=results, status=status)  # fmt: skip
+    return how
+
+
+def lanes(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """The runs grouped for parallel execution, in plan order: runs that share a training phase
+    (``train.shared_training_digest``) form one lane that runs in order, so that the first trains
+    that phase and the others reuse it; every other run is a lane of its own."""
+    from .train import shared_training_digest
+
+    grouped: dict[tuple[str, str], list[PlannedRun]] = {}
+    for r in runs:
+        digest = shared_training_digest(r.config)
+        grouped.setdefault(("shared", digest) if digest else ("own", r.run_id), []).append(r)
+    return list(grouped.values())

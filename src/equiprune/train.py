@@ -49,6 +49,23 @@ from .runs import RunDir
 FINITE_CHECK_EVERY = 25
 
 
+def shared_training_digest(cfg: RunConfig) -> str | None:
+    """A hash of everything the training phase of ``cfg`` depends on, when its method lets runs
+    share that phase (``Method.training_key``), else None: runs with the same digest train the very
+    same network before pruning."""
+    key = cfg.method.build().training_key()
+    if key is None:
+        return None
+    what = cfg.to_dict()
+    del what["method"]
+    what.pop("limit", None)
+    train = what["train"]
+    for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr"):
+        train.pop(k, None)
+    what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,17 +160,9 @@ class Trainer:
     # --- the shared training phase ------------------------------------------------------------
 
     def _shared_file(self) -> Path | None:
-        key = self.method.training_key()
-        if self.shared is None or key is None or self.world > 1:
+        digest = shared_training_digest(self.cfg)
+        if self.shared is None or digest is None or self.world > 1:
             return None
-        what = self.cfg.to_dict()
-        del what["method"]
-        what.pop("limit", None)
-        train = what["train"]
-        for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr"):
-            train.pop(k, None)
-        what.update(training_key=key, prune_epochs=self.cfg.train.prune_epochs)
-        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
         return self.shared / f"trained-{digest}.pt"
 
     def _plain(self) -> nn.Module:
