@@ -61,6 +61,10 @@ def run_lanes(
             for f in futures:
                 f.result()
         except BaseException:
+            # Stop now rather than after the other workers' lanes: a run killed mid-way resumes
+            # from its last checkpoint next time. (ProcessPoolExecutor has no public way to do it.)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)  # lanes not started never start
             raise
 
