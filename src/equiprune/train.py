@@ -160,10 +160,10 @@ class Trainer:
     # --- the shared training phase ------------------------------------------------------------
 
     def _shared_file(self) -> Path | None:
-        digest = shared_training_digest(self.cfg)
-        if self.shared is None or digest is None or self.world > 1:
+        if self.shared is None or self.world > 1:  # before hashing the config: most runs share nothing
             return None
-        return self.shared / f"trained-{digest}.pt"
+        digest = shared_training_digest(self.cfg)
+        return None if digest is None else self.shared / f"trained-{digest}.pt"
 
     def _plain(self) -> nn.Module:
         return self.trained.model if hasattr(self.trained, "gates") else self.trained
