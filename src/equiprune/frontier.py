@@ -55,10 +55,15 @@ class FrontierRow:
         return dict(self.__dict__)
 
 
+def _finished(row: dict[str, Any]) -> bool:
+    """Whether a store row is a finished run (rows stored before failures were recorded are)."""
+    return row.get("status", "finished") == "finished"
+
+
 def frontier_rows(rows: list[dict[str, Any]], budgets: list[float] | None = None) -> list[FrontierRow]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("status", "finished") != "finished":
+        if not _finished(r):
             continue
         groups[(r["label"], r["point"])].append(r)
     budgets = sorted(budgets or {r["budget"] for r in rows if r["budget"] is not None})
@@ -152,7 +157,7 @@ def environment_lines(runs: list[dict[str, Any]]) -> list[str]:
     share one environment."""
     by_env: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        if r.get("status", "finished") != "finished":
+        if not _finished(r):
             continue
         env = r["results"].get("environment")
         key = (str(env["torch"]), str(env["threads"]), str(env["device"])) if env else (UNRECORDED,) * 3
@@ -336,7 +341,7 @@ def write_report(out: str | Path, title: str | None = None, budgets: list[float]
     budgets = sorted({r.budget for r in frontier if r.budget is not None})
     io.write_json(out / "frontier.json", [r.as_dict() for r in frontier])
     plot_frontier(out, frontier)
-    failed = [r for r in rows if r.get("status", "finished") != "finished"]
+    failed = [r for r in rows if not _finished(r)]
     text = render_markdown(title or f"Sweep report: {out.name}", frontier, budgets, failed, rows)
     io.write_text(out / "report.md", text)
     return out / "report.md"
