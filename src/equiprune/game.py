@@ -164,8 +164,14 @@ def inner_with_grad(blocks: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
 
 
 def competition(blocks: Sequence[torch.Tensor], s: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
-    """Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖², in O(n·d)."""
-    return sum(b @ (s @ b) for b in blocks) - s * sq_norms
+    """Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖², in O(n·d).
+
+    Two matrix-vector products per block, accumulated in place (``addmv_``): the loop runs this after
+    every step with η > 0, and each separate kernel costs more launch time than arithmetic here."""
+    comp = (s * sq_norms).neg_()
+    for b in blocks:
+        comp.addmv_(b, s @ b)
+    return comp
 
 
 # --- utility and its optimisation -----------------------------------------------------------------
