@@ -50,6 +50,10 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         (("batch_size = 64", 'batch_size = "64"'), r"data.batch_size: expected an integer, got str"),
         (("hidden = [32, 16]", "hidden = [32, 0]"), r"model.hidden"),
         (("finetune_epochs = 1", "finetune_epochs = 4"), r"train.finetune_epochs: must be in \[0, epochs\)"),
+        (
+            ("finetune_epochs = 1", "finetune_epochs = 1\nfinetune_weight_decay = -0.1"),
+            r"train.finetune_weight_decay: must be >= 0, got -0.1",
+        ),
         (('name = "game"', 'name = "gaem"'), r"method.name: unknown method 'gaem'"),
         (("lr_s = 0.01", "lr_s = 0.01\nbenefit_sign = 'down'"), r"method.benefit_sign: got 'down'"),
         (("lr_s = 0.01", "lr_s = 0.01\nwarmup = 2"), r"method: unknown key 'warmup'"),
@@ -76,3 +80,17 @@ def test_defaults_are_the_papers_setup():
     cfg = RunConfig()
     widths = [m.out_features for m in build_model(cfg) if isinstance(m, torch.nn.Linear)]
     assert widths == [512, 256, 10] and cfg.data.batch_size == 128 and cfg.train.epochs == 20
+
+
+@pytest.mark.parametrize("finetune_decay,expected", [("", 0.01), ("finetune_weight_decay = 0.0", 0.0)])
+def test_fine_tuning_takes_its_own_weight_decay(tmp_path, finetune_decay, expected):
+    from equiprune.train import Trainer
+
+    cfg = parse_config(GOOD.replace("[train]", f"[train]\nweight_decay = 0.01\n{finetune_decay}"))
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.batches = range(5)  # the optimizers only need the number of steps per epoch
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    trainer._new_phase_optimizer(params, "prune")
+    assert trainer.opt.param_groups[0]["weight_decay"] == 0.01
+    trainer._new_phase_optimizer(params, "finetune")
+    assert trainer.opt.param_groups[0]["weight_decay"] == expected

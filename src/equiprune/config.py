@@ -70,6 +70,7 @@ class TrainConfig:
     finetune_lr: float | None = None  # defaults to lr
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
+    finetune_weight_decay: float | None = None  # defaults to weight_decay
     schedule: Literal["constant", "cosine"] = "constant"  # per phase: pruning, then fine-tuning
 
     def __post_init__(self):
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ConfigError(f"train.momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.finetune_weight_decay is not None and self.finetune_weight_decay < 0:
+            raise ConfigError(f"train.finetune_weight_decay: must be >= 0, got {self.finetune_weight_decay}")
 
     @property
     def prune_epochs(self) -> int:

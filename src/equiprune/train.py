@@ -60,7 +60,7 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
     del what["method"]
     what.pop("limit", None)
     train = what["train"]
-    for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr"):
+    for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr", "finetune_weight_decay"):
         train.pop(k, None)
     what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
@@ -114,12 +114,12 @@ def build_model(cfg: RunConfig) -> nn.Module:
     )
 
 
-def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int):
+def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int, decay: float):
     t = cfg.train
     if kind == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=decay)
     else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=decay)
     if t.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     else:
@@ -185,7 +185,8 @@ class Trainer:
         epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
         lr = t.lr if phase == "prune" or t.finetune_lr is None else t.finetune_lr
         kind = t.optimizer if phase == "prune" or t.finetune_optimizer is None else t.finetune_optimizer
-        self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches))
+        decay = t.weight_decay if phase == "prune" or t.finetune_weight_decay is None else t.finetune_weight_decay
+        self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class Trainer:
                 if restart:
                     t = self.cfg.train
                     params = self.method.weight_parameters(model)
-                    self.opt, self.sched = _optimizer(self.cfg, params, t.optimizer, t.lr, 1, restart)
+                    self.opt, self.sched = _optimizer(self.cfg, params, t.optimizer, t.lr, 1, restart, t.weight_decay)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
