@@ -43,7 +43,7 @@ from equiprune.train import evaluate, load_run_splits, run
 SHAPE = (1, 28, 28)
 
 
-def config(method: str, seed: int, epochs: int, settings: str, root: str | None) -> str:
+def config(method: str, seed: int, epochs: int, settings: str, root: str | None, weight_decay: float = 0.0) -> str:
     data_root = f'root = "{root}"' if root else ""
     return f"""
 seed = {seed}
@@ -57,6 +57,7 @@ name = "lenet5"
 epochs = {epochs}
 finetune_epochs = 0
 lr = 0.001
+weight_decay = {weight_decay}
 [method]
 name = "{method}"
 {settings}
@@ -120,8 +121,9 @@ def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
         f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75\n"
         f'cost_weighting = "{args.cost_weighting}"\nstart = {args.start}'
     )
-    run(parse_config(config("dense", seed, args.prune_epochs, "", args.data)), dense_dir, quiet=True)
-    game = run(parse_config(config("game", seed, args.prune_epochs, game_settings, args.data)), game_dir, quiet=True)
+    epochs, root, wd = args.prune_epochs, args.data, args.weight_decay
+    run(parse_config(config("dense", seed, epochs, "", root, wd)), dense_dir, quiet=True)
+    game = run(parse_config(config("game", seed, epochs, game_settings, root, wd)), game_dir, quiet=True)
     cfg, dense = load_trained(RunDir(dense_dir))
     dense.eval()
     train, test = load_run_splits(cfg.data, torch.device("cpu"))
@@ -155,6 +157,7 @@ def main() -> None:
     p.add_argument("--lr-s", type=float, default=0.01)
     # Measured (2 seeds): 4 dense epochs before 4 of the game lifted the game from 87.00% to 87.59%
     p.add_argument("--start", type=float, default=0.5, help="fraction of the game phase trained dense first")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's decay before pruning (dense and game)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--data", help="directory with fashion-mnist/ (default: $EQUIPRUNE_DATA or the cache)")
     args = p.parse_args()
@@ -163,7 +166,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
     print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
           f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}, "
-          f"start {args.start}")  # fmt: skip
+          f"start {args.start}, weight decay before pruning {args.weight_decay}")  # fmt: skip
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
