@@ -183,9 +183,12 @@ class Trainer:
     def _new_phase_optimizer(self, params, phase: str) -> None:
         t = self.cfg.train
         epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
-        lr = t.lr if phase == "prune" or t.finetune_lr is None else t.finetune_lr
-        kind = t.optimizer if phase == "prune" or t.finetune_optimizer is None else t.finetune_optimizer
-        decay = t.weight_decay if phase == "prune" or t.finetune_weight_decay is None else t.finetune_weight_decay
+
+        def setting(name: str):  # fine-tuning's own value where it sets one, else the training phase's
+            own = getattr(t, f"finetune_{name}")
+            return getattr(t, name) if phase == "prune" or own is None else own
+
+        kind, lr, decay = setting("optimizer"), setting("lr"), setting("weight_decay")
         self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
 
     # --- checkpoints --------------------------------------------------------------------------
