@@ -38,6 +38,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert [r["phase"] for r in rows] == ["prune"] * 5 + ["finetune"]
     assert {"loss", "train_accuracy", "test_accuracy", "players_alive", "alive_fraction"} <= set(rows[0])
     assert sum(rows[0]["participation_histogram"]) == 96
+    assert results["warnings"] == [] and not any("warning" in r for r in rows)
     for name in ("config.toml", "model.pt", "participation_histogram.png", "dynamics.png"):
         assert (out / name).stat().st_size > 0
     # The compacted model loads as a plain module and scores what results.json says.
@@ -131,6 +132,32 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         run(cfg, tmp_path / "r", quiet=True)
     ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     assert ck["epoch"] == 1 and not (tmp_path / "r" / "results.json").exists()
+
+
+def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(tmp_path, data_root, capsys):
+    # Adam at lr 10 throws the weights about: the loss stays finite (no NaN to stop the run) but far
+    # above ln(10), what predicting every class alike would cost.
+    text = small_config(data_root, epochs=2, finetune=1, train_subset=1000).replace("lr = 0.002", "lr = 10.0")
+    results = run(parse_config(text), tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 2.303 for r in rows)
+    assert [w.split(":")[0] for w in results["warnings"]] == ["epoch 1 (prune)", "epoch 2 (finetune)"]
+    assert "above 2.3, the loss of a uniform guess over 10 classes" in results["warnings"][0]
+    assert "gamma, eta, lr_s" in results["warnings"][0] and "finetune_lr" in results["warnings"][1]
+    assert [r.get("warning") for r in rows] == results["warnings"]
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["warnings"] == results["warnings"]
+    assert capsys.readouterr().err.count("equiprune: warning: epoch") == 2  # said at once, even with quiet
+
+
+def test_the_chance_check_ignores_a_methods_penalty(tmp_path, data_root):
+    # Slimming's L1 penalty on 96 gates at weight 0.1 adds about 9.6 to the loss being minimised;
+    # the network itself is fine, so nothing is flagged, and the cross-entropy is logged apart.
+    text = small_config(data_root, epochs=2, finetune=1, train_subset=1000)
+    text = text.replace('name = "game"', 'name = "slimming"\nl1 = 0.1\nbudget = 0.5').split("beta =")[0]
+    results = run(parse_config(text), tmp_path / "r", quiet=True)
+    first = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] > 2.303 > first["cross_entropy"]
+    assert results["warnings"] == []
 
 
 def test_layer_losing_every_player_is_reported(tmp_path, data_root):

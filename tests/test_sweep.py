@@ -248,6 +248,23 @@ def test_the_report_warns_when_runs_ran_with_different_thread_counts():
     assert "The 1 runs do not record their environment" in "\n".join(environment_lines(rows[3:4]))
 
 
+def test_the_report_names_runs_whose_loss_was_worse_than_a_uniform_guess():
+    from equiprune.frontier import diverged_lines
+
+    calm = _row("taylor", "taylor", "budget=0.1", 0.1, 0.1, 0.9)
+    calm["results"]["warnings"] = []
+    wrecked = _row("game", "game", "gamma=1.2", None, 0.01, 0.8, seed=1)
+    wrecked["results"]["warnings"] = ["epoch 6 (prune): the mean training loss 21 is above 2.3, ...",
+                                      "epoch 7 (prune): the mean training loss 9 is above 2.3, ..."]  # fmt: skip
+    failed = {**_row("game", "game", "gamma=2", None, 0.01, 0.8), "status": "failed"}
+    failed["results"]["warnings"] = ["epoch 1 (prune): ..."]  # a failed run is listed with the failures
+    text = "\n".join(diverged_lines([calm, wrecked, failed]))
+    assert "## Runs that diverged" in text
+    assert "- `game/gamma=1.2/seed1`: 2 epoch(s): epoch 6 (prune), epoch 7 (prune)" in text
+    assert "taylor" not in text and "gamma=2" not in text
+    assert diverged_lines([calm]) == []
+
+
 def test_budget_free_settings_join_the_nearest_budget_only_when_close():
     rows = [
         _row("game", "game", "gamma=0.35", None, 0.021, 0.9),

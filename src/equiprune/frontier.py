@@ -142,12 +142,29 @@ def render_markdown(
     if failed:
         lines += ["## Failed runs", "", "These runs stopped with an error; they are not in the tables or plots.", ""]
         lines += [f"- `{r['run_id']}`: {r['results'].get('error', '?')}" for r in failed] + [""]
+    lines += diverged_lines(runs)
     lines += _at_equal_parameters(frontier)
     lines += environment_lines(runs)
     lines += ["![test error against players kept](frontier_kept.png)", "",
               "![test error against parameters](frontier_params.png)", "",
               "![test error against MACs](frontier_macs.png)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def diverged_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The finished runs whose training loss was worse than a uniform guess in some epoch (their
+    ``warnings``): they are in the tables, but a reader should know their networks diverged."""
+    flagged = [r for r in runs if _finished(r) and r["results"].get("warnings")]
+    if not flagged:
+        return []
+    lines = ["## Runs that diverged", "",
+             "In these runs the training loss was, in some epoch, worse than a uniform guess (it stayed finite, "
+             "so the run went on); their results are in the tables above.", ""]  # fmt: skip
+    for r in flagged:
+        warnings = r["results"]["warnings"]
+        epochs = ", ".join(w.split(":")[0] for w in warnings)
+        lines.append(f"- `{r['run_id']}`: {len(warnings)} epoch(s): {epochs}")
+    return lines + [""]
 
 
 def environment_lines(runs: list[dict[str, Any]]) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,16 +245,18 @@ class Trainer:
         model.train()
         masked = [(p, masks[n]) for n, p in model.named_parameters() if n in masks] if masks else []
         loss_sum = torch.zeros((), device=self.device)
+        data_loss_sum = torch.zeros((), device=self.device)  # the cross-entropy alone, without penalties
+        penalised = False
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for step, (x, y) in enumerate(self.batches.epoch(epoch)):
             model.zero_grad(set_to_none=True)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = data_loss = F.cross_entropy(logits, y)
             if use_method:
                 extra = self.method.penalty(model)
                 if extra is not None:
-                    loss = loss + extra
+                    loss, penalised = loss + extra, True
             loss.backward()
             self.opt.step()
             self.sched.step()
@@ -269,6 +272,7 @@ class Trainer:
                     params = self.method.weight_parameters(model)
                     self.opt, self.sched = _optimizer(self.cfg, params, t.optimizer, t.lr, 1, restart, t.weight_decay)
             loss_sum += loss.detach() * len(y)
+            data_loss_sum += data_loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(float(loss_sum)):
@@ -277,7 +281,28 @@ class Trainer:
         mean_loss = float(loss_sum) / seen
         if not math.isfinite(mean_loss):
             self._diverged(epoch, None, mean_loss)
-        return {"loss": mean_loss, "train_accuracy": float(correct) / seen}
+        row = {"loss": mean_loss, "train_accuracy": float(correct) / seen}
+        if penalised:
+            row["cross_entropy"] = float(data_loss_sum) / seen
+        return row
+
+    def _worse_than_chance(self, row: dict[str, Any]) -> str | None:
+        """A warning when the epoch's mean cross-entropy is above that of a uniform guess, ln(classes):
+        the network has diverged while its loss stayed finite, so nothing else stops the run (strong
+        game costs can leave a few survivors with tiny participations that Adam then throws about)."""
+        chance = math.log(self.num_classes)
+        data_loss = row.get("cross_entropy", row["loss"])
+        if not data_loss > chance:
+            return None
+        if row["phase"] == "prune":
+            hint = "lower train.lr or the method's costs and step sizes (for the game: gamma, eta, lr_s)"
+        else:
+            hint = "lower train.finetune_lr (or train.lr, which fine-tuning takes when it sets none)"
+        return (
+            f"epoch {row['epoch']} ({row['phase']}): the mean training loss {data_loss:.4g} is above "
+            f"{chance:.3g}, the loss of a uniform guess over {self.num_classes} classes: the network has "
+            f"diverged, and the result will be poor; {hint}"
+        )
 
     def _diverged(self, epoch: int, step: int | None, value: float) -> None:
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
@@ -297,7 +322,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method: Method = cfg.method.build()
         model = build_model(cfg).to(self.device)
-        self.input_shape = DATASETS.get(cfg.data.dataset).input_shape
+        dataset = DATASETS.get(cfg.data.dataset)
+        self.input_shape, self.num_classes = dataset.input_shape, dataset.num_classes
         params_before, self.macs_before = count_params(model), count_macs(model, self.input_shape)
         self.trained = self.method.prepare(model).to(self.device)
         self._load_data()
@@ -326,6 +352,11 @@ class Trainer:
             acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
             row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
             row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
+            warning = self._worse_than_chance(row)
+            if warning:
+                row["warning"] = warning
+                if self.rank == 0:
+                    tqdm.write(f"equiprune: warning: {warning}", file=sys.stderr)
             st.epoch += 1
             st.seconds += time.perf_counter() - start
             row["seconds"] = st.seconds
@@ -393,6 +424,7 @@ class Trainer:
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,
             "shared_training": st.shared,
+            "warnings": [r["warning"] for r in st.metrics if "warning" in r],
             # what besides the config decides the numbers (of the last session, for a resumed run)
             "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
         }
