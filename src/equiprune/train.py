@@ -181,15 +181,21 @@ class Trainer:
                    "rng": torch.get_rng_state()}  # fmt: skip
         io.torch_save(path, payload)
 
-    def _new_phase_optimizer(self, params, phase: str) -> None:
+    def _phase_optimizer_settings(self, phase: str) -> tuple[str, float, float]:
+        """(optimizer, lr, weight decay) of ``phase``: fine-tuning's own value where it sets one,
+        else the training phase's."""
         t = self.cfg.train
-        epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
 
-        def setting(name: str):  # fine-tuning's own value where it sets one, else the training phase's
+        def setting(name: str):
             own = getattr(t, f"finetune_{name}")
             return getattr(t, name) if phase == "prune" or own is None else own
 
-        kind, lr, decay = setting("optimizer"), setting("lr"), setting("weight_decay")
+        return setting("optimizer"), setting("lr"), setting("weight_decay")
+
+    def _new_phase_optimizer(self, params, phase: str) -> None:
+        t = self.cfg.train
+        epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
+        kind, lr, decay = self._phase_optimizer_settings(phase)
         self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -268,9 +274,9 @@ class Trainer:
                 self.method.after_step(model)
                 restart = self.method.optimizer_restart()
                 if restart:
-                    t = self.cfg.train
+                    kind, lr, decay = self._phase_optimizer_settings("prune")
                     params = self.method.weight_parameters(model)
-                    self.opt, self.sched = _optimizer(self.cfg, params, t.optimizer, t.lr, 1, restart, t.weight_decay)
+                    self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, 1, restart, decay)
             loss_sum += loss.detach() * len(y)
             data_loss_sum += data_loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
