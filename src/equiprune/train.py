@@ -251,18 +251,19 @@ class Trainer:
         model.train()
         masked = [(p, masks[n]) for n, p in model.named_parameters() if n in masks] if masks else []
         loss_sum = torch.zeros((), device=self.device)
-        data_loss_sum = torch.zeros((), device=self.device)  # the cross-entropy alone, without penalties
-        penalised = False
+        penalty_sum = None  # a method's penalties, apart: the loss less them is the cross-entropy
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for step, (x, y) in enumerate(self.batches.epoch(epoch)):
             model.zero_grad(set_to_none=True)
             logits = model(x)
-            loss = data_loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y)
             if use_method:
                 extra = self.method.penalty(model)
                 if extra is not None:
-                    loss, penalised = loss + extra, True
+                    loss = loss + extra
+                    penalty = extra.detach() * len(y)
+                    penalty_sum = penalty if penalty_sum is None else penalty_sum + penalty
             loss.backward()
             self.opt.step()
             self.sched.step()
@@ -278,7 +279,6 @@ class Trainer:
                     params = self.method.weight_parameters(model)
                     self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, 1, restart, decay)
             loss_sum += loss.detach() * len(y)
-            data_loss_sum += data_loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(float(loss_sum)):
@@ -288,8 +288,8 @@ class Trainer:
         if not math.isfinite(mean_loss):
             self._diverged(epoch, None, mean_loss)
         row = {"loss": mean_loss, "train_accuracy": float(correct) / seen}
-        if penalised:
-            row["cross_entropy"] = float(data_loss_sum) / seen
+        if penalty_sum is not None:
+            row["cross_entropy"] = (float(loss_sum) - float(penalty_sum)) / seen
         return row
 
     def _worse_than_chance(self, row: dict[str, Any]) -> str | None:
