@@ -281,3 +281,63 @@ def test_rewind_refuses_single_weight_players():
     trained = method.prepare(mlp(hidden=(8, 6)))
     with pytest.raises(ConfigError, match=r"method.rewind: .*players = 'weight'.*'imp'"):
         method.before_run(trained, steps_per_epoch=2, epochs=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    s0=st.floats(0, 1),
+    g=st.floats(-3, 3),
+    fisher=st.floats(0.01, 5),
+    sq=st.floats(0, 4),
+    comp=st.floats(-2, 2),
+    beta=st.floats(0, 1),
+    gamma=st.floats(0, 1),
+    eta=st.floats(0, 1),
+    scale=st.floats(0, 1),
+)
+def test_undamped_newton_step_maximises_the_second_order_utility_on_a_grid(s0, g, fisher, sq, comp, beta, gamma,
+                                                                             eta, scale):  # fmt: skip
+    """With lr_s = 1 the step lands on the maximiser over [0,1] of U_i with the benefit taken to second
+    order, written out here independently as α(−g(s − s0) − ½F(s − s0)²) minus the costs."""
+    cfg = GameSettings(beta=beta, gamma=gamma, eta=eta, lr_s=1.0, update="newton", alpha=0.8)
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    s = t(s0)
+    game.newton_step_(s, t(g), t(fisher), t(sq), t(comp), cfg, cost_scale=scale, gamma_weight=1.5)
+    grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
+
+    def u(v):
+        benefit = cfg.alpha * (-g * (v - s0) - 0.5 * fisher * (v - s0) ** 2)
+        return benefit - scale * (beta * sq * v**2 + 1.5 * gamma * v + eta * comp * v)
+
+    assert 0.0 <= float(s) <= 1.0
+    assert float(u(s)) >= float(u(grid).max()) - 1e-9
+
+
+def test_newton_steps_are_damped_and_move_players_with_little_fisher_information_fastest():
+    cfg = GameSettings(beta=0.0, gamma=0.1, lr_s=0.01, update="newton")
+    s = torch.full((3,), 0.9, dtype=torch.float64)
+    fisher = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
+    zeros = torch.zeros(3, dtype=torch.float64)
+    game.newton_step_(s, zeros, fisher, zeros, 0.0, cfg)
+    torch.testing.assert_close(s, 0.9 - 0.01 * 0.1 / fisher)  # lr_s·slope/curvature, slope = −γ
+
+
+@pytest.mark.parametrize(
+    "settings_, needle",
+    [(dict(update="newton", lr_s=2.0), r"method.lr_s: with update='newton' it is a damping in \(0, 1\]"),
+     (dict(update="newton", benefit_grad="theta"), r"method.update = 'newton' .*benefit_grad = 'gated'"),
+     (dict(update="gradient"), r"method.update: got 'gradient', expected one of \['ascent', 'best_response', "
+                               r"'newton'\]")],
+)  # fmt: skip
+def test_newton_settings_that_cannot_work_are_refused(settings_, needle):
+    with pytest.raises(ConfigError, match=needle):
+        GameSettings(**settings_)
+
+
+def test_newton_refuses_single_weight_players():
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    method = build_method("game", settings={"update": "newton"}, players="weight")
+    with pytest.raises(ConfigError, match=r"method.update = 'newton' needs structured players"):
+        method.prepare(mlp(hidden=(8, 6)))

@@ -160,3 +160,37 @@ def test_balanced_folding_keeps_the_function_and_equalises_norms_where_exact(act
         torch.testing.assert_close(rows2, m[5].weight.square().sum(0).sqrt(), rtol=1e-5, atol=0)
     else:  # tanh is not positively homogeneous: nothing may move across it
         torch.testing.assert_close(m[1].weight, plain.model[1].weight)
+
+
+def test_newton_after_step_divides_the_utility_gradient_by_fisher_plus_l2_curvature():
+    """One step of ``update = 'newton'`` against a reference built from one backward per example."""
+    torch.manual_seed(0)
+    model = mlp(input_shape=(10,), hidden=(7, 5), num_classes=3).double()
+    settings = {"beta": 0.1, "gamma": 0.02, "eta": 0.05, "lr_s": 0.1, "update": "newton"}
+    method = build_method("game", settings=settings)
+    gated = method.prepare(model)
+    _random_participations(gated, zero_fraction=0.0)
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    x, y = torch.randn(9, 10, dtype=torch.float64), torch.randint(0, 3, (9,))
+    per_example = []
+    for n in range(9):  # ∂ℓ_n/∂s, with the recording hooks running but their result cleared after
+        gated.zero_grad()
+        torch.nn.functional.cross_entropy(gated(x[n : n + 1]), y[n : n + 1]).backward()
+        per_example.append([s.grad.clone() for s in gated.gates])
+    method._recorder.clear()
+    gated.zero_grad()
+    torch.nn.functional.cross_entropy(gated(x), y).backward()
+    before = [s.detach().clone() for s in gated.gates]
+    method.after_step(gated)
+    cfg = GameSettings(**settings)
+    for i, (group, s0, s1) in enumerate(zip(gated.groups, before, gated.gates)):
+        grads = torch.stack([p[i] for p in per_example])
+        g, fisher = grads.mean(0), (grads**2).mean(0)
+        theta = torch.cat([group.producer.weight.detach(), group.producer.bias.detach()[:, None]], 1)
+        sq = (theta**2).sum(1)
+        comp = torch.stack([sum(s0[j] * theta[k] @ theta[j] for j in range(len(s0)) if j != k)
+                            for k in range(len(s0))])  # fmt: skip
+        slope = -g - 2 * cfg.beta * sq * s0 - cfg.gamma - cfg.eta * comp
+        expected = (s0 + cfg.lr_s * slope / (fisher + 2 * cfg.beta * sq)).clamp(0, 1)
+        torch.testing.assert_close(s1.detach(), expected)
+        assert not torch.allclose(expected, (s0 + cfg.lr_s * slope).clamp(0, 1))  # not the plain ascent step

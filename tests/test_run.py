@@ -49,6 +49,20 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert evaluate(model, test, 1000)[0] == results["test_accuracy"]
 
 
+def test_a_newton_run_trains_dense_first_then_prunes_and_compacts(tmp_path, data_root):
+    """``update = 'newton'`` through the real loop: the recording hooks run beside training, the dense
+    start keeps every player for its epochs, and the result is a smaller plain model."""
+    extra = 'update = "newton"\nstart = 0.25\nlr_s = 0.01\ncost_weighting = "width"'
+    text = small_config(data_root, epochs=5, finetune=1, train_subset=3000, gamma=0.05).replace("lr_s = 0.02\n", "")
+    results = run(parse_config(text + extra), tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["players_alive"] == 96  # epoch 1 of 4 in the pruning phase: still dense
+    assert 0 < results["neurons_kept_fraction"] < 1 and results["params_after"] < results["params_before"]
+    assert results["test_accuracy"] > 0.5 and results["warnings"] == []
+    model = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
 def test_a_run_pins_its_thread_count_records_it_and_restores_the_callers(tmp_path, data_root):
     before = torch.get_num_threads()
     pinned = 1 if before != 1 else 2

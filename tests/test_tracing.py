@@ -311,3 +311,40 @@ def test_a_residual_branch_may_lose_every_player_and_still_compacts_exactly(name
         stage.gates[0].zero_()
     with pytest.raises(PruningError, match="every player of layer 'conv1' dropped out"):
         keep_masks(stage, 0.01)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs", MODEL_CASES + [("branches", {})], ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_per_example_gate_gradients_are_each_examples_own_backward(name, kwargs):
+    """What ``update = 'newton'`` builds its Fisher information from, for every layout a gate can be
+    read in (a flatten's repeated columns, attention heads, coupled residual channels read by several
+    consumers): row n must be the gate gradient of example n's share of the mean loss alone."""
+    torch.manual_seed(0)
+    model = (Branches() if name == "branches" else create_model(name, **kwargs)).double()
+    _randomise_batchnorm(model)
+    gated = attach(model)
+    _random_participations(gated)
+    gated.eval()  # BatchNorm on running statistics: examples do not see each other
+    shape = kwargs.get("input_shape", (2, 12, 12))
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    y = torch.randint(0, 6 if name == "branches" else 10, (4,))
+    recorder = gated.record_per_example(True)
+    F.cross_entropy(gated(x), y).backward()
+    rows = [g.clone() for g in recorder.grads]
+    fisher = recorder.fisher()
+    for s, r in zip(gated.gates, rows):
+        torch.testing.assert_close(r.sum(0), s.grad)  # the rows add up to the batch gradient
+    gated.record_per_example(False)
+    own = []
+    for n in range(len(x)):
+        gated.zero_grad()
+        F.cross_entropy(gated(x[n : n + 1]), y[n : n + 1]).backward()
+        own.append([s.grad.clone() for s in gated.gates])
+        for r, g in zip(rows, own[-1]):
+            torch.testing.assert_close(r[n] * len(x), g)  # ∂ℓ_n/∂s, from example n alone
+    for i, f in enumerate(fisher):
+        torch.testing.assert_close(f, torch.stack([o[i] ** 2 for o in own]).mean(0))
+    recorder.clear()
+    assert all(g is None for g in recorder.grads)
+    assert all(float(f.abs().sum()) == 0 for f in recorder.fisher())

@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 BenefitSign = Literal["loss_reduction", "as_written"]
 BenefitGrad = Literal["gated", "theta"]
-Update = Literal["ascent", "best_response"]
+Update = Literal["ascent", "best_response", "newton"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,13 @@ class GameSettings:
     - ``benefit_grad``: ``"gated"`` (default) takes g_i = ⟨∇_{s_iθ_i}L, θ_i⟩ = ∂L/∂s_i, the gradient
       with respect to the effective parameters; ``"theta"`` takes g_i = ⟨∇_{θ_i}L, θ_i⟩ with respect
       to the raw ones (for a Linear neuron this equals s_i·∂L/∂s_i, so it vanishes as s_i → 0).
-    - ``update``: ``"ascent"`` (the paper's projected gradient step) or ``"best_response"``
-      (move to the closed-form maximiser of U_i, damped by ``lr_s`` as a fraction of the way).
+    - ``update``: ``"ascent"`` (the paper's projected gradient step), ``"best_response"``
+      (move to the closed-form maximiser of U_i, damped by ``lr_s`` as a fraction of the way), or
+      ``"newton"``: the same damped move to the maximiser of U_i, but with the benefit taken to
+      second order, its curvature the empirical Fisher information F_i of the loss in s_i
+      (the mean over examples of (∂ℓ_n/∂s_i)²). The step is ∂U_i/∂s_i / (αF_i + 2β‖θ_i‖²): a
+      player the examples lean on (large F_i) moves slowly, one they do not (small F_i) leaves
+      fast, so players no longer decline in lockstep. See ``newton_step_``.
     - ``start``: fraction of the pruning phase during which the network trains dense before the game
       begins (participations stay at 1); the cost ramp then runs over the rest of the phase.
     - ``cost_ramp``: fraction of the pruning phase over which β, γ and η rise linearly from 0 to
@@ -94,12 +99,17 @@ class GameSettings:
             raise ConfigError(f"method.start: must lie in [0, 1), got {self.start!r}")
         if not (0 <= self.epsilon <= 1):
             raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
-        if self.update == "best_response" and self.lr_s > 1:
-            raise ConfigError(f"method.lr_s: with update='best_response' it is a damping in (0, 1], got {self.lr_s!r}")
+        if self.update in ("best_response", "newton") and self.lr_s > 1:
+            raise ConfigError(f"method.lr_s: with update={self.update!r} it is a damping in (0, 1], got {self.lr_s!r}")
+        if self.update == "newton" and self.benefit_grad != "gated":
+            raise ConfigError(
+                "method.update = 'newton' scales each step by the Fisher information of the loss in s_i, "
+                "which belongs to the gated gradient: set benefit_grad = 'gated'"
+            )
         for name, allowed in (
             ("benefit_sign", ("loss_reduction", "as_written")),
             ("benefit_grad", ("gated", "theta")),
-            ("update", ("ascent", "best_response")),
+            ("update", ("ascent", "best_response", "newton")),
             ("fold", ("consumer", "balanced")),
             ("cost_weighting", ("uniform", "macs", "width")),
         ):
@@ -235,6 +245,33 @@ def best_response(g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale
     linear = (slope > 0).to(slope.dtype)
     stationary = slope / curvature.clamp_min(torch.finfo(slope.dtype).tiny)
     return project(torch.where(curvature > 0, stationary, linear))
+
+
+#: Curvature floor of the Newton step: a player with no Fisher information and no L2 cost would
+#: otherwise take an unbounded step (the projection onto [0,1] then decides it).
+MIN_CURVATURE = 1e-8
+
+
+def newton_step_(
+    s: torch.Tensor,
+    g: torch.Tensor,
+    fisher: torch.Tensor,
+    sq_norms: torch.Tensor,
+    comp,
+    cfg: GameSettings,
+    cost_scale: float = 1.0,
+    gamma_weight: float = 1.0,
+) -> None:
+    """In place: s ← Π_[0,1](s + lr_s·(∂U_i/∂s_i)/(αF_i + 2β‖θ_i‖²)).
+
+    With the loss taken to second order around the current s⁰, L(s) ≈ L + g(s − s⁰) + ½F(s − s⁰)²
+    (F the empirical Fisher, the usual stand-in for the Hessian of a log-likelihood), U_i is a
+    concave quadratic in s_i and this is a damped step to its maximiser on [0,1]: with lr_s = 1
+    it lands on it. ``gamma_weight`` scales γ for this group (``cost_weighting``)."""
+    cost_grad = 2 * cfg.beta * sq_norms * s + cfg.gamma * gamma_weight + cfg.eta * comp
+    slope = cfg.alpha * cfg.sign * g - cost_scale * cost_grad
+    curvature = cfg.alpha * fisher + 2 * cost_scale * cfg.beta * sq_norms
+    s.add_(cfg.lr_s * slope / curvature.clamp_min(MIN_CURVATURE)).clamp_(0.0, 1.0)
 
 
 def project(s: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,7 @@ class _GateHook:
         # The common case (an MLP's, a plain CNN's): one group covering every input, once each.
         only = segments[0] if len(segments) == 1 else None
         self.whole = only[1] if only and only[0] == 0 and only[2] == 1 and only[1].numel() == width else None
+        self.recorder: PerExampleGateGrads | None = None  # set while per-example gate gradients are wanted
 
     def scale(self) -> torch.Tensor:
         parts, pos = [], 0
@@ -205,7 +206,52 @@ class _GateHook:
         scale = self.whole if self.whole is not None else self.scale()
         if self.channels_first:  # (N, C, H, W)
             scale = scale.view(-1, 1, 1)
-        return (args[0] * scale, *args[1:])
+        out = args[0] * scale
+        if self.recorder is not None and out.requires_grad:
+            x, recorder = args[0].detach(), self.recorder
+            out.register_hook(lambda grad: recorder.add(x, grad, self.segments, self.channels_first))
+        return (out, *args[1:])
+
+
+class PerExampleGateGrads:
+    """Each example's own gradient with respect to every gate, G[n, i] = ∂(mean loss)/∂s_i from
+    example n alone (so ``G.sum(0)`` is the gate's ``.grad``), collected during backward from the
+    gated inputs and their gradients: x·∂L/∂(s·x), summed over positions and over every consumer
+    that reads the player."""
+
+    def __init__(self, gates: Sequence[torch.Tensor]):
+        self.gates = list(gates)
+        self.index = {id(g): i for i, g in enumerate(self.gates)}
+        self.grads: list[torch.Tensor | None] = [None] * len(self.gates)
+
+    def clear(self) -> None:
+        self.grads = [None] * len(self.grads)
+
+    def add(self, x: torch.Tensor, grad: torch.Tensor, segments, channels_first: bool) -> None:
+        p = x * grad
+        n = p.shape[0]
+        p = p.flatten(2).sum(2) if channels_first else p.reshape(n, -1, p.shape[-1]).sum(1)
+        for offset, gate, repeat in segments:
+            block = p[:, offset : offset + gate.numel() * repeat]
+            if repeat > 1:
+                block = block.reshape(n, gate.numel(), repeat).sum(2)
+            i = self.index[id(gate)]
+            self.grads[i] = block if self.grads[i] is None else self.grads[i] + block
+
+    def fisher(self) -> list[torch.Tensor]:
+        """The empirical Fisher of each gate, mean over examples of (∂ℓ_n/∂s_i)², where ℓ_n is
+        example n's loss (= batch size × its share of the mean loss); zeros for a gate that no
+        backward pass reached since the last :meth:`clear`. Under torch.distributed it is averaged
+        over ranks, so that participations stay identical on every rank."""
+        out = [
+            torch.zeros_like(s.detach()) if g is None else g.shape[0] * (g * g).sum(0)
+            for s, g in zip(self.gates, self.grads)
+        ]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for f in out:
+                torch.distributed.all_reduce(f)
+                f /= torch.distributed.get_world_size()
+        return out
 
 
 class GatedModel(nn.Module):
@@ -225,6 +271,8 @@ class GatedModel(nn.Module):
             nn.Parameter(torch.ones(g.size, dtype=p.dtype, device=p.device)) for g in self.groups
         )
         self._handles = []
+        self._hooks: list[_GateHook] = []
+        self._recorder: PerExampleGateGrads | None = None
         self._attach_hooks()
 
     def _attach_hooks(self) -> None:
@@ -235,12 +283,21 @@ class GatedModel(nn.Module):
         for module, segments in reads.values():
             conv = isinstance(module, nn.Conv2d)
             hook = _GateHook(input_width(module), sorted(segments, key=lambda seg: seg[0]), channels_first=conv)
+            hook.recorder = self._recorder
             self._handles.append(module.register_forward_pre_hook(hook))
+            self._hooks.append(hook)
 
     def _detach_hooks(self) -> None:
         for h in self._handles:
             h.remove()
-        self._handles = []
+        self._handles, self._hooks = [], []
+
+    def record_per_example(self, on: bool) -> PerExampleGateGrads | None:
+        """Start (or stop) collecting per-example gate gradients in every backward pass."""
+        self._recorder = PerExampleGateGrads(list(self.gates)) if on else None
+        for h in self._hooks:
+            h.recorder = self._recorder
+        return self._recorder
 
     def forward(self, x):
         return self.model(x)

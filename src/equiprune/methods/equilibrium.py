@@ -11,7 +11,7 @@ import torch.nn as nn
 from .. import game
 from ..compact import PruneResult, compact, keep_masks
 from ..errors import ConfigError
-from ..groups import STRUCTURED_KINDS, GatedModel, grad_or_zeros
+from ..groups import STRUCTURED_KINDS, GatedModel, PerExampleGateGrads, grad_or_zeros
 from ..masks import WeightGatedModel
 from ..measure import macs_per_player
 from .base import METHODS, Method
@@ -37,6 +37,7 @@ class EquilibriumPruner(Method):
         self._start_steps = 0.0  # set by before_run: steps of dense training before the game
         self._gamma_weights: list[float] | None = None  # per group, unless cost_weighting = "uniform"
         self._initial: dict[str, torch.Tensor] | None = None  # the weights to rewind to (rewind = true)
+        self._recorder: PerExampleGateGrads | None = None  # per-example gate gradients (update = "newton")
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -44,8 +45,14 @@ class EquilibriumPruner(Method):
 
     def prepare(self, model: nn.Module) -> GatedModel | WeightGatedModel:
         if self.players == "weight":
+            if self.settings.update == "newton":
+                raise ConfigError(
+                    "method.update = 'newton' needs structured players; use update = 'ascent' with players = 'weight'"
+                )
             return WeightGatedModel(model, self.exclude)
-        return self.attach(model)
+        gated = self.attach(model)
+        self._recorder = gated.record_per_example(True) if self.settings.update == "newton" else None
+        return gated
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         if self.settings.rewind:
@@ -90,6 +97,8 @@ class EquilibriumPruner(Method):
         cfg = self.settings
         self._step += 1
         if self._step <= self._start_steps:  # still training dense: participations stay at 1
+            if self._recorder is not None:
+                self._recorder.clear()  # this step's per-example gradients are not wanted
             return
         scale = self.cost_scale()
         gates = list(trained.gates)
@@ -98,7 +107,15 @@ class EquilibriumPruner(Method):
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
         weights = self._gamma_weights
-        if cfg.update == "ascent":
+        if cfg.update == "newton":
+            fishers = self._recorder.fisher()  # of this step's batch, recorded during its backward
+            self._recorder.clear()
+            for i, s in enumerate(gates):
+                sq = sqs[i] if sqs else torch.zeros_like(s)
+                comp = comps[i] if comps else 0.0
+                weight = 1.0 if weights is None else weights[i]
+                game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
+        elif cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
         else:
             for i, s in enumerate(gates):
