@@ -3,8 +3,10 @@
 Both steps run side by side in one process on the paper's MLP (784-512-256-10), batch 128, with
 the same optimizer, interleaved in short blocks so that machine noise hits both alike; the figure
 is the ratio of the medians. The last line printed is ``ratio=<game step time / plain step time>``
-for the paper's configuration (η = 0); a line above, ``ratio_with_competition=``, gives it for the
-settings of ``equiprune-best`` (competition cost on, γ weighted by layer width).
+for the paper's configuration (η = 0); lines above give it for the settings of ``equiprune-best``
+(``ratio_with_competition=``: competition cost on, γ weighted by layer width) and for the Newton
+update of the sweeps' ``game-newton`` (``ratio_newton=``: per-example gate gradients recorded in
+every backward pass for the Fisher information; timed with the game on from the first step).
 
     python benchmarks/step_overhead.py [--rounds 30] [--block 20]
 """
@@ -24,6 +26,8 @@ from equiprune.reproduce import bundled_config
 
 PAPER = "game (l1-l2-combined, eta=0)"
 BEST = "game (equiprune-best, eta>0)"
+NEWTON = "game (game-newton, update=newton)"
+NEWTON_SETTINGS = {"beta": 0.05, "gamma": 0.2, "lr_s": 0.01, "cost_weighting": "width", "update": "newton"}
 
 
 def make_step(method_settings: dict | None, x, y):
@@ -63,6 +67,7 @@ def main() -> None:
         "plain": make_step(None, x, y),
         PAPER: make_step({"beta": 0.05, "gamma": 0.05}, x, y),
         BEST: make_step(bundled_config("game-mnist", "equiprune-best").method.settings, x, y),
+        NEWTON: make_step(NEWTON_SETTINGS, x, y),
     }
     for step in variants.values():  # warm-up: allocator, Adam state, kernels
         time_block(step, args.block)
@@ -75,6 +80,7 @@ def main() -> None:
           f"{args.rounds} rounds x {args.block} steps, medians:")  # fmt: skip
     for name, t in med.items():
         print(f"  {name:<36} {1e3 * t:7.3f} ms/step   x{t / med['plain']:.3f}")
+    print(f"ratio_newton={med[NEWTON] / med['plain']:.3f}")
     print(f"ratio_with_competition={med[BEST] / med['plain']:.3f}")
     print(f"ratio={med[PAPER] / med['plain']:.3f}")
 
