@@ -38,7 +38,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert [r["phase"] for r in rows] == ["prune"] * 5 + ["finetune"]
     assert {"loss", "train_accuracy", "test_accuracy", "players_alive", "alive_fraction"} <= set(rows[0])
     assert sum(rows[0]["participation_histogram"]) == 96
-    assert results["warnings"] == [] and not any("warning" in r for r in rows)
+    assert results["warnings"] == results["diverged_epochs"] == [] and not any("warning" in r for r in rows)
     for name in ("config.toml", "model.pt", "participation_histogram.png", "dynamics.png"):
         assert (out / name).stat().st_size > 0
     # The compacted model loads as a plain module and scores what results.json says.
@@ -156,6 +156,7 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] > 2.303 for r in rows)
     assert [w.split(":")[0] for w in results["warnings"]] == ["epoch 1 (prune)", "epoch 2 (finetune)"]
+    assert results["diverged_epochs"] == [{"epoch": 1, "phase": "prune"}, {"epoch": 2, "phase": "finetune"}]
     assert "above 2.3, the loss of a uniform guess over 10 classes" in results["warnings"][0]
     assert "gamma, eta, lr_s" in results["warnings"][0] and "finetune_lr" in results["warnings"][1]
     assert [r.get("warning") for r in rows] == results["warnings"]

@@ -256,11 +256,17 @@ def test_the_report_names_runs_whose_loss_was_worse_than_a_uniform_guess():
     wrecked = _row("game", "game", "gamma=1.2", None, 0.01, 0.8, seed=1)
     wrecked["results"]["warnings"] = ["epoch 6 (prune): the mean training loss 21 is above 2.3, ...",
                                       "epoch 7 (prune): the mean training loss 9 is above 2.3, ..."]  # fmt: skip
+    wrecked["results"]["diverged_epochs"] = [{"epoch": 6, "phase": "prune"}, {"epoch": 7, "phase": "prune"}]
+    older = _row("game", "game", "gamma=1.3", None, 0.01, 0.8, seed=2)  # stored before diverged_epochs
+    older["results"]["warnings"] = ["epoch 9 (finetune): the mean training loss 3 is above 2.3, ..."]
     failed = {**_row("game", "game", "gamma=2", None, 0.01, 0.8), "status": "failed"}
     failed["results"]["warnings"] = ["epoch 1 (prune): ..."]  # a failed run is listed with the failures
-    text = "\n".join(diverged_lines([calm, wrecked, failed]))
+    text = "\n".join(diverged_lines([calm, wrecked, older, failed]))
     assert "## Runs that diverged" in text
     assert "- `game/gamma=1.2/seed1`: 2 epoch(s): epoch 6 (prune), epoch 7 (prune)" in text
+    assert "- `game/gamma=1.3/seed2`: 1 epoch(s): epoch 9 (finetune)" in text
+    wrecked["results"]["warnings"] = ["a message worded some other way", "and another"]
+    assert "epoch 6 (prune), epoch 7 (prune)" in "\n".join(diverged_lines([wrecked]))  # the data, not the text
     assert "taylor" not in text and "gamma=2" not in text
     assert diverged_lines([calm]) == []
 

@@ -161,9 +161,12 @@ def diverged_lines(runs: list[dict[str, Any]]) -> list[str]:
              "In these runs the training loss was, in some epoch, worse than a uniform guess (it stayed finite, "
              "so the run went on); their results are in the tables above.", ""]  # fmt: skip
     for r in flagged:
-        warnings = r["results"]["warnings"]
-        epochs = ", ".join(w.split(":")[0] for w in warnings)
-        lines.append(f"- `{r['run_id']}`: {len(warnings)} epoch(s): {epochs}")
+        # Stores written before results carried ``diverged_epochs`` have only the messages, which
+        # begin with the same "epoch N (phase)" label.
+        epochs = r["results"].get("diverged_epochs")
+        labels = [f"epoch {e['epoch']} ({e['phase']})" for e in epochs] if epochs is not None else [
+            w.split(":")[0] for w in r["results"]["warnings"]]  # fmt: skip
+        lines.append(f"- `{r['run_id']}`: {len(labels)} epoch(s): {', '.join(labels)}")
     return lines + [""]
 
 

@@ -431,6 +431,8 @@ class Trainer:
             "seconds": st.seconds,
             "shared_training": st.shared,
             "warnings": [r["warning"] for r in st.metrics if "warning" in r],
+            # the same epochs as data, for a report that lists them without reading the messages
+            "diverged_epochs": [{"epoch": r["epoch"], "phase": r["phase"]} for r in st.metrics if "warning" in r],
             # what besides the config decides the numbers (of the last session, for a resumed run)
             "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
         }
