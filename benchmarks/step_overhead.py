@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from importlib import resources
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,17 @@ import torch.nn.functional as F
 from equiprune.methods import build_method
 from equiprune.models import mlp
 from equiprune.reproduce import bundled_config
+from equiprune.sweep import load_sweep
 
 PAPER = "game (l1-l2-combined, eta=0)"
 BEST = "game (equiprune-best, eta>0)"
 NEWTON = "game (game-newton, update=newton)"
-NEWTON_SETTINGS = {"beta": 0.05, "gamma": 0.2, "lr_s": 0.01, "cost_weighting": "width", "update": "newton"}
+
+
+def sweep_settings(sweep: str, label: str, point: str) -> dict:
+    """A method's settings at one point of a sweep shipped with equiprune."""
+    planned = load_sweep(resources.files("equiprune") / "configs" / "sweeps" / f"{sweep}.toml").runs
+    return next(r for r in planned if r.label == label and r.point == point).config.method.settings
 
 
 def make_step(method_settings: dict | None, x, y):
@@ -67,7 +74,9 @@ def main() -> None:
         "plain": make_step(None, x, y),
         PAPER: make_step({"beta": 0.05, "gamma": 0.05}, x, y),
         BEST: make_step(bundled_config("game-mnist", "equiprune-best").method.settings, x, y),
-        NEWTON: make_step(NEWTON_SETTINGS, x, y),
+        # the sweep's γ 0.2 (about 5% kept), with the game on from the first step instead of after
+        # the dense start, so that every timed step is a game step
+        NEWTON: make_step({**sweep_settings("mnist_mlp_neurons", "game-newton", "gamma=0.2"), "start": 0.0}, x, y),
     }
     for step in variants.values():  # warm-up: allocator, Adam state, kernels
         time_block(step, args.block)

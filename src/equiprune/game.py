@@ -256,7 +256,7 @@ def newton_step_(
     s: torch.Tensor,
     g: torch.Tensor,
     fisher: torch.Tensor,
-    sq_norms: torch.Tensor,
+    sq_norms,
     comp,
     cfg: GameSettings,
     cost_scale: float = 1.0,
@@ -267,7 +267,8 @@ def newton_step_(
     With the loss taken to second order around the current s⁰, L(s) ≈ L + g(s − s⁰) + ½F(s − s⁰)²
     (F the empirical Fisher, the usual stand-in for the Hessian of a log-likelihood), U_i is a
     concave quadratic in s_i and this is a damped step to its maximiser on [0,1]: with lr_s = 1
-    it lands on it. ``gamma_weight`` scales γ for this group (``cost_weighting``)."""
+    it lands on it. ``gamma_weight`` scales γ for this group (``cost_weighting``); ``sq_norms`` and
+    ``comp`` may be 0 when β and η are (the terms are then not computed)."""
     cost_grad = 2 * cfg.beta * sq_norms * s + cfg.gamma * gamma_weight + cfg.eta * comp
     slope = cfg.alpha * cfg.sign * g - cost_scale * cost_grad
     curvature = cfg.alpha * fisher + 2 * cost_scale * cfg.beta * sq_norms

@@ -230,7 +230,8 @@ class PerExampleGateGrads:
     def add(self, x: torch.Tensor, grad: torch.Tensor, segments, channels_first: bool) -> None:
         p = x * grad
         n = p.shape[0]
-        p = p.flatten(2).sum(2) if channels_first else p.reshape(n, -1, p.shape[-1]).sum(1)
+        if p.dim() > 2:  # sum each example's positions: (N, C, H, W) or tokens (N, ..., C)
+            p = p.flatten(2).sum(2) if channels_first else p.reshape(n, -1, p.shape[-1]).sum(1)
         for offset, gate, repeat in segments:
             block = p[:, offset : offset + gate.numel() * repeat]
             if repeat > 1:

@@ -107,21 +107,21 @@ class EquilibriumPruner(Method):
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
         weights = self._gamma_weights
+        if cfg.update == "ascent":
+            game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
+            return
+        fishers = None
         if cfg.update == "newton":
             fishers = self._recorder.fisher()  # of this step's batch, recorded during its backward
             self._recorder.clear()
-            for i, s in enumerate(gates):
-                sq = sqs[i] if sqs else torch.zeros_like(s)
-                comp = comps[i] if comps else 0.0
-                weight = 1.0 if weights is None else weights[i]
+        for i, s in enumerate(gates):  # group by group: damped best response, or its Newton form
+            sq = sqs[i] if sqs else 0.0
+            comp = comps[i] if comps else 0.0
+            weight = 1.0 if weights is None else weights[i]
+            if fishers is not None:
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
-        elif cfg.update == "ascent":
-            game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
-        else:
-            for i, s in enumerate(gates):
-                sq = sqs[i] if sqs else 0.0
-                comp = comps[i] if comps else 0.0
-                group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weights[i])
+            else:
+                group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weight)
                 s.lerp_(game.best_response(gs[i], sq, comp, group_cfg, scale), cfg.lr_s)
 
     def _group_terms(self, trained: GatedModel, gates: list[torch.Tensor]):
