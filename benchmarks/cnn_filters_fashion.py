@@ -9,9 +9,12 @@ Per seed, on the full Fashion-MNIST training set (batch 128, Adam 1e-3):
 2. from the trained dense model, ``magnitude-l1`` (L1 norm of each filter's / neuron's incoming
    weights, the same fraction of every layer) and Torch-Pruning's ``MagnitudePruner`` with
    ``GroupMagnitudeImportance(p=1)`` (the same ratio in every layer, classifier ignored) each
-   prune to the MACs closest to the target (bisection on their keep fraction / pruning ratio);
-3. all three pruned models fine-tune for ``--finetune-epochs`` with one loop (Adam 1e-3,
-   cosine), so every method gets the same epochs in all, and are timed at batch 256 on CPU.
+   prune to the MACs nearest the target from below and from above (bisection on their keep
+   fraction / pruning ratio);
+3. every pruned model fine-tunes for ``--finetune-epochs`` with one loop (Adam 1e-3, cosine), so
+   every method gets the same epochs in all; a comparator's accuracy is interpolated (linearly in
+   log MACs) between its two points to the game's MACs, and its point nearest them is timed with
+   the others at batch 256 on CPU.
 
 Prints a table per seed and the means; the last lines are
 ``game_minus_torch_pruning_points=`` (accuracy, mean over seeds) and
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from equiprune.config import parse_config
 from equiprune.data import Batches
 from equiprune.export import fold_batchnorm, interleaved_latency
+from equiprune.frontier import along, bracket
 from equiprune.measure import count_macs
 from equiprune.methods import build_method
 from equiprune.runs import RunDir, load_trained
@@ -64,22 +68,27 @@ name = "{method}"
 """
 
 
-def bisect(prune, target_macs: int, lo: float, hi: float, increasing: bool):
-    """The pruned model whose MACs are closest to ``target_macs``; ``prune(x)`` gets smaller as x
-    moves from ``lo`` to ``hi`` when not ``increasing``."""
-    best = None
+def bisect(prune, target_macs: int, lo: float, hi: float, increasing: bool) -> list[tuple]:
+    """The pruned models (model, MACs) nearest ``target_macs`` from below and from above (one if
+    hit exactly); ``prune(x)`` gets smaller as x moves from ``lo`` to ``hi`` when not ``increasing``.
+    LeNet-5's layers are so narrow that a method's keep fraction moves its MACs in steps of up to a
+    tenth of the model, so the comparison interpolates between the two rather than taking either."""
+    below = above = None
     for _ in range(14):
         x = (lo + hi) / 2
         model = prune(x)
         macs = count_macs(model, SHAPE)
-        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
-            best = (model, macs, x)
+        if macs <= target_macs and (below is None or macs > below[1]):
+            below = (model, macs)
+        if macs >= target_macs and (above is None or macs < above[1]):
+            above = (model, macs)
         too_big = macs > target_macs
         if increasing:  # larger x keeps more
             lo, hi = (lo, x) if too_big else (x, hi)
         else:  # larger x prunes more
             lo, hi = (x, hi) if too_big else (lo, x)
-    return best
+    points = [p for p in (below, above) if p is not None]
+    return points[:1] if len(points) == 2 and points[0][1] == points[1][1] else points
 
 
 def l1_prune(dense, budget: float):
@@ -119,7 +128,7 @@ def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
     dense_dir, game_dir = work / f"dense{seed}", work / f"game{seed}"
     game_settings = (
         f"beta = {args.beta}\ngamma = {args.gamma}\nlr_s = {args.lr_s}\ncost_ramp = 0.75\n"
-        f'cost_weighting = "{args.cost_weighting}"\nstart = {args.start}'
+        f'cost_weighting = "{args.cost_weighting}"\nstart = {args.start}\nupdate = "{args.update}"'
     )
     epochs, root, wd = args.prune_epochs, args.data, args.weight_decay
     run(parse_config(config("dense", seed, epochs, "", root, wd)), dense_dir, quiet=True)
@@ -129,14 +138,25 @@ def one_seed(seed: int, args, work: Path) -> dict[str, dict]:
     train, test = load_run_splits(cfg.data, torch.device("cpu"))
     target = game["macs_after"]
     full = count_macs(dense, SHAPE)
-    pruned = {"game": (torch.load(RunDir(game_dir).model, weights_only=False), target, None)}
-    pruned["l1-filter"] = bisect(lambda b: l1_prune(dense, b), target, 0.01, 1.0, increasing=True)
-    pruned["torch-pruning"] = bisect(lambda r: torch_pruning_prune(dense, r), target, 0.0, 0.99, increasing=False)
-    rows = {"dense": {"accuracy": evaluate(dense, test, 2000)[0], "flop_ratio": 1.0}}
+    candidates = {
+        "game": [(torch.load(RunDir(game_dir).model, weights_only=False), target)],
+        "l1-filter": bisect(lambda b: l1_prune(dense, b), target, 0.01, 1.0, increasing=True),
+        "torch-pruning": bisect(lambda r: torch_pruning_prune(dense, r), target, 0.0, 0.99, increasing=False),
+    }
+    rows = {"dense": {"accuracy": evaluate(dense, test, 2000)[0], "flop_ratio": 1.0, "points": []}}
     tuned = {"dense": dense}
-    for name, (model, macs, _) in pruned.items():
-        accuracy, tuned[name] = finetune(model, train, test, args.finetune_epochs, seed)
-        rows[name] = {"accuracy": accuracy, "flop_ratio": macs / full}
+    for name, points in candidates.items():
+        finished = []  # (FLOP ratio, accuracy, fine-tuned model) at each point
+        for model, macs in points:
+            accuracy, model = finetune(model, train, test, args.finetune_epochs, seed)
+            finished.append((macs / full, accuracy, model))
+        found = bracket(finished, target / full, lambda p: p[0])
+        # at the game's MACs where two points bracket them, else at the one point there is
+        accuracy = along(found, lambda p: p[1]) if found else finished[0][1]
+        flop_ratio = target / full if found else finished[0][0]
+        nearest = min(finished, key=lambda p: abs(math.log(p[0] * full / target)))
+        rows[name] = {"accuracy": accuracy, "flop_ratio": flop_ratio, "points": [p[:2] for p in finished]}
+        tuned[name] = nearest[2]  # timed: the point nearest the game's MACs
     # all four timed in alternation, BatchNorm folded (LeNet-5 has none), so load hits them alike
     ms = interleaved_latency({k: fold_batchnorm(m) for k, m in tuned.items()}, SHAPE, 256, args.repeats, rounds=5)
     for name in rows:
@@ -155,6 +175,7 @@ def main() -> None:
     p.add_argument("--gamma", type=float, default=0.05)
     p.add_argument("--cost-weighting", choices=["uniform", "macs"], default="macs")
     p.add_argument("--lr-s", type=float, default=0.01)
+    p.add_argument("--update", choices=["ascent", "newton"], default="ascent", help="the game's participation step")
     # Measured (2 seeds): 4 dense epochs before 4 of the game lifted the game from 87.00% to 87.59%
     p.add_argument("--start", type=float, default=0.5, help="fraction of the game phase trained dense first")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's decay before pruning (dense and game)")
@@ -166,7 +187,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
     print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
           f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}, "
-          f"start {args.start}, weight decay before pruning {args.weight_decay}")  # fmt: skip
+          f"start {args.start}, update {args.update}, weight decay before pruning {args.weight_decay}")  # fmt: skip
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -174,8 +195,10 @@ def main() -> None:
             print(f"\nseed {seed}")
             for name, r in rows.items():
                 results.setdefault(name, []).append(r)
+                measured = ", ".join(f"{acc:.4f} at {flops:.3f}" for flops, acc in r["points"])
+                how = f"  (interpolated between {measured})" if len(r["points"]) > 1 else ""
                 print(f"  {name:<14} accuracy {r['accuracy']:.4f}  FLOP ratio {r['flop_ratio']:.3f}  "
-                      f"batch-256 latency {r['ms']:.1f} ms")  # fmt: skip
+                      f"batch-256 latency {r['ms']:.1f} ms{how}")  # fmt: skip
 
     def mean(name, key):
         return statistics.mean(r[key] for r in results[name])

@@ -238,10 +238,10 @@ def _game_at(games: list[FrontierRow], at: float, budget: float) -> FrontierRow 
     """A game label's frontier at kept fraction ``at``: interpolated between the two settings that
     bracket it, else its setting placed at ``budget`` nearest to ``at``; None if it has neither."""
     kept = lambda r: r.kept_fraction_mean  # noqa: E731
-    bracket = _bracket(games, at, kept)
-    if bracket is not None:
-        lo, hi, _ = bracket
-        acc, std = _along(bracket, lambda r: r.test_accuracy_mean), _along(bracket, lambda r: r.test_accuracy_std)
+    found = bracket(games, at, kept)
+    if found is not None:
+        lo, hi, _ = found
+        acc, std = along(found, lambda r: r.test_accuracy_mean), along(found, lambda r: r.test_accuracy_std)
         point = f"interpolated between {lo.point} and {hi.point}"
         return replace(lo, point=point, budget=budget, kept_fraction_mean=at, kept_fraction_std=0.0,
                        test_accuracy_mean=acc, test_accuracy_std=std)  # fmt: skip
@@ -259,8 +259,9 @@ def _against(game: FrontierRow, baselines: list[FrontierRow]) -> str:
     return ", ".join(parts)
 
 
-def _bracket(rows: list[FrontierRow], x: float, x_of) -> tuple[FrontierRow, FrontierRow, float] | None:
-    """The two rows whose ``x_of`` bracket ``x``, and x's position between them in log(x), or None."""
+def bracket(rows: list, x: float, x_of) -> tuple[Any, Any, float] | None:
+    """The two rows whose ``x_of`` bracket ``x``, and x's position between them in log(x), or None.
+    Rows may be anything ``x_of`` reads (frontier rows, (MACs, accuracy) pairs)."""
     pts = sorted(rows, key=x_of)
     for lo, hi in zip(pts, pts[1:]):
         x0, x1 = x_of(lo), x_of(hi)
@@ -269,17 +270,17 @@ def _bracket(rows: list[FrontierRow], x: float, x_of) -> tuple[FrontierRow, Fron
     return None
 
 
-def _along(bracket: tuple[FrontierRow, FrontierRow, float], y_of) -> float:
+def along(bracketed: tuple[Any, Any, float], y_of) -> float:
     """``y_of`` at the bracketed point: linear between the two rows."""
-    lo, hi, t = bracket
+    lo, hi, t = bracketed
     return y_of(lo) + t * (y_of(hi) - y_of(lo))
 
 
 def interpolate_accuracy(rows: list[FrontierRow], params: float) -> float | None:
     """A method's mean accuracy at ``params`` parameters, linear in log(parameters) between its two
     neighbouring points; None outside the range it covers."""
-    bracket = _bracket(rows, params, lambda r: r.params_after_mean)
-    return None if bracket is None else _along(bracket, lambda r: r.test_accuracy_mean)
+    found = bracket(rows, params, lambda r: r.params_after_mean)
+    return None if found is None else along(found, lambda r: r.test_accuracy_mean)
 
 
 def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
