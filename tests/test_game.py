@@ -191,6 +191,33 @@ def test_the_game_starts_after_the_dense_fraction_and_ramps_its_costs_from_there
     torch.testing.assert_close(g2.gates[0].detach(), torch.full((3,), 0.5 - 0.1 * 0.1))
 
 
+def test_newton_records_per_example_gradients_only_for_steps_the_game_plays_also_after_resume():
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    def build():
+        method = build_method("game", settings={"start": 0.5, "update": "newton", "lr_s": 0.1})
+        gated = method.prepare(mlp(input_shape=(4,), hidden=(3,), num_classes=2))
+        method.before_run(gated, steps_per_epoch=2, epochs=2)  # 4 steps: 2 dense, then 2 of the game
+        return method, gated
+
+    def step(method, gated) -> bool:
+        """One training step; whether its backward recorded per-example gradients."""
+        gated.zero_grad()
+        torch.nn.functional.cross_entropy(gated(torch.randn(5, 4)), torch.tensor([0, 1, 0, 1, 1])).backward()
+        recorded = any(g is not None for g in method._recorder.grads)
+        method.after_step(gated)
+        return recorded
+
+    torch.manual_seed(0)
+    method, gated = build()
+    assert [step(method, gated) for _ in range(4)] == [False, False, True, True]
+    for done, expected in [(1, [False, True, True]), (2, [True, True])]:  # resumed after `done` steps
+        method, gated = build()
+        method.load_state_dict({"step": done, "initial": None})
+        assert [step(method, gated) for _ in range(4 - done)] == expected
+
+
 @pytest.mark.parametrize("players", [None, "weight"])
 def test_width_weighted_costs_charge_each_player_its_share_of_its_layer(players):
     """With no benefit, one step lowers every participation by lr_s·γ·w, w = mean size / group size:

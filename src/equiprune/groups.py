@@ -207,7 +207,7 @@ class _GateHook:
         if self.channels_first:  # (N, C, H, W)
             scale = scale.view(-1, 1, 1)
         out = args[0] * scale
-        if self.recorder is not None and out.requires_grad:
+        if self.recorder is not None and self.recorder.active and out.requires_grad:
             x, recorder = args[0].detach(), self.recorder
             out.register_hook(lambda grad: recorder.add(x, grad, self.segments, self.channels_first))
         return (out, *args[1:])
@@ -223,6 +223,7 @@ class PerExampleGateGrads:
         self.gates = list(gates)
         self.index = {id(g): i for i, g in enumerate(self.gates)}
         self.grads: list[torch.Tensor | None] = [None] * len(self.gates)
+        self.active = True  # off while nothing will read them (the equilibrium pruner's dense start)
 
     def clear(self) -> None:
         self.grads = [None] * len(self.grads)

@@ -76,6 +76,7 @@ class EquilibriumPruner(Method):
             macs = macs_per_player(trained, calibration.input_shape)
             mean = sum(m * g.size for m, g in zip(macs, trained.groups)) / sum(g.size for g in trained.groups)
             self._gamma_weights = [m / mean for m in macs]
+        self._sync_recording()
 
     def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
         return trained.weight_parameters()
@@ -91,14 +92,21 @@ class EquilibriumPruner(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
         self._initial = state.get("initial")
+        self._sync_recording()
+
+    def _sync_recording(self) -> None:
+        """Record per-example gate gradients only for steps the game plays: during a dense start
+        nothing reads them, and recording costs a product and a sum per gated input. Derived from
+        the step count alone, so a resumed run records exactly when an uninterrupted one does."""
+        if self._recorder is not None:
+            self._recorder.active = self._step + 1 > self._start_steps
 
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:
         cfg = self.settings
         self._step += 1
+        self._sync_recording()  # for the next step's backward
         if self._step <= self._start_steps:  # still training dense: participations stay at 1
-            if self._recorder is not None:
-                self._recorder.clear()  # this step's per-example gradients are not wanted
             return
         scale = self.cost_scale()
         gates = list(trained.gates)
