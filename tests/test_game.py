@@ -218,6 +218,28 @@ def test_newton_records_per_example_gradients_only_for_steps_the_game_plays_also
         assert [step(method, gated) for _ in range(4 - done)] == expected
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "width"])
+def test_cost_taper_scales_each_layers_l1_cost_by_its_mean_participation(weighting):
+    """No benefit, no L2: one step lowers s by lr_s·γ·w·mean(s)^taper, group by group."""
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    settings = {"beta": 0.0, "gamma": 0.1, "lr_s": 0.5, "cost_taper": 2.0, "cost_weighting": weighting}
+    method = build_method("game", settings=settings)
+    gated = method.prepare(mlp(input_shape=(4,), hidden=(8, 16), num_classes=2))
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    before = [torch.linspace(0.2, 0.6, 8), torch.full((16,), 0.9)]
+    with torch.no_grad():
+        for s, b in zip(gated.gates, before):
+            s.copy_(b)
+            s.grad = torch.zeros_like(s)
+    method.after_step(gated)
+    width = [12 / 8, 12 / 16] if weighting == "width" else [1.0, 1.0]
+    for s, b, w in zip(gated.gates, before, width):
+        expected = b - 0.5 * 0.1 * w * float(b.mean()) ** 2
+        torch.testing.assert_close(s.detach(), expected)
+
+
 @pytest.mark.parametrize("players", [None, "weight"])
 def test_width_weighted_costs_charge_each_player_its_share_of_its_layer(players):
     """With no benefit, one step lowers every participation by lr_s·γ·w, w = mean size / group size:

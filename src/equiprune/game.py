@@ -65,6 +65,10 @@ class GameSettings:
       of its layer it stands for and every layer pays alike for losing the same fraction of its
       players (with uniform costs a wide layer's players are each as dear as a narrow layer's, and
       the game thins the wide layer far more than the others: 7 + 9 of the MLP's 512 + 256 neurons).
+    - ``cost_taper``: the L1 cost of a group's players is scaled by the group's mean participation
+      to this power (0, the default, leaves it as it is). A thinning layer's survivors become
+      cheaper, so the last players of a layer are not priced out together: at a strong cost every
+      survivor of a layer otherwise declines in lockstep until the layer is gone.
     - ``rewind``: at compaction the survivors take back the weights they had when the run began
       (their initialisation), with participation 1, as in a lottery ticket: the game only chooses
       who stays, and the fine-tuning epochs train the survivors from their starting point (measured
@@ -85,9 +89,10 @@ class GameSettings:
     fold: Literal["consumer", "balanced"] = "balanced"
     cost_weighting: Literal["uniform", "macs", "width"] = "uniform"
     rewind: bool = False
+    cost_taper: float = 0.0
 
     def __post_init__(self):
-        for name in ("alpha", "beta", "gamma", "eta"):
+        for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
             v = getattr(self, name)
             if not (v >= 0 and v < float("inf")):
                 raise ConfigError(f"method.{name}: must be a finite number >= 0, got {v!r}")

@@ -114,7 +114,7 @@ class EquilibriumPruner(Method):
             gs, sqs, comps = self._weight_terms(trained, gates)
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
-        weights = self._gamma_weights
+        weights = self._tapered(self._gamma_weights, gates)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
             return
@@ -131,6 +131,15 @@ class EquilibriumPruner(Method):
             else:
                 group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weight)
                 s.lerp_(game.best_response(gs[i], sq, comp, group_cfg, scale), cfg.lr_s)
+
+    def _tapered(self, weights: list[float] | None, gates: list[torch.Tensor]) -> list[float] | None:
+        """The groups' γ weights times their mean participation to the power ``cost_taper``."""
+        taper = self.settings.cost_taper
+        if taper == 0:
+            return weights
+        means = torch.stack([s.mean() for s in gates]).pow(taper).tolist()  # one host sync per step
+        base = weights if weights is not None else [1.0] * len(gates)
+        return [w * m for w, m in zip(base, means)]
 
     def _group_terms(self, trained: GatedModel, gates: list[torch.Tensor]):
         """g_i, ‖θ_i‖² and the competition sums of every structured player, one tensor per group."""
