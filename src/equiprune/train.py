@@ -408,6 +408,7 @@ class Trainer:
         small = st.result.model
         acc, test_loss = evaluate(small, self.test_split, self.cfg.data.eval_batch_size)
         last_pruning = [r for r in st.metrics if r["phase"] == "prune"]
+        flagged = [r for r in st.metrics if "warning" in r]  # epochs whose loss was worse than a uniform guess
         results = {
             "method": self.cfg.method.name,
             "seed": self.cfg.seed,
@@ -430,9 +431,9 @@ class Trainer:
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,
             "shared_training": st.shared,
-            "warnings": [r["warning"] for r in st.metrics if "warning" in r],
+            "warnings": [r["warning"] for r in flagged],
             # the same epochs as data, for a report that lists them without reading the messages
-            "diverged_epochs": [{"epoch": r["epoch"], "phase": r["phase"]} for r in st.metrics if "warning" in r],
+            "diverged_epochs": [{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)
             "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
         }
