@@ -18,10 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from equiprune.config import LimitConfig
+from equiprune.config import LimitConfig, shipped_config
 from equiprune.pruning_limit import limit
 
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "equiprune" / "configs" / "limit"
 CASES = ("fc_mnist", "fc_fashion", "lenet5_fashion")
 DEFAULT_FORM = LimitConfig().spectrum
 
@@ -39,7 +38,7 @@ def main() -> None:
         if (out / "limit.json").is_file():
             result = json.loads((out / "limit.json").read_text())
         else:
-            result = limit(CONFIGS / f"{case}.toml", out, quiet=args.quiet)
+            result = limit(shipped_config("limit", f"{case}.toml"), out, quiet=args.quiet)
         rows.append((case, result, time.perf_counter() - start))
 
     print("| case | dense acc | ε | λ_max | predicted: Ritz quadrature | smoothed density | per-tensor distance "

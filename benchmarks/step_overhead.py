@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from importlib import resources
 
 import torch
 import torch.nn.functional as F
 
+from equiprune.config import shipped_config
 from equiprune.methods import build_method
 from equiprune.models import mlp
 from equiprune.reproduce import bundled_config
@@ -33,7 +33,7 @@ NEWTON = "game (game-newton, update=newton)"
 
 def sweep_settings(sweep: str, label: str, point: str) -> dict:
     """A method's settings at one point of a sweep shipped with equiprune."""
-    planned = load_sweep(resources.files("equiprune") / "configs" / "sweeps" / f"{sweep}.toml").runs
+    planned = load_sweep(shipped_config("sweeps", f"{sweep}.toml")).runs
     return next(r for r in planned if r.label == label and r.point == point).config.method.settings
 
 

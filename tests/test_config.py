@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from equiprune.config import RunConfig, dump_toml, load_config, parse_config
+from equiprune.config import RunConfig, dump_toml, load_config, parse_config, shipped_config
 from equiprune.errors import ConfigError
+from equiprune.sweep import load_sweep
 
 GOOD = """
 seed = 1
@@ -94,3 +95,18 @@ def test_fine_tuning_takes_its_own_weight_decay(tmp_path, finetune_decay, expect
     assert trainer.opt.param_groups[0]["weight_decay"] == 0.01
     trainer._new_phase_optimizer(params, "finetune")
     assert trainer.opt.param_groups[0]["weight_decay"] == expected
+
+
+@pytest.mark.parametrize(
+    ("parts", "load"),
+    [
+        (("sweeps", "mnist_mlp_neurons.toml"), "sweep"),
+        (("sweeps", "fashion_mlp_neurons.toml"), "sweep"),
+        (("game_mnist", "equiprune-best.toml"), "run"),
+    ],
+)
+def test_shipped_configs_are_found_wherever_the_package_lies(parts, load):
+    path = shipped_config(*parts)
+    assert path.is_file() and path.parts[-len(parts) - 1 :] == ("configs", *parts)
+    loaded = load_sweep(path) if load == "sweep" else load_config(path)
+    assert loaded.runs if load == "sweep" else loaded.method.name == "game"

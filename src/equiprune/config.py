@@ -13,6 +13,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -319,6 +320,15 @@ def read_toml_file(path: str | Path, what: str, build: typing.Callable[[dict[str
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     return parse_toml(path.read_text(encoding="utf-8"), str(path), build)
+
+
+def shipped_config(*parts: str) -> Path:
+    """A file shipped with equiprune under ``equiprune/configs/``, e.g.
+    ``shipped_config("sweeps", "mnist_mlp_neurons.toml")``, wherever the package is installed."""
+    path = resources.files("equiprune") / "configs"
+    for part in parts:  # one at a time: an editable install's package root takes no more
+        path = path / part
+    return Path(path)
 
 
 def parse_config(text: str, source: str = "<config>") -> RunConfig:

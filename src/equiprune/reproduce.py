@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from . import io
-from .config import MethodConfig, RunConfig, parse_config
+from .config import MethodConfig, RunConfig, load_config, shipped_config
 from .game import PAPER_TABLE2
 from .parallel import check_jobs, run_lanes
 from .runs import RunDir
@@ -47,8 +46,7 @@ DENSE_REFERENCE = "dense-kept-widths"
 
 def bundled_config(suite: str, name: str) -> RunConfig:
     """A configuration shipped with equiprune (``equiprune/configs/<suite>/<name>.toml``)."""
-    path = resources.files("equiprune") / "configs" / SUITES[suite].package_dir / f"{name}.toml"
-    return parse_config(path.read_text(encoding="utf-8"), f"equiprune/configs/{SUITES[suite].package_dir}/{name}.toml")
+    return load_config(shipped_config(SUITES[suite].package_dir, f"{name}.toml"))
 
 
 def run_or_reuse(cfg: RunConfig, out: Path, quiet: bool) -> dict[str, Any]:
