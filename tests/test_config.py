@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from equiprune.config import RunConfig, dump_toml, load_config, parse_config, shipped_config
+from equiprune.cli import main
+from equiprune.config import RunConfig, dump_toml, find_config, load_config, parse_config, shipped_config
 from equiprune.errors import ConfigError
 from equiprune.sweep import load_sweep
 
@@ -110,3 +111,23 @@ def test_shipped_configs_are_found_wherever_the_package_lies(parts, load):
     assert path.is_file() and path.parts[-len(parts) - 1 :] == ("configs", *parts)
     loaded = load_sweep(path) if load == "sweep" else load_config(path)
     assert loaded.runs if load == "sweep" else loaded.method.name == "game"
+
+
+def test_a_config_argument_is_a_file_here_else_a_shipped_configuration_of_that_name(tmp_path, monkeypatch, capsys):
+    own = tmp_path / "mnist_mlp_neurons.toml"  # a user's own file wins over the shipped one of that name
+    own.write_text("")
+    assert find_config(own, "sweeps", "sweep file") == own
+    assert capsys.readouterr().err == ""
+    monkeypatch.chdir(tmp_path / "..")  # where no configs/ directory lies, as after `pip install`
+    shipped = shipped_config("sweeps", "mnist_mlp_neurons.toml")
+    for arg in ("mnist_mlp_neurons", "mnist_mlp_neurons.toml", "configs/sweeps/mnist_mlp_neurons.toml"):
+        assert find_config(arg, "sweeps", "sweep file") == shipped
+        assert f"using the sweep file shipped with equiprune: {shipped}" in capsys.readouterr().err
+    assert find_config("equiprune-best", "game_mnist", "configuration") == shipped_config(
+        "game_mnist", "equiprune-best.toml"
+    )
+    with pytest.raises(ConfigError, match=r"sweep file mnist_mlp_neuron does not exist.*ships: .*mnist_mlp_neurons"):
+        find_config("mnist_mlp_neuron", "sweeps", "sweep file")
+    assert main(["sweep", "mnist_mlp_neuron", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "equiprune: error: sweep file mnist_mlp_neuron does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

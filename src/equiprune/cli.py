@@ -10,10 +10,10 @@ from .errors import EquipruneError
 
 
 def _cmd_run(args) -> int:
-    from .config import load_config
+    from .config import find_config, load_config
     from .train import run
 
-    cfg = load_config(args.config)
+    cfg = load_config(find_config(args.config, "game_mnist", "configuration"))
     results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
     print(json.dumps(results, indent=2))
     return 0
@@ -31,10 +31,11 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    from .config import find_config
     from .frontier import write_report
     from .sweep import load_sweep, run_sweep
 
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(find_config(args.sweep, "sweeps", "sweep file"))
     done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs)
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
           f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
@@ -52,10 +53,12 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_limit(args) -> int:
+    from .config import find_config
     from .pruning_limit import limit
 
     overrides = {"probes": args.probes, "iters": args.iters, "hessian_samples": args.hessian_samples, "scan": args.scan}
-    result = limit(args.target, args.out, overrides, quiet=args.quiet)
+    target = find_config(args.target, "limit", "configuration")
+    result = limit(target, args.out, overrides, quiet=args.quiet)
     sp = result["spectrum"]
     print(
         f"spectrum: λ_max {sp['lambda_max']:.4g}, λ_min {sp['lambda_min']:.4g}, trace {sp['trace']:.4g} "
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train, prune and compact one configuration into a run directory")
-    r.add_argument("config", help="a TOML run configuration")
+    r.add_argument("config", help="a TOML run configuration, or the name of one equiprune ships: equiprune-best, ...")
     r.add_argument("--out", required=True, help="the run directory to write")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_reproduce)
 
     sw = sub.add_parser("sweep", help="run methods x budgets x seeds into one results store, then report")
-    sw.add_argument("sweep", help="a TOML sweep file, e.g. configs/sweeps/mnist_mlp_neurons.toml")
+    sw.add_argument("sweep", help="a TOML sweep file, or the name of one equiprune ships: mnist_mlp_neurons, ...")
     sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -121,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     lim = sub.add_parser(
         "limit", help="predict (Hessian spectrum) and measure how far a trained model prunes in one shot"
     )
-    lim.add_argument("target", help="a run directory, or a config to train first (into OUT/run)")
+    lim.add_argument(
+        "target",
+        help="a run directory, a config to train first (into OUT/run), or the name of "
+        "one equiprune ships: fc_mnist, ...",
+    )
     lim.add_argument("--out", required=True, help="directory for limit.json and the plots")
     lim.add_argument("--probes", type=int, help="SLQ probe vectors (default: [limit] probes, else 4)")
     lim.add_argument("--iters", type=int, help="Lanczos steps per probe (default 128)")

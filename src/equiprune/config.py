@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import tomllib
 import types
 import typing
@@ -329,6 +330,26 @@ def shipped_config(*parts: str) -> Path:
     for part in parts:  # one at a time: an editable install's package root takes no more
         path = path / part
     return Path(path)
+
+
+def find_config(arg: str | Path, shipped_dir: str, what: str) -> Path:
+    """The file ``arg`` names, if it exists; else the configuration of that name that equiprune
+    ships in ``configs/<shipped_dir>/``, so that ``mnist_mlp_neurons`` (or the path
+    ``configs/sweeps/mnist_mlp_neurons.toml`` written as in a clone of the repository) also works
+    where equiprune was installed with pip."""
+    path = Path(arg)
+    if path.exists():
+        return path
+    shipped = shipped_config(shipped_dir, path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if shipped.is_file():
+        print(
+            f"equiprune: {arg} is not a file here; using the {what} shipped with equiprune: {shipped}", file=sys.stderr
+        )
+        return shipped
+    names = sorted(p.stem for p in shipped_config(shipped_dir).glob("*.toml"))
+    raise ConfigError(
+        f"{what} {arg} does not exist, and equiprune ships no {what} of that name (it ships: {', '.join(names)})"
+    )
 
 
 def parse_config(text: str, source: str = "<config>") -> RunConfig:
