@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import equiprune
 from equiprune.cli import main
 from equiprune.config import RunConfig, dump_toml, find_config, load_config, parse_config, shipped_config
 from equiprune.errors import ConfigError
@@ -131,3 +132,10 @@ def test_a_config_argument_is_a_file_here_else_a_shipped_configuration_of_that_n
     assert main(["sweep", "mnist_mlp_neuron", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "equiprune: error: sweep file mnist_mlp_neuron does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_says_its_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"equiprune {equiprune.__version__}" != "equiprune 0+unknown"

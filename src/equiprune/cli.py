@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import __version__
 from .errors import EquipruneError
 
 
@@ -89,6 +90,7 @@ def _cmd_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune", description="Equilibrium-driven pruning of PyTorch networks.")
+    p.add_argument("--version", action="version", version=f"equiprune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train, prune and compact one configuration into a run directory")
