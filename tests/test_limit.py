@@ -255,3 +255,12 @@ def test_lenet5_trains_under_lomp_and_saves_its_trained_state(tmp_path, data_roo
     state = torch.load(tmp_path / "run" / "trained_state.pt")
     assert state["0.weight"].shape == (6, 1, 5, 5)
     assert results["params_before"] == 61706 and results["kept_fraction"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_a_bad_command_line_setting_fails_before_any_training(tmp_path, data_root, capsys):
+    config = tmp_path / "lomp.toml"
+    config.write_text(LIMIT_CONFIG.format(root=data_root))
+    out = tmp_path / "limit"
+    assert main(["limit", str(config), "--out", str(out), "--quiet", "--probes", "0"]) == 2
+    assert "limit.probes" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written

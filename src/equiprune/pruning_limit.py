@@ -177,6 +177,8 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     from .train import load_run_splits, resolve_device, run
 
     target, out = Path(target), Path(out)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    dataclasses.replace(LimitConfig(), **overrides)  # a bad override fails here, not after the training
     settings = None
     if target.is_dir():
         run_dir = RunDir(target)
@@ -192,8 +194,7 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
         raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
     cfg, model = load_trained(run_dir)
     settings = settings or cfg.limit or LimitConfig()
-    if overrides:
-        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    settings = dataclasses.replace(settings, **overrides)
     d = cfg.data
     train, test = load_run_splits(d, resolve_device(cfg.device))
     method = cfg.method.build()
