@@ -127,10 +127,10 @@ def test_a_config_argument_is_a_file_here_else_a_shipped_configuration_of_that_n
     assert find_config("equiprune-best", "game_mnist", "configuration") == shipped_config(
         "game_mnist", "equiprune-best.toml"
     )
-    with pytest.raises(ConfigError, match=r"sweep file mnist_mlp_neuron does not exist.*ships: .*mnist_mlp_neurons"):
+    with pytest.raises(ConfigError, match=r"mnist_mlp_neuron does not exist, .* no sweep file .*: .*mnist_mlp_neurons"):
         find_config("mnist_mlp_neuron", "sweeps", "sweep file")
     assert main(["sweep", "mnist_mlp_neuron", "--out", str(tmp_path / "out"), "--quiet"]) == 2
-    assert "equiprune: error: sweep file mnist_mlp_neuron does not exist" in capsys.readouterr().err
+    assert "equiprune: error: mnist_mlp_neuron does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

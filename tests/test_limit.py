@@ -240,7 +240,8 @@ def test_limit_command_end_to_end(tmp_path, data_root, capsys):
 
 def test_limit_refuses_what_it_cannot_analyse(tmp_path, data_root, capsys):
     assert main(["limit", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
-    assert "neither a run directory nor a configuration file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing does not exist, and equiprune ships no configuration of that name (it ships: fc_fashion" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["limit", str(empty), "--out", str(tmp_path / "o")]) == 2

@@ -348,7 +348,7 @@ def find_config(arg: str | Path, shipped_dir: str, what: str) -> Path:
         return shipped
     names = sorted(p.stem for p in shipped_config(shipped_dir).glob("*.toml"))
     raise ConfigError(
-        f"{what} {arg} does not exist, and equiprune ships no {what} of that name (it ships: {', '.join(names)})"
+        f"{arg} does not exist, and equiprune ships no {what} of that name (it ships: {', '.join(names)})"
     )
 
 
