@@ -97,5 +97,6 @@ budget = 0.5
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), small(x), rtol=1e-4, atol=1e-5)
     assert (run_dir / "export" / "model.onnx").stat().st_size > 0
-    assert main(["export", str(run_dir), "--batch-sizes", "0"]) == 2
-    assert "--batch-sizes" in capsys.readouterr().err
+    for flag, bad in (("--batch-sizes", "0"), ("--batch-sizes", "1,x"), ("--batch-sizes", ","), ("--repeats", "0")):
+        assert main(["export", str(run_dir), flag, bad]) == 2
+        assert f"equiprune: error: {flag}" in capsys.readouterr().err
