@@ -178,13 +178,16 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
 
     target, out = Path(target), Path(out)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    dataclasses.replace(LimitConfig(), **overrides)  # a bad override fails here, not after the training
+
+    def resolved(configured: LimitConfig | None) -> LimitConfig:  # [limit], else defaults; then the flags
+        return dataclasses.replace(configured or LimitConfig(), **overrides)
+
     settings = None
     if target.is_dir():
         run_dir = RunDir(target)
     elif target.is_file():
         cfg = load_config(target)
-        settings = cfg.limit
+        settings = resolved(cfg.limit)  # a bad flag fails here, before the training
         run_dir = RunDir(out / "run")
         if not run_dir.is_finished():
             # [limit] does not shape the training: keep it out of the run, so editing it never
@@ -193,8 +196,7 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     else:
         raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
     cfg, model = load_trained(run_dir)
-    settings = settings or cfg.limit or LimitConfig()
-    settings = dataclasses.replace(settings, **overrides)
+    settings = settings or resolved(cfg.limit)
     d = cfg.data
     train, test = load_run_splits(d, resolve_device(cfg.device))
     method = cfg.method.build()
