@@ -1,5 +1,12 @@
 """Lanes of work in worker processes: every item once, a lane's items in order, errors raised."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,3 +51,38 @@ def test_an_error_in_a_worker_is_raised_here():
         run_lanes(fails_on_five, [[1, 2], [5], [6]], 2, lambda *_: None)
     with pytest.raises(ConfigError, match="--jobs"):
         run_lanes(square, [[1]], 0, lambda *_: None)
+
+
+def report_pid_and_wait(folder: str) -> None:
+    (Path(folder) / str(os.getpid())).touch()
+    time.sleep(120)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_end_when_the_sweep_process_is_killed(tmp_path, sig):
+    script = (
+        "from equiprune.parallel import run_lanes\n"
+        "from tests.test_parallel import report_pid_and_wait\n"
+        f"run_lanes(report_pid_and_wait, [[{str(tmp_path)!r}], [{str(tmp_path)!r}]], 2, lambda *_: None)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2:  # both workers are inside an item
+        assert parent.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.1)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    parent.send_signal(sig)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), f"workers {workers} outlived their parent killed by {sig.name}"

@@ -11,8 +11,10 @@ setting still wins inside it.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -84,9 +86,21 @@ def _next_event(events, futures) -> tuple[int, int, Any]:
 def _init_worker(threads: int, events) -> None:
     global _EVENTS
     _EVENTS = events
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _exit_with_parent() -> None:
+    """End this worker as soon as the parent process is gone. A parent killed by a signal it cannot
+    handle (SIGKILL, or SIGTERM from a job scheduler) never terminates its workers, and they would go
+    on training for nobody, holding the cores and the run directories; the runs they leave resume
+    from their last checkpoint, as after any kill."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
 
 
 def _run_lane(fn: Callable[[T], Any], lane: list[T], index: int) -> None:
