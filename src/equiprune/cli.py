@@ -80,11 +80,11 @@ def _cmd_export(args) -> int:
     from .export import export_run, speed_markdown
 
     parts = [v.strip() for v in args.batch_sizes.split(",") if v.strip()]
-    if not parts or not all(v.isdigit() and int(v) >= 1 for v in parts):
+    sizes = [int(v) for v in parts if v.isdigit()]
+    if not sizes or len(sizes) < len(parts) or min(sizes) < 1:
         raise EquipruneError(f"--batch-sizes: expected comma-separated integers >= 1, got {args.batch_sizes!r}")
     if args.repeats < 1:
         raise EquipruneError(f"--repeats: expected a number of timed passes >= 1, got {args.repeats}")
-    sizes = [int(v) for v in parts]
     report = export_run(args.run, onnx=args.onnx, batch_sizes=sizes, repeats=args.repeats)
     print(speed_markdown(report))
     print("wrote " + ", ".join(report["files"]) + f", {args.run}/speed.json and speed.md")
