@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import equiprune
-from equiprune.cli import main
+from equiprune.cli import _config_path, main
 from equiprune.config import RunConfig, dump_toml, find_config, load_config, parse_config, shipped_config
 from equiprune.errors import ConfigError
 from equiprune.sweep import load_sweep
@@ -123,7 +123,11 @@ def test_a_config_argument_is_a_file_here_else_a_shipped_configuration_of_that_n
     shipped = shipped_config("sweeps", "mnist_mlp_neurons.toml")
     for arg in ("mnist_mlp_neurons", "mnist_mlp_neurons.toml", "configs/sweeps/mnist_mlp_neurons.toml"):
         assert find_config(arg, "sweeps", "sweep file") == shipped
+        assert capsys.readouterr().err == ""  # the library says nothing; the command line does
+        assert _config_path(arg, "sweeps", "sweep file") == shipped
         assert f"using the sweep file shipped with equiprune: {shipped}" in capsys.readouterr().err
+    assert _config_path(str(own), "sweeps", "sweep file") == own
+    assert capsys.readouterr().err == ""
     assert find_config("equiprune-best", "game_mnist", "configuration") == shipped_config(
         "game_mnist", "equiprune-best.toml"
     )

@@ -10,11 +10,23 @@ from . import __version__
 from .errors import EquipruneError
 
 
+def _config_path(arg: str, shipped_dir: str, what: str):
+    """``config.find_config``, saying on stderr when the file used is one equiprune ships."""
+    from pathlib import Path
+
+    from .config import find_config
+
+    path = find_config(arg, shipped_dir, what)
+    if path != Path(arg):
+        print(f"equiprune: {arg} is not a file here; using the {what} shipped with equiprune: {path}", file=sys.stderr)
+    return path
+
+
 def _cmd_run(args) -> int:
-    from .config import find_config, load_config
+    from .config import load_config
     from .train import run
 
-    cfg = load_config(find_config(args.config, "game_mnist", "configuration"))
+    cfg = load_config(_config_path(args.config, "game_mnist", "configuration"))
     results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
     print(json.dumps(results, indent=2))
     return 0
@@ -32,11 +44,10 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .config import find_config
     from .frontier import write_report
     from .sweep import load_sweep, run_sweep
 
-    sweep = load_sweep(find_config(args.sweep, "sweeps", "sweep file"))
+    sweep = load_sweep(_config_path(args.sweep, "sweeps", "sweep file"))
     done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs)
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
           f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
@@ -54,11 +65,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_limit(args) -> int:
-    from .config import find_config
     from .pruning_limit import limit
 
     overrides = {"probes": args.probes, "iters": args.iters, "hessian_samples": args.hessian_samples, "scan": args.scan}
-    target = find_config(args.target, "limit", "configuration")
+    target = _config_path(args.target, "limit", "configuration")
     result = limit(target, args.out, overrides, quiet=args.quiet)
     sp = result["spectrum"]
     print(

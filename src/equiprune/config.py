@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 import tomllib
 import types
 import typing
@@ -336,15 +335,13 @@ def find_config(arg: str | Path, shipped_dir: str, what: str) -> Path:
     """The file ``arg`` names, if it exists; else the configuration of that name that equiprune
     ships in ``configs/<shipped_dir>/``, so that ``mnist_mlp_neurons`` (or the path
     ``configs/sweeps/mnist_mlp_neurons.toml`` written as in a clone of the repository) also works
-    where equiprune was installed with pip."""
+    where equiprune was installed with pip. Says nothing: the command line tells the user which file
+    it used (a library caller can compare the answer with ``arg``)."""
     path = Path(arg)
     if path.exists():
         return path
     shipped = shipped_config(shipped_dir, path.name if path.suffix == ".toml" else f"{path.name}.toml")
     if shipped.is_file():
-        print(
-            f"equiprune: {arg} is not a file here; using the {what} shipped with equiprune: {shipped}", file=sys.stderr
-        )
         return shipped
     names = sorted(p.stem for p in shipped_config(shipped_dir).glob("*.toml"))
     raise ConfigError(
