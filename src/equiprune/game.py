@@ -58,8 +58,8 @@ class GameSettings:
       norms where the activation allows it exactly (ReLU family; see ``compact.rebalance``), which
       gives fine-tuning a well-scaled start; ``"consumer"`` leaves the fold as it is. Which is
       better depends on the set-up, so measure: balanced lifted the MLP's fine-tuning (β 0.05,
-      Adam or SGD; docs/equilibrium.md), consumer did better on LeNet-5 (β 0, Adam; +0.13 to
-      +0.37 points on each of 5 seeds; docs/players-and-compaction.md).
+      Adam or SGD; with consumer, SGD at lr 0.05 left the MLPs at chance), consumer did better on
+      LeNet-5 (β 0, Adam; +0.13 to +0.37 points on each of 5 seeds; docs/players-and-compaction.md).
     - ``cost_weighting``: ``"uniform"`` (the paper's) charges every player the same L1 cost γ;
       ``"macs"`` charges each γ times the multiply-accumulates it accounts for, relative to the mean
       player's, so that cheap players (a fully connected neuron) are kept before expensive ones (a
