@@ -189,6 +189,29 @@ def test_a_sweep_directory_refuses_a_changed_plan(tmp_path, data_root):
     assert "lr = 0.01" in (out / "runs" / "scratch" / "budget=0.5" / "seed0" / "config.toml").read_text()
 
 
+def test_only_runs_the_named_labels_and_the_report_still_covers_the_whole_sweep(tmp_path, data_root, capsys):
+    methods = '[[methods]]\nname = "scratch"\ntrain = { finetune_epochs = 0 }\n[[methods]]\nname = "random"\n'
+    out = tmp_path / "out"
+    first = load_sweep(_write(tmp_path, _sweep_text(data_root, methods, budgets="[0.5]")))
+    assert run_sweep(first, out, quiet=True)["ran"] == 2
+    # two more seeds, spent on one label: the other's new runs wait
+    more = _write(tmp_path, _sweep_text(data_root, methods, budgets="[0.5]", seeds="[0, 1, 2]"), "more.toml")
+    done = run_sweep(load_sweep(more), out, quiet=True, only=("scratch",))
+    assert done == {"ran": 2, "resumed": 0, "skipped": 2, "failed": 0, "left": 2}
+    with ResultStore(out / "results.sqlite") as store:
+        stored = sorted(r["run_id"] for r in store.rows())
+    assert stored == ["random/budget=0.5/seed0"] + [f"scratch/budget=0.5/seed{s}" for s in range(3)]
+    write_report(out)
+    seeds = {r["method"]: r["seeds"] for r in json.loads((out / "frontier.json").read_text())}
+    assert seeds == {"scratch": 3, "random": 1}
+    with pytest.raises(ConfigError, match=r"--only 'scrach': the sweep has no method labelled so"):
+        run_sweep(load_sweep(more), out, quiet=True, only=("scrach",))
+    # the command line says what is left; without --only the rest runs
+    assert main(["sweep", str(more), "--out", str(out), "--quiet", "--only", "scratch"]) == 0
+    assert "(0 ran, 0 resumed, 4 already done, 0 failed, 2 of other labels left to run)" in capsys.readouterr().out
+    assert run_sweep(load_sweep(more), out, quiet=True) == {"ran": 2, "resumed": 0, "skipped": 4, "failed": 0}
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

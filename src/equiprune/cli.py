@@ -48,9 +48,10 @@ def _cmd_sweep(args) -> int:
     from .sweep import load_sweep, run_sweep
 
     sweep = load_sweep(_config_path(args.sweep, "sweeps", "sweep file"))
-    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs)
+    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs, only=tuple(args.only))
+    left = f", {done['left']} of other labels left to run" if done.get("left") else ""
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
-          f"{done['skipped']} already done, {done['failed']} failed)")  # fmt: skip
+          f"{done['skipped']} already done, {done['failed']} failed{left})")  # fmt: skip
     print(f"wrote {write_report(args.out)}")
     return 0
 
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
     sw.add_argument("--rerun", action="append", default=[], metavar="LABEL",
                     help="discard the stored runs of this method label and run them again (repeatable)")  # fmt: skip
+    sw.add_argument("--only", action="append", default=[], metavar="LABEL",
+                    help="run only this method label's pending runs (repeatable); the report covers the "
+                         "whole sweep")  # fmt: skip
     sw.set_defaults(func=_cmd_sweep)
 
     rep = sub.add_parser("report", help="write report.md, frontier.json and plots for a sweep directory")

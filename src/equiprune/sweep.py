@@ -159,21 +159,30 @@ def _same_run(out: Path, planned: PlannedRun) -> bool:
 
 
 def run_sweep(
-    sweep: Sweep, out: str | Path, quiet: bool = False, rerun: tuple[str, ...] = (), jobs: int = 1
+    sweep: Sweep,
+    out: str | Path,
+    quiet: bool = False,
+    rerun: tuple[str, ...] = (),
+    jobs: int = 1,
+    only: tuple[str, ...] = (),
 ) -> dict[str, int]:
     """Run every planned run not yet in the store; returns counts of runs done and skipped.
 
     ``rerun``: labels whose stored runs (rows and run directories) are discarded first, to run a
     method again after changing its settings in the sweep file.
+    ``only``: run the pending runs of these labels alone (``left`` counts the others' pending
+    runs, which a later call runs). The plan, and so the report, stays the whole sweep: after
+    adding seeds to a sweep file, ``only`` spends them on the comparisons in question.
     ``jobs``: runs at once, each in its own process (``parallel.run_lanes``); runs that share a
     training phase stay in one lane, in order (:func:`lanes`)."""
     check_jobs(jobs)
     out = Path(out)
     done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
     labels = {r.label for r in sweep.runs}
-    for label in rerun:
-        if label not in labels:
-            raise ConfigError(f"--rerun {label!r}: the sweep has no method labelled so; labels: {sorted(labels)}")
+    for option, given in (("--rerun", rerun), ("--only", only)):
+        for label in given:
+            if label not in labels:
+                raise ConfigError(f"{option} {label!r}: the sweep has no method labelled so; labels: {sorted(labels)}")
     with ResultStore(out / "results.sqlite") as store:
         for label in rerun:
             store.forget(label)
@@ -190,7 +199,12 @@ def run_sweep(
                                            "runs": [r.run_id for r in sweep.runs]})  # fmt: skip
         pending = [r for r in sweep.runs if store.config_hash(r.run_id) is None]
     done["skipped"] = len(sweep.runs) - len(pending)
-    bar = tqdm(total=len(sweep.runs), initial=done["skipped"], desc=f"sweep {sweep.name}", unit="run", disable=quiet)
+    if only:
+        selected = [r for r in pending if r.label in only]
+        done["left"] = len(pending) - len(selected)
+        pending = selected
+    total = done["skipped"] + len(pending)
+    bar = tqdm(total=total, initial=done["skipped"], desc=f"sweep {sweep.name}", unit="run", disable=quiet)
 
     def ended(planned: PlannedRun, how: tuple[str, ...]) -> None:
         for key in how:
