@@ -218,6 +218,46 @@ def test_newton_records_per_example_gradients_only_for_steps_the_game_plays_also
         assert [step(method, gated) for _ in range(4 - done)] == expected
 
 
+def test_an_anchored_game_resumed_from_a_checkpoint_continues_exactly():
+    """The participations of an anchored game live in the method, not in the gates (which hold the
+    0/1 profile): a checkpoint must carry them, or a resumed run would restart every player at 1."""
+    from equiprune.methods import build_method
+    from equiprune.models import mlp
+
+    settings = {"update": "newton", "anchored": True, "gamma": 0.003, "lr_s": 0.2}
+    torch.manual_seed(0)
+    batches = [(torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 1, 0])) for _ in range(5)]
+
+    def build(model):
+        method = build_method("game", settings=settings)
+        gated = method.prepare(model)
+        method.before_run(gated, steps_per_epoch=5, epochs=1)
+        return method, gated
+
+    def step(method, gated, batch):
+        gated.zero_grad()
+        torch.nn.functional.cross_entropy(gated(batch[0]), batch[1]).backward()
+        method.after_step(gated)
+
+    model = mlp(input_shape=(4,), hidden=(6,), num_classes=2)
+    copy = mlp(input_shape=(4,), hidden=(6,), num_classes=2)
+    copy.load_state_dict(model.state_dict())
+    method, gated = build(model)
+    for batch in batches[:3]:
+        step(method, gated, batch)
+    saved, gates = torch.load(_saved(method.state_dict()), weights_only=False), gated.gates[0].detach().clone()
+    assert ((gates == 0) | (gates == 1)).all() and gates.sum() > 1
+    assert ((method._strategies[0] > 0) & (method._strategies[0] < 1)).any()
+    resumed, gated2 = build(copy)
+    with torch.no_grad():
+        gated2.gates[0].copy_(gates)  # the trainer restores the gates with the model's state
+    resumed.load_state_dict(saved)
+    for batch in batches[3:]:
+        step(method, gated, batch)
+        step(resumed, gated2, batch)
+    torch.testing.assert_close(resumed._strategies[0], method._strategies[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("weighting", ["uniform", "width"])
 def test_cost_taper_scales_each_layers_l1_cost_by_its_mean_participation(weighting):
     """No benefit, no L2: one step lowers s by lr_s·γ·w·mean(s)^taper, group by group."""
@@ -343,19 +383,23 @@ def test_rewind_refuses_single_weight_players():
     gamma=st.floats(0, 1),
     eta=st.floats(0, 1),
     scale=st.floats(0, 1),
+    played=st.one_of(st.none(), st.sampled_from([0.0, 1.0])),
 )
 def test_undamped_newton_step_maximises_the_second_order_utility_on_a_grid(s0, g, fisher, sq, comp, beta, gamma,
-                                                                             eta, scale):  # fmt: skip
+                                                                             eta, scale, played):  # fmt: skip
     """With lr_s = 1 the step lands on the maximiser over [0,1] of U_i with the benefit taken to second
-    order, written out here independently as α(−g(s − s0) − ½F(s − s0)²) minus the costs."""
+    order about the point m where g and F were measured (s0 itself, or the profile an anchored game
+    played), written out here independently as α(−g(s − m) − ½F(s − m)²) minus the costs."""
     cfg = GameSettings(beta=beta, gamma=gamma, eta=eta, lr_s=1.0, update="newton", alpha=0.8)
     t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
     s = t(s0)
-    game.newton_step_(s, t(g), t(fisher), t(sq), t(comp), cfg, cost_scale=scale, gamma_weight=1.5)
+    m = s0 if played is None else played
+    game.newton_step_(s, t(g), t(fisher), t(sq), t(comp), cfg, cost_scale=scale, gamma_weight=1.5,
+                      played=None if played is None else t(played))  # fmt: skip
     grid = torch.linspace(0, 1, 4001, dtype=torch.float64)
 
     def u(v):
-        benefit = cfg.alpha * (-g * (v - s0) - 0.5 * fisher * (v - s0) ** 2)
+        benefit = cfg.alpha * (-g * (v - m) - 0.5 * fisher * (v - m) ** 2)
         return benefit - scale * (beta * sq * v**2 + 1.5 * gamma * v + eta * comp * v)
 
     assert 0.0 <= float(s) <= 1.0
@@ -375,6 +419,8 @@ def test_newton_steps_are_damped_and_move_players_with_little_fisher_information
     "settings_, needle",
     [(dict(update="newton", lr_s=2.0), r"method.lr_s: with update='newton' it is a damping in \(0, 1\]"),
      (dict(update="newton", benefit_grad="theta"), r"method.update = 'newton' .*benefit_grad = 'gated'"),
+     (dict(anchored=True), r"method.anchored: .*Fisher information: set update = 'newton'"),
+     (dict(anchored=True, update="newton", benefit_sign="as_written"), r"method.anchored: .*'loss_reduction'"),
      (dict(update="gradient"), r"method.update: got 'gradient', expected one of \['ascent', 'best_response', "
                                r"'newton'\]")],
 )  # fmt: skip

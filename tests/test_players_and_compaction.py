@@ -162,6 +162,22 @@ def test_balanced_folding_keeps_the_function_and_equalises_norms_where_exact(act
         torch.testing.assert_close(m[1].weight, plain.model[1].weight)
 
 
+def _per_example_gate_grads_then_batch_backward(method, gated, n=9):
+    """∂ℓ_n/∂s for each of ``n`` random examples of the 10-input, 3-class MLP, one backward each (the
+    recording hooks run, their result is cleared after); then the batch's backward, which leaves
+    the gate gradients and the per-example record that ``after_step`` reads."""
+    x, y = torch.randn(n, 10, dtype=torch.float64), torch.randint(0, 3, (n,))
+    per_example = []
+    for i in range(n):
+        gated.zero_grad()
+        torch.nn.functional.cross_entropy(gated(x[i : i + 1]), y[i : i + 1]).backward()
+        per_example.append([s.grad.clone() for s in gated.gates])
+    method._recorder.clear()
+    gated.zero_grad()
+    torch.nn.functional.cross_entropy(gated(x), y).backward()
+    return per_example
+
+
 def test_newton_after_step_divides_the_utility_gradient_by_fisher_plus_l2_curvature():
     """One step of ``update = 'newton'`` against a reference built from one backward per example."""
     torch.manual_seed(0)
@@ -171,15 +187,7 @@ def test_newton_after_step_divides_the_utility_gradient_by_fisher_plus_l2_curvat
     gated = method.prepare(model)
     _random_participations(gated, zero_fraction=0.0)
     method.before_run(gated, steps_per_epoch=1, epochs=1)
-    x, y = torch.randn(9, 10, dtype=torch.float64), torch.randint(0, 3, (9,))
-    per_example = []
-    for n in range(9):  # ∂ℓ_n/∂s, with the recording hooks running but their result cleared after
-        gated.zero_grad()
-        torch.nn.functional.cross_entropy(gated(x[n : n + 1]), y[n : n + 1]).backward()
-        per_example.append([s.grad.clone() for s in gated.gates])
-    method._recorder.clear()
-    gated.zero_grad()
-    torch.nn.functional.cross_entropy(gated(x), y).backward()
+    per_example = _per_example_gate_grads_then_batch_backward(method, gated)
     before = [s.detach().clone() for s in gated.gates]
     method.after_step(gated)
     cfg = GameSettings(**settings)
@@ -194,3 +202,37 @@ def test_newton_after_step_divides_the_utility_gradient_by_fisher_plus_l2_curvat
         expected = (s0 + cfg.lr_s * slope / (fisher + 2 * cfg.beta * sq)).clamp(0, 1)
         torch.testing.assert_close(s1.detach(), expected)
         assert not torch.allclose(expected, (s0 + cfg.lr_s * slope).clamp(0, 1))  # not the plain ascent step
+
+
+def test_an_anchored_step_plays_the_profile_and_moves_the_participations_on_its_second_order_model():
+    """``anchored``: the network runs with every alive player fully in and the rest out; g and F are
+    measured there (one backward per example here), the participations take the Newton step of the
+    loss's second-order model about that profile, and the gates then hold the next step's profile."""
+    torch.manual_seed(0)
+    model = mlp(input_shape=(10,), hidden=(7, 5), num_classes=3).double()
+    settings = {"beta": 0.1, "gamma": 0.05, "lr_s": 0.5, "update": "newton", "anchored": True, "epsilon": 0.05}
+    method = build_method("game", settings=settings)
+    gated = method.prepare(model)
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    strategies = [torch.tensor([0.9, 0.0, 0.3, 0.02, 1.0, 0.06, 0.5], dtype=torch.float64),
+                  torch.tensor([0.04, 0.7, 0.0, 1.0, 0.2], dtype=torch.float64)]  # fmt: skip
+    with torch.no_grad():
+        for s, gate, value in zip(method._strategies, gated.gates, strategies):
+            s.copy_(value)
+            gate.copy_(value >= 0.05)  # the profile the network plays
+    per_example = _per_example_gate_grads_then_batch_backward(method, gated)
+    method.after_step(gated)
+    cfg = GameSettings(**settings)
+    for i, (group, s0) in enumerate(zip(gated.groups, strategies)):
+        grads = torch.stack([p[i] for p in per_example])
+        g, fisher = grads.mean(0), (grads**2).mean(0)
+        theta = torch.cat([group.producer.weight.detach(), group.producer.bias.detach()[:, None]], 1)
+        sq = (theta**2).sum(1)
+        played = (s0 >= 0.05).double()
+        slope = -g - fisher * (s0 - played) - 2 * cfg.beta * sq * s0 - cfg.gamma
+        expected = (s0 + cfg.lr_s * slope / (fisher + 2 * cfg.beta * sq)).clamp(0, 1)
+        torch.testing.assert_close(method._strategies[i], expected)
+        torch.testing.assert_close(gated.gates[i].detach(), (expected >= 0.05).double())
+    metrics = method.epoch_metrics(gated)  # the strategies, not the 0/1 profile, are what is reported
+    assert metrics["players_alive"] == int(sum((s >= 0.05).sum() for s in method._strategies))
+    assert metrics["undecided_fraction"] > 0

@@ -63,6 +63,22 @@ def test_a_newton_run_trains_dense_first_then_prunes_and_compacts(tmp_path, data
     assert not any(m._forward_pre_hooks for m in model.modules())
 
 
+def test_an_anchored_run_keeps_its_survivors_at_full_strength_while_the_others_leave(tmp_path, data_root):
+    """``anchored``: players leave over the game's epochs, the network plays the survivors fully in
+    (its test accuracy holds during the game instead of sinking with the participations), and the
+    metrics report the participations themselves, most of them between 0 and 1."""
+    extra = 'update = "newton"\nanchored = true\nstart = 0.25\nlr_s = 0.05\ncost_weighting = "width"'
+    text = small_config(data_root, epochs=5, finetune=1, train_subset=3000, gamma=0.03).replace("lr_s = 0.02\n", "")
+    results = run(parse_config(text + extra), tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    alive = [r["players_alive"] for r in rows[:4]]
+    assert alive[0] == 96 and alive[1] > alive[2] > alive[3] > 0  # dense start, then a gradual exit
+    assert rows[3]["test_accuracy"] >= rows[1]["test_accuracy"] - 0.01
+    assert rows[3]["undecided_fraction"] > 0.05  # a survivor's participation is its margin over its cost
+    assert sum(results["neurons_kept"].values()) == alive[3] and results["warnings"] == []
+    assert results["test_accuracy"] > 0.8
+
+
 def test_a_run_pins_its_thread_count_records_it_and_restores_the_callers(tmp_path, data_root):
     before = torch.get_num_threads()
     pinned = 1 if before != 1 else 2

@@ -76,6 +76,12 @@ class GameSettings:
       (their initialisation), with participation 1, as in a lottery ticket: the game only chooses
       who stays, and the fine-tuning epochs train the survivors from their starting point (measured
       against the game's own weights in docs/equilibrium.md).
+    - ``anchored``: the network plays the profile m (every alive player, s_i >= epsilon, in at full
+      strength, the others out) instead of the participations themselves, and each player's
+      benefit is read off the loss's second-order model about m: −g_i − F_i·(s_i − m_i), F_i the
+      Fisher information (so it needs ``update = "newton"``). A player then stays while what the
+      examples lose without it, F_i − g_i, exceeds its costs, and the survivors keep training at
+      full strength while the others leave, so they carry trained weights into fine-tuning.
     """
 
     alpha: float = 1.0
@@ -93,6 +99,7 @@ class GameSettings:
     cost_weighting: Literal["uniform", "macs", "width"] = "uniform"
     rewind: bool = False
     cost_taper: float = 0.0
+    anchored: bool = False
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
@@ -113,6 +120,11 @@ class GameSettings:
             raise ConfigError(
                 "method.update = 'newton' scales each step by the Fisher information of the loss in s_i, "
                 "which belongs to the gated gradient: set benefit_grad = 'gated'"
+            )
+        if self.anchored and (self.update != "newton" or self.benefit_sign != "loss_reduction"):
+            raise ConfigError(
+                "method.anchored: the benefit is the loss's second-order model, whose curvature is the Fisher "
+                "information: set update = 'newton' (and benefit_sign = 'loss_reduction')"
             )
         for name, allowed in (
             ("benefit_sign", ("loss_reduction", "as_written")),
@@ -269,6 +281,7 @@ def newton_step_(
     cfg: GameSettings,
     cost_scale: float = 1.0,
     gamma_weight: float = 1.0,
+    played: torch.Tensor | None = None,
 ) -> None:
     """In place: s ← Π_[0,1](s + lr_s·(∂U_i/∂s_i)/(αF_i + 2β‖θ_i‖²)).
 
@@ -276,9 +289,15 @@ def newton_step_(
     (F the empirical Fisher, the usual stand-in for the Hessian of a log-likelihood), U_i is a
     concave quadratic in s_i and this is a damped step to its maximiser on [0,1]: with lr_s = 1
     it lands on it. ``gamma_weight`` scales γ for this group (``cost_weighting``); ``sq_norms`` and
-    ``comp`` may be 0 when β and η are (the terms are then not computed)."""
+    ``comp`` may be 0 when β and η are (the terms are then not computed).
+
+    ``played``: the profile m the network played when g and F were measured (``anchored``), if
+    not s itself; the second-order model about m then adds −αF_i(s_i − m_i) to the benefit's slope.
+    """
     cost_grad = 2 * cfg.beta * sq_norms * s + cfg.gamma * gamma_weight + cfg.eta * comp
     slope = cfg.alpha * cfg.sign * g - cost_scale * cost_grad
+    if played is not None:
+        slope = slope - cfg.alpha * fisher * (s - played)
     curvature = cfg.alpha * fisher + 2 * cost_scale * cfg.beta * sq_norms
     s.add_(cfg.lr_s * slope / curvature.clamp_min(MIN_CURVATURE)).clamp_(0.0, 1.0)
 

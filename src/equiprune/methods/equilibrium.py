@@ -38,6 +38,7 @@ class EquilibriumPruner(Method):
         self._gamma_weights: list[float] | None = None  # per group, unless cost_weighting = "uniform"
         self._initial: dict[str, torch.Tensor] | None = None  # the weights to rewind to (rewind = true)
         self._recorder: PerExampleGateGrads | None = None  # per-example gate gradients (update = "newton")
+        self._strategies: list[torch.Tensor] | None = None  # anchored: the participations; the gates play m
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -65,6 +66,8 @@ class EquilibriumPruner(Method):
         self._ramp_steps = self.settings.cost_ramp * (total - self._start_steps)
         self._step = 0
         self._gamma_weights = None
+        if self.settings.anchored:  # a resumed run replaces these with its checkpoint's
+            self._strategies = [s.detach().clone() for s in trained.gates]
         if self.settings.cost_weighting == "width":  # player-weighted mean of the weights is 1
             sizes = [s.numel() for s in trained.gates]
             self._gamma_weights = [sum(sizes) / len(sizes) / n for n in sizes]
@@ -87,11 +90,12 @@ class EquilibriumPruner(Method):
         return min(1.0, max(0.0, played / self._ramp_steps)) if self._ramp_steps > 0 else 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step, "initial": self._initial}
+        return {"step": self._step, "initial": self._initial, "strategies": self._strategies}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
         self._initial = state.get("initial")
+        self._strategies = state.get("strategies")
         self._sync_recording()
 
     def _sync_recording(self) -> None:
@@ -109,12 +113,13 @@ class EquilibriumPruner(Method):
         if self._step <= self._start_steps:  # still training dense: participations stay at 1
             return
         scale = self.cost_scale()
-        gates = list(trained.gates)
+        gates = list(trained.gates)  # what the network played: the participations, or m if anchored
         if isinstance(trained, WeightGatedModel):
             gs, sqs, comps = self._weight_terms(trained, gates)
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
-        weights = self._tapered(self._gamma_weights, gates)
+        strategies = self._strategies if cfg.anchored else gates
+        weights = self._tapered(self._gamma_weights, strategies)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
             return
@@ -122,11 +127,14 @@ class EquilibriumPruner(Method):
         if cfg.update == "newton":
             fishers = self._recorder.fisher()  # of this step's batch, recorded during its backward
             self._recorder.clear()
-        for i, s in enumerate(gates):  # group by group: damped best response, or its Newton form
+        for i, s in enumerate(strategies):  # group by group: damped best response, or its Newton form
             sq = sqs[i] if sqs else 0.0
             comp = comps[i] if comps else 0.0
             weight = 1.0 if weights is None else weights[i]
-            if fishers is not None:
+            if cfg.anchored:
+                game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight, played=gates[i])
+                gates[i].copy_(s >= cfg.epsilon)  # the profile the next step plays
+            elif fishers is not None:
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
             else:
                 group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weight)
@@ -167,7 +175,8 @@ class EquilibriumPruner(Method):
         return gs, sqs, comps
 
     def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
-        s_all = torch.cat([s.detach().flatten() for s in trained.gates]).float().cpu()
+        strategies = self._strategies if self._strategies is not None else list(trained.gates)
+        s_all = torch.cat([s.detach().flatten() for s in strategies]).float().cpu()
         eps = self.settings.epsilon
         hist = torch.histc(s_all, bins=HISTOGRAM_BINS, min=0.0, max=1.0)
         return {
@@ -175,7 +184,7 @@ class EquilibriumPruner(Method):
             "players_alive": int((s_all >= eps).sum()),
             "alive_fraction": float((s_all >= eps).float().mean()),
             "alive_per_layer": {
-                name: int((s.detach() >= eps).sum()) for name, s in zip(self._names(trained), trained.gates)
+                name: int((s.detach() >= eps).sum()) for name, s in zip(self._names(trained), strategies)
             },
             "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
             "participation_histogram": [int(c) for c in hist.tolist()],
