@@ -66,7 +66,7 @@ def test_a_newton_run_trains_dense_first_then_prunes_and_compacts(tmp_path, data
 def test_an_anchored_run_keeps_its_survivors_at_full_strength_while_the_others_leave(tmp_path, data_root):
     """``anchored``: players leave over the game's epochs, the network plays the survivors fully in
     (its test accuracy holds during the game instead of sinking with the participations), and the
-    metrics report the participations themselves, most of them between 0 and 1."""
+    metrics report the participations themselves, many of them between 0 and 1."""
     extra = 'update = "newton"\nanchored = true\nstart = 0.25\nlr_s = 0.05\ncost_weighting = "width"'
     text = small_config(data_root, epochs=5, finetune=1, train_subset=3000, gamma=0.03).replace("lr_s = 0.02\n", "")
     results = run(parse_config(text + extra), tmp_path / "run", quiet=True)

@@ -118,7 +118,7 @@ class EquilibriumPruner(Method):
             gs, sqs, comps = self._weight_terms(trained, gates)
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
-        strategies = self._strategies if cfg.anchored else gates
+        strategies = self._participations(trained)
         weights = self._tapered(self._gamma_weights, strategies)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
@@ -174,8 +174,13 @@ class EquilibriumPruner(Method):
         comps = [w * ((s * w).sum() - s * w) for w, s in zip(weights, gates)] if cfg.eta > 0 else []
         return gs, sqs, comps
 
+    def _participations(self, trained) -> list[torch.Tensor]:
+        """The players' strategies: the gates themselves, or, when anchored, the participations the
+        method keeps beside the 0/1 profile the gates play."""
+        return self._strategies if self.settings.anchored else list(trained.gates)
+
     def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
-        strategies = self._strategies if self._strategies is not None else list(trained.gates)
+        strategies = self._participations(trained)
         s_all = torch.cat([s.detach().flatten() for s in strategies]).float().cpu()
         eps = self.settings.epsilon
         hist = torch.histc(s_all, bins=HISTOGRAM_BINS, min=0.0, max=1.0)
