@@ -1,19 +1,26 @@
 """Time a training step with the equilibrium pruner against the same step without it.
 
 Both steps run side by side in one process on the paper's MLP (784-512-256-10), batch 128, with
-the same optimizer, interleaved in short blocks so that machine noise hits both alike; the figure
-is the ratio of the medians. The last line printed is ``ratio=<game step time / plain step time>``
-for the paper's configuration (η = 0); lines above give it for the settings of ``equiprune-best``
-(``ratio_with_competition=``: competition cost on, γ weighted by layer width) and for the Newton
-update of the sweeps' ``game-newton`` (``ratio_newton=``: per-example gate gradients recorded in
-every backward pass for the Fisher information; timed with the game on from the first step).
+the same optimizer. Every variant is built ``--copies`` times (same seed, tensors in different
+places in memory: on a 2-core machine one instance alone can sit a few percent fast or slow), and
+each round times a block of steps of every instance in a shuffled order; a round's ratio is the
+mean game block over the mean plain block of that round, so drift hits both alike, and the figure
+is the median of the rounds' ratios. ``noise=`` is the same statistic for one plain instance
+against another: how far from 1 a ratio of two identical steps lands on this machine.
 
-    python benchmarks/step_overhead.py [--rounds 30] [--block 20]
+The last line printed is ``ratio=<game step time / plain step time>`` for the paper's
+configuration (η = 0); lines above give it for the settings of ``equiprune-best``
+(``ratio_best=``) and for the Newton update of the sweeps' ``game-newton`` (``ratio_newton=``:
+per-example gate gradients recorded in every backward pass for the Fisher information; timed with
+the game on from the first step).
+
+    python benchmarks/step_overhead.py [--rounds 40] [--block 20] [--copies 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -27,7 +34,7 @@ from equiprune.reproduce import bundled_config
 from equiprune.sweep import load_sweep
 
 PAPER = "game (l1-l2-combined, eta=0)"
-BEST = "game (equiprune-best, eta>0)"
+BEST = "game (equiprune-best)"
 NEWTON = "game (game-newton, update=newton)"
 
 
@@ -64,34 +71,53 @@ def time_block(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def round_ratios(times: dict[str, list[list[float]]], name: str, reference: str) -> list[float]:
+    """Per round: the mean block time of ``name``'s instances over that of ``reference``'s."""
+    return [statistics.fmean(a) / statistics.fmean(b) for a, b in zip(times[name], times[reference])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--block", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--copies", type=int, default=2, help="instances of every variant")
     args = ap.parse_args()
+    if args.rounds < 1 or args.block < 1 or args.copies < 2:
+        ap.error("--rounds and --block must be >= 1 and --copies >= 2 (noise= compares two plain instances)")
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    variants = {
-        "plain": make_step(None, x, y),
-        PAPER: make_step({"beta": 0.05, "gamma": 0.05}, x, y),
-        BEST: make_step(bundled_config("game-mnist", "equiprune-best").method.settings, x, y),
-        # the sweep's γ 0.2 (about 5% kept), with the game on from the first step instead of after
-        # the dense start, so that every timed step is a game step
-        NEWTON: make_step({**sweep_settings("mnist_mlp_neurons", "game-newton", "gamma=0.2"), "start": 0.0}, x, y),
+    settings = {
+        "plain": None,
+        PAPER: {"beta": 0.05, "gamma": 0.05},
+        # with the game on from the first step instead of after a dense start, so that every
+        # timed step is a game step
+        BEST: {**bundled_config("game-mnist", "equiprune-best").method.settings, "start": 0.0},
+        # the sweep's γ 0.2 (about 5% kept)
+        NEWTON: {**sweep_settings("mnist_mlp_neurons", "game-newton", "gamma=0.2"), "start": 0.0},
     }
-    for step in variants.values():  # warm-up: allocator, Adam state, kernels
+    instances = [(name, make_step(cfg, x, y)) for _ in range(args.copies) for name, cfg in settings.items()]
+    for _, step in instances:  # warm-up: allocator, Adam state, kernels
         time_block(step, args.block)
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = random.Random(0)
+    times: dict[str, list[list[float]]] = {name: [] for name in settings}
+    plain_copies: list[list[float]] = []  # per round, each plain instance's block time
     for _ in range(args.rounds):
-        for name, step in variants.items():
-            times[name].append(time_block(step, args.block))
-    med = {k: statistics.median(v) for k, v in times.items()}
+        measured = [(name, time_block(step, args.block)) for name, step in order.sample(instances, len(instances))]
+        for name in settings:
+            times[name].append([t for n, t in measured if n == name])
+        plain_copies.append([t for n, t in measured if n == "plain"])
+    ratios = {name: statistics.median(round_ratios(times, name, "plain")) for name in settings}
+    noise = statistics.median(ts[1] / ts[0] for ts in plain_copies)
+    plain_ms = 1e3 * statistics.median(statistics.fmean(ts) for ts in times["plain"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP 784-512-256-10, batch 128, "
-          f"{args.rounds} rounds x {args.block} steps, medians:")  # fmt: skip
-    for name, t in med.items():
-        print(f"  {name:<36} {1e3 * t:7.3f} ms/step   x{t / med['plain']:.3f}")
-    print(f"ratio_newton={med[NEWTON] / med['plain']:.3f}")
-    print(f"ratio_with_competition={med[BEST] / med['plain']:.3f}")
-    print(f"ratio={med[PAPER] / med['plain']:.3f}")
+          f"{args.rounds} rounds x {args.block} steps x {args.copies} instances; plain step {plain_ms:.3f} ms; "
+          "median over rounds of each round's ratio to the plain step:")  # fmt: skip
+    for name in settings:
+        q = statistics.quantiles(round_ratios(times, name, "plain"), n=4) if args.rounds > 1 else [ratios[name]] * 3
+        print(f"  {name:<36} x{ratios[name]:.3f}   (rounds' quartiles {q[0]:.3f}-{q[2]:.3f})")
+    print(f"noise={noise:.3f}")
+    print(f"ratio_newton={ratios[NEWTON]:.3f}")
+    print(f"ratio_best={ratios[BEST]:.3f}")
+    print(f"ratio={ratios[PAPER]:.3f}")
 
 
 if __name__ == "__main__":
