@@ -197,9 +197,9 @@ def competition(blocks: Sequence[torch.Tensor], s: torch.Tensor, sq_norms: torch
     """Σ_{j≠i} s_j⟨θ_i, θ_j⟩ = ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖², in O(n·d).
 
     Accumulating in place (``addmv_``) would save about 45 µs a step, but it sums in another order,
-    and at the costs of ``equiprune-best`` that alone moves which neurons survive (the same seeds kept
-    14, 15 and 15 neurons at 93.22% instead of 14, 17 and 15 at 93.53%; docs/equilibrium.md): the
-    documented results are reproduced with this expression."""
+    and at the costs of the former ``equiprune-best`` (η 0.05) that alone moves which neurons
+    survive (the same seeds kept 14, 15 and 15 neurons at 93.22% instead of 14, 17 and 15 at
+    93.53%; docs/equilibrium.md): the documented results are reproduced with this expression."""
     return sum(b @ (s @ b) for b in blocks) - s * sq_norms
 
 
