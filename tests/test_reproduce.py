@@ -45,6 +45,9 @@ def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path
         assert list(dense["neurons_kept"].values()) == list(best["neurons_kept"].values())
     md = (tmp_path / "summary.md").read_text()
     assert md == summary.markdown and "| l1-l2-combined |" in md and "91.54%" in md and "Targets for" in md
+    # How each configuration plays is in its row: the paper's ascent, equiprune-best's anchored Newton steps.
+    assert "| 0.001 | ascent |" in md and "| 0.01 | newton, anchored |" in md
+    assert (paper["update"], paper["anchored"]) == ("ascent", False) and rows[2]["update"] is None
 
     # Started again, it reuses every finished run instead of training anew.
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/seed*/results.json")}

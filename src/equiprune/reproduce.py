@@ -97,6 +97,8 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         "gamma": getattr(settings, "gamma", None),
         "eta": getattr(settings, "eta", None),
         "lr_s": getattr(settings, "lr_s", None),
+        "update": getattr(settings, "update", None),
+        "anchored": getattr(settings, "anchored", None),
         "test_accuracy_mean": acc_mean,
         "test_accuracy_std": acc_std,
         "neurons_kept_fraction_mean": kept_mean,
@@ -132,15 +134,16 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
         "",
         f"Mean ± standard deviation over {seeds} seed(s); the paper reports single runs.",
         "",
-        "| configuration | α | β | γ | η | lr_s | test accuracy | neurons kept | undecided (0.05–0.95) "
+        "| configuration | α | β | γ | η | lr_s | update | test accuracy | neurons kept | undecided (0.05–0.95) "
         "| paper: accuracy | paper: kept |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "–" if v is None else f"{v:g}"  # noqa: E731
     for r in rows:
+        update = "–" if r["update"] is None else r["update"] + (", anchored" if r["anchored"] else "")
         lines.append(
             f"| {r['config']} | {fmt(r['alpha'])} | {fmt(r['beta'])} | {fmt(r['gamma'])} | {fmt(r['eta'])} "
-            f"| {fmt(r['lr_s'])} | {_pct(r['test_accuracy_mean'])} ± {_pct(r['test_accuracy_std'])} "
+            f"| {fmt(r['lr_s'])} | {update} | {_pct(r['test_accuracy_mean'])} ± {_pct(r['test_accuracy_std'])} "
             f"| {_pct(r['neurons_kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
             f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_neurons_kept_fraction'))} |"
         )
