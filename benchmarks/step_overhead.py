@@ -98,21 +98,20 @@ def main() -> None:
     for _, step in instances:  # warm-up: allocator, Adam state, kernels
         time_block(step, args.block)
     order = random.Random(0)
-    times: dict[str, list[list[float]]] = {name: [] for name in settings}
-    plain_copies: list[list[float]] = []  # per round, each plain instance's block time
+    times: dict[str, list[list[float]]] = {name: [] for name in settings}  # per round, each instance's
     for _ in range(args.rounds):
         measured = [(name, time_block(step, args.block)) for name, step in order.sample(instances, len(instances))]
         for name in settings:
-            times[name].append([t for n, t in measured if n == name])
-        plain_copies.append([t for n, t in measured if n == "plain"])
-    ratios = {name: statistics.median(round_ratios(times, name, "plain")) for name in settings}
-    noise = statistics.median(ts[1] / ts[0] for ts in plain_copies)
+            times[name].append([t for n, t in measured if n == name])  # instances in their build order
+    per_round = {name: round_ratios(times, name, "plain") for name in settings}
+    ratios = {name: statistics.median(r) for name, r in per_round.items()}
+    noise = statistics.median(ts[1] / ts[0] for ts in times["plain"])
     plain_ms = 1e3 * statistics.median(statistics.fmean(ts) for ts in times["plain"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP 784-512-256-10, batch 128, "
           f"{args.rounds} rounds x {args.block} steps x {args.copies} instances; plain step {plain_ms:.3f} ms; "
           "median over rounds of each round's ratio to the plain step:")  # fmt: skip
     for name in settings:
-        q = statistics.quantiles(round_ratios(times, name, "plain"), n=4) if args.rounds > 1 else [ratios[name]] * 3
+        q = statistics.quantiles(per_round[name], n=4) if args.rounds > 1 else [ratios[name]] * 3
         print(f"  {name:<36} x{ratios[name]:.3f}   (rounds' quartiles {q[0]:.3f}-{q[2]:.3f})")
     print(f"noise={noise:.3f}")
     print(f"ratio_newton={ratios[NEWTON]:.3f}")
