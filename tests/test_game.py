@@ -12,6 +12,15 @@ from equiprune.errors import ConfigError
 from equiprune.game import GameSettings
 
 
+@pytest.fixture(params=["per-tensor", "foreach"])
+def kernels(request, monkeypatch):
+    """Run a test with both ways of updating many groups: one op per tensor (CPU's) and torch's
+    multi-tensor foreach ops (an accelerator's), forced on CPU here."""
+    if request.param == "foreach":
+        monkeypatch.setattr(game, "fused_kernels", lambda tensors: True)
+    return request.param
+
+
 def _players(n=6, dims=(5, 1), seed=0):
     g = torch.Generator().manual_seed(seed)
     blocks = [torch.randn(n, d, generator=g, dtype=torch.float64) for d in dims]
@@ -128,7 +137,7 @@ def test_bad_settings_name_the_field(field, value, needle):
         dict(gamma=0.0, beta=0.0),
     ],
 )
-def test_fused_ascent_step_equals_projected_utility_gradient_step(costs):
+def test_fused_ascent_step_equals_projected_utility_gradient_step(costs, kernels):
     """The training loop's fused multi-group step against the plain per-group formula."""
     cfg = GameSettings(lr_s=0.7, **costs)  # a large step, so that projection clips some players
     groups = [_players(n=n, dims=dims, seed=n) for n, dims in ((9, (5, 1)), (4, (3,)))]
@@ -145,7 +154,7 @@ def test_fused_ascent_step_equals_projected_utility_gradient_step(costs):
     assert any(((w == 0) | (w == 1)).any() for w in expected)  # the projection was exercised
 
 
-def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_without_bias():
+def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_without_bias(kernels):
     g = torch.Generator().manual_seed(3)
     pairs = [(torch.randn(5, 7, generator=g), torch.randn(5, generator=g)), (torch.randn(3, 4, generator=g), None),
              (torch.randn(3, 1, generator=g), torch.randn(3, generator=g))]  # fmt: skip
@@ -158,13 +167,34 @@ def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_withou
     torch.testing.assert_close(got[0], game.squared_norms([pairs[0][0], pairs[0][1].unsqueeze(1)]))
 
 
-def test_gamma_weights_scale_the_l1_cost_group_by_group():
+def test_gamma_weights_scale_the_l1_cost_group_by_group(kernels):
     cfg = game.GameSettings(beta=0.0, gamma=0.1, lr_s=0.5)
     gates = [torch.full((3,), 0.8), torch.full((2,), 0.8)]
     grads = [torch.zeros(3), torch.zeros(2)]
     game.ascent_step_(gates, grads, None, None, cfg, cost_scale=1.0, gamma_weights=[2.0, 0.5])
     torch.testing.assert_close(gates[0], torch.full((3,), 0.8 - 0.5 * 0.1 * 2.0))
     torch.testing.assert_close(gates[1], torch.full((2,), 0.8 - 0.5 * 0.1 * 0.5))
+
+
+def test_per_tensor_and_foreach_updates_agree_bit_for_bit(monkeypatch):
+    """CPU updates one tensor at a time; an accelerator uses foreach ops. Both must give the same
+    participations to the last bit, so a run's result does not depend on which path it took."""
+    g = torch.Generator().manual_seed(5)
+    rows = [[(torch.randn(7, 11, generator=g), torch.randn(7, generator=g))], [(torch.randn(4, 3, generator=g), None)]]
+    start = [torch.rand(7, generator=g), torch.rand(4, generator=g)]
+    grads = [torch.randn(7, generator=g), torch.randn(4, generator=g)]
+    comps = [torch.randn(7, generator=g), torch.randn(4, generator=g)]
+    cfg = GameSettings(beta=0.3, gamma=0.1, eta=0.05, lr_s=0.4)
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(game, "fused_kernels", lambda tensors, fused=fused: fused)
+        sqs = game.squared_norms_of_rows(rows)
+        gates = [s.clone() for s in start]
+        game.ascent_step_(gates, grads, sqs, comps, cfg, cost_scale=0.7, gamma_weights=[1.5, 0.25])
+        results[fused] = (sqs, gates)
+    for per_tensor, foreach in zip(results[False], results[True]):  # the squared norms, then the gates
+        assert all(torch.equal(a, b) for a, b in zip(per_tensor, foreach))
+    assert any(((s == 0) | (s == 1)).any() for s in results[False][1])  # the projection was exercised
 
 
 def test_the_game_starts_after_the_dense_fraction_and_ramps_its_costs_from_there():

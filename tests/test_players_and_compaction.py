@@ -10,7 +10,7 @@ from equiprune.errors import PruningError
 from equiprune.game import GameSettings
 from equiprune.groups import attach, find_players
 from equiprune.methods import build_method
-from equiprune.models import mlp
+from equiprune.models import lenet5, mlp
 
 
 def _random_participations(gated, zero_fraction=0.5, seed=0):
@@ -130,6 +130,33 @@ def test_after_step_is_one_projected_ascent_step(benefit_grad):
                             for i in range(len(s0))])  # fmt: skip
         expected = (s0 + cfg.lr_s * (-g - 2 * cfg.beta * sq * s0 - cfg.gamma - cfg.eta * comp)).clamp(0, 1)
         torch.testing.assert_close(s1.detach(), expected)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet5"])
+def test_the_game_reads_the_parameters_as_they_are_after_module_to_replaces_them(arch):
+    """The pruner looks a model's gates and rows up once; ``Module.to`` then swaps every
+    parameter's data. The next step must use the new weights, not a view of the old storage
+    (LeNet's filters are read through views, the MLP's rows are its parameters)."""
+    torch.manual_seed(0)
+    model = mlp(input_shape=(1, 28, 28), hidden=(7, 5)) if arch == "mlp" else lenet5(hidden=(12, 8))
+    method = build_method("game", settings={"beta": 0.1, "gamma": 0.02, "lr_s": 0.1})
+    gated = method.prepare(model)
+    method.before_run(gated, steps_per_epoch=1, epochs=2)
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    torch.nn.functional.cross_entropy(gated(x), y).backward()
+    method.after_step(gated)  # the first step: the look-ups are made here
+    gated.double()
+    with torch.no_grad():
+        for p in gated.model.parameters():
+            p.mul_(1.5)  # stale copies of the old data would now differ from the parameters
+    gated.zero_grad()
+    torch.nn.functional.cross_entropy(gated(x.double()), y).backward()
+    s0, grads = [s.detach().clone() for s in gated.gates], [s.grad.clone() for s in gated.gates]
+    method.after_step(gated)
+    sqs = game.squared_norms_of_rows([group.rows() for group in gated.groups])
+    for s1, s, g, sq in zip(gated.gates, s0, grads, sqs):
+        assert s1.dtype == torch.float64
+        torch.testing.assert_close(s1.detach(), (s + 0.1 * (-g - 2 * 0.1 * sq * s - 0.02)).clamp(0, 1))
 
 
 def test_theta_reading_is_participation_times_gated_reading_for_relu():

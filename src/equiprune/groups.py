@@ -103,8 +103,9 @@ class PlayerGroup:
         repeat, tile = self.row_pattern
         out = []
         for _, m in self.producers:
-            if tile == 1 and repeat == 1:
-                out.append((get(m.weight).view(self.size, -1), get(m.bias)))
+            if tile == 1 and repeat == 1:  # a Linear's weight is its rows already; a filter's flattens
+                weight = get(m.weight)
+                out.append((weight if weight.dim() == 2 else weight.view(self.size, -1), get(m.bias)))
                 continue
             weight = get(m.weight).view(tile, self.size, -1)
             bias = get(m.bias).view(tile, self.size, repeat) if m.bias is not None else None
