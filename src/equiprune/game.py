@@ -185,7 +185,9 @@ def squared_norms_of_rows(groups: Sequence[Sequence[tuple[torch.Tensor, torch.Te
             torch._foreach_addcmul_(list(sqs), list(biases), list(biases))
     else:
         for sq, (_, b) in zip(out, pairs):
-            sq.mul_(sq) if b is None else sq.mul_(sq).addcmul_(b, b)
+            sq.mul_(sq)
+            if b is not None:
+                sq.addcmul_(b, b)
     sums, i = [], 0
     for rows in groups:
         sums.append(out[i] if len(rows) == 1 else sum(out[i : i + len(rows)]))
