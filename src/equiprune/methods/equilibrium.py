@@ -119,7 +119,7 @@ class EquilibriumPruner(Method):
             gs, sqs, comps = self._weight_terms(trained, gates)
         else:
             gs, sqs, comps = self._group_terms(trained, gates)
-        strategies = self._strategies if cfg.anchored else gates
+        strategies = self._participations(trained)
         weights = self._tapered(self._gamma_weights, strategies)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
