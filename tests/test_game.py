@@ -138,7 +138,8 @@ def test_bad_settings_name_the_field(field, value, needle):
     ],
 )
 def test_fused_ascent_step_equals_projected_utility_gradient_step(costs, kernels):
-    """The training loop's fused multi-group step against the plain per-group formula."""
+    """The training loop's multi-group step, on either path (``kernels``), against the plain
+    per-group formula."""
     cfg = GameSettings(lr_s=0.7, **costs)  # a large step, so that projection clips some players
     groups = [_players(n=n, dims=dims, seed=n) for n, dims in ((9, (5, 1)), (4, (3,)))]
     gates = [s.clone() for _, s, _ in groups]
