@@ -28,6 +28,7 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"

@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from equiprune.config import parse_config
+from equiprune.core.measure import count_macs
 from equiprune.data import Batches
-from equiprune.export import fold_batchnorm, interleaved_latency
-from equiprune.frontier import along, bracket
-from equiprune.measure import count_macs
+from equiprune.experiments.export import fold_batchnorm, interleaved_latency
+from equiprune.experiments.loop import run
+from equiprune.experiments.rundir import RunDir, load_trained
+from equiprune.experiments.setup import evaluate, load_run_splits
+from equiprune.experiments.sweep_report import along, bracket
 from equiprune.methods import build_method
-from equiprune.runs import RunDir, load_trained
-from equiprune.train import evaluate, load_run_splits, run
 
 SHAPE = (1, 28, 28)
 

@@ -4,7 +4,7 @@ For each case, the model's players (ResNet-20: filters; ViT: attention heads and
 pruned (L1-norm scores, the same fraction of every player group, coupled residual channels kept
 together) to about the target fraction of its MACs (attention products included) and compacted
 into a plain smaller model; both models get BatchNorm folded and are timed alternately
-at batch 256 in eval mode (``equiprune.export.speed_report``). Weights need no training for a
+at batch 256 in eval mode (``equiprune.experiments.export.speed_report``). Weights need no training for a
 timing, so the models are freshly initialised.
 
     speed-up            = dense latency / pruned latency
@@ -23,8 +23,8 @@ import copy
 
 import torch
 
-from equiprune.export import speed_report
-from equiprune.measure import count_macs
+from equiprune.core.measure import count_macs
+from equiprune.experiments.export import speed_report
 from equiprune.methods import build_method
 from equiprune.models import create_model
 

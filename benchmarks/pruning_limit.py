@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from equiprune.config import LimitConfig, shipped_config
-from equiprune.pruning_limit import limit
+from equiprune.experiments.limit_study import limit
 
 CASES = ("fc_mnist", "fc_fashion", "lenet5_fashion")
 DEFAULT_FORM = LimitConfig().spectrum

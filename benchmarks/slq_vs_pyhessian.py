@@ -21,9 +21,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from equiprune.curvature.hessian import HessianOperator, rademacher_probes
+from equiprune.curvature.lanczos import Spectrum, density, slq
 from equiprune.data import Batches, load_split
-from equiprune.hessian import HessianOperator, rademacher_probes
-from equiprune.lanczos import Spectrum, density, slq
 from equiprune.models import mlp
 
 

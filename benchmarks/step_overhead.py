@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from equiprune.config import shipped_config
+from equiprune.experiments.reproduce import bundled_config
+from equiprune.experiments.sweep import load_sweep
 from equiprune.methods import build_method
 from equiprune.models import mlp
-from equiprune.reproduce import bundled_config
-from equiprune.sweep import load_sweep
 
 PAPER = "game (l1-l2-combined, eta=0)"
 BEST = "game (equiprune-best)"

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from equiprune.core.selection import kept_total, layerwise_counts, top_k_masks
 from equiprune.errors import ConfigError
 from equiprune.methods import build_method
 from equiprune.methods.base import Calibration
 from equiprune.models import mlp
-from equiprune.selection import kept_total, layerwise_counts, top_k_masks
 
 
 @settings(max_examples=200, deadline=None)

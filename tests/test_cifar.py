@@ -117,7 +117,7 @@ def test_augmented_batches_depend_on_seed_and_epoch_only():
 @pytest.mark.parametrize("method", ["game", "magnitude-l1"])
 def test_filter_pruning_of_a_resnet_runs_end_to_end_on_cifar_files(tiny_cifar, tmp_path, method):
     from equiprune.config import parse_config
-    from equiprune.train import run
+    from equiprune.experiments.loop import run
 
     name, _, root, _ = tiny_cifar
     settings = "gamma = 0.05\nlr_s = 0.1" if method == "game" else "budget = 0.5"

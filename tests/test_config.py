@@ -7,7 +7,7 @@ import equiprune
 from equiprune.cli import _config_path, main
 from equiprune.config import RunConfig, dump_toml, find_config, load_config, parse_config, shipped_config
 from equiprune.errors import ConfigError
-from equiprune.sweep import load_sweep
+from equiprune.experiments.sweep import load_sweep
 
 GOOD = """
 seed = 1
@@ -78,7 +78,7 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 
 def test_defaults_are_the_papers_setup():
-    from equiprune.train import build_model
+    from equiprune.experiments.setup import build_model
 
     cfg = RunConfig()
     widths = [m.out_features for m in build_model(cfg) if isinstance(m, torch.nn.Linear)]
@@ -87,7 +87,7 @@ def test_defaults_are_the_papers_setup():
 
 @pytest.mark.parametrize("finetune_decay,expected", [("", 0.01), ("finetune_weight_decay = 0.0", 0.0)])
 def test_fine_tuning_takes_its_own_weight_decay(tmp_path, finetune_decay, expected):
-    from equiprune.train import Trainer
+    from equiprune.experiments.loop import Trainer
 
     cfg = parse_config(GOOD.replace("[train]", f"[train]\nweight_decay = 0.01\n{finetune_decay}"))
     trainer = Trainer(cfg, tmp_path / "run")

@@ -7,9 +7,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from equiprune.curvature.hessian import (
+    HessianOperator,
+    flatten,
+    hutchinson_trace,
+    rademacher_probes,
+    top_eigenvalues,
+    unflatten,
+)
+from equiprune.curvature.lanczos import density, lanczos, ritz, slq
 from equiprune.errors import EquipruneError
-from equiprune.hessian import HessianOperator, flatten, hutchinson_trace, rademacher_probes, top_eigenvalues, unflatten
-from equiprune.lanczos import density, lanczos, ritz, slq
 
 
 def small_problem(batches=3, seed=0):

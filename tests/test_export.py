@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from equiprune.cli import main
-from equiprune.compact import compact, keep_masks
-from equiprune.export import fold_batchnorm, save_exported, save_onnx, speed_report
-from equiprune.groups import attach
+from equiprune.core.compact import compact, keep_masks
+from equiprune.core.players import attach
+from equiprune.experiments.export import fold_batchnorm, save_exported, save_onnx, speed_report
 from equiprune.models import create_model
 
 from .test_tracing import _random_participations, _randomise_batchnorm

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from equiprune import game
 from equiprune.errors import ConfigError
-from equiprune.game import GameSettings
+from equiprune.methods import game_math as game
+from equiprune.methods.game_settings import PRESETS, GameSettings
 
 
 @pytest.fixture(params=["per-tensor", "foreach"])
@@ -112,9 +112,9 @@ def test_projection_stays_in_unit_interval_and_is_idempotent(values):
 
 
 def test_presets_are_the_papers_table2():
-    assert game.PRESETS["l1-l2-combined"]["beta"] == 0.05 and game.PRESETS["l1-l2-combined"]["gamma"] == 0.05
-    assert game.PRESETS["extreme-beta"]["beta"] == 0.5 and game.PRESETS["extreme-beta"]["gamma"] == 0.0
-    assert all(p["alpha"] == 1.0 and p["lr_s"] == 0.001 and p["eta"] == 0.0 for p in game.PRESETS.values())
+    assert PRESETS["l1-l2-combined"]["beta"] == 0.05 and PRESETS["l1-l2-combined"]["gamma"] == 0.05
+    assert PRESETS["extreme-beta"]["beta"] == 0.5 and PRESETS["extreme-beta"]["gamma"] == 0.0
+    assert all(p["alpha"] == 1.0 and p["lr_s"] == 0.001 and p["eta"] == 0.0 for p in PRESETS.values())
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_squared_norms_of_rows_matches_the_definition_for_groups_with_and_withou
 
 
 def test_gamma_weights_scale_the_l1_cost_group_by_group(kernels):
-    cfg = game.GameSettings(beta=0.0, gamma=0.1, lr_s=0.5)
+    cfg = GameSettings(beta=0.0, gamma=0.1, lr_s=0.5)
     gates = [torch.full((3,), 0.8), torch.full((2,), 0.8)]
     grads = [torch.zeros(3), torch.zeros(2)]
     game.ascent_step_(gates, grads, None, None, cfg, cost_scale=1.0, gamma_weights=[2.0, 0.5])

@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from equiprune.cli import main
 from equiprune.config import LimitConfig, parse_config
-from equiprune.errors import ConfigError
-from equiprune.hessian import HessianOperator, rademacher_probes
-from equiprune.lanczos import density, slq
-from equiprune.limit import (
+from equiprune.core.weight_players import prunable_parameters
+from equiprune.curvature.hessian import HessianOperator, rademacher_probes
+from equiprune.curvature.lanczos import density, slq
+from equiprune.curvature.pruning_limit import (
     crossing,
     loss_noise,
     magnitude_scan,
@@ -24,9 +24,9 @@ from equiprune.limit import (
     refine_ratios,
     width_fraction,
 )
-from equiprune.masks import prunable_parameters
+from equiprune.errors import ConfigError
+from equiprune.experiments.loop import run
 from equiprune.methods import build_method
-from equiprune.train import run
 
 
 def test_prune_distances_match_a_naive_loop():

@@ -2,8 +2,8 @@
 
 import torch.nn as nn
 
+from equiprune.core.measure import count_macs, count_params, nonzero_params
 from equiprune.layers import MultiHeadSelfAttention
-from equiprune.measure import count_macs, count_params, nonzero_params
 
 
 def test_macs_of_linear_and_conv_layers_follow_the_textbook_formulas():
@@ -32,8 +32,8 @@ def test_macs_of_attention_count_both_products():
 
 
 def test_macs_per_player_shares_each_layers_work_among_the_players_it_depends_on():
-    from equiprune.groups import attach
-    from equiprune.measure import macs_per_player
+    from equiprune.core.measure import macs_per_player
+    from equiprune.core.players import attach
     from equiprune.models import create_model
 
     gated = attach(create_model("lenet5"))

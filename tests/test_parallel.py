@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from equiprune.errors import ConfigError
-from equiprune.parallel import cores, run_lanes
+from equiprune.experiments.executors import cores, run_lanes
 
 
 def square(x: int) -> int:
@@ -70,7 +70,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_workers_end_when_the_sweep_process_is_killed(tmp_path, sig):
     script = (
-        "from equiprune.parallel import run_lanes\n"
+        "from equiprune.experiments.executors import run_lanes\n"
         "from tests.test_parallel import report_pid_and_wait\n"
         f"run_lanes(report_pid_and_wait, [[{str(tmp_path)!r}], [{str(tmp_path)!r}]], 2, lambda *_: None)\n"
     )

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from equiprune import game
-from equiprune.compact import compact, keep_masks
+from equiprune.core.compact import compact, keep_masks
+from equiprune.core.players import attach, find_players
 from equiprune.errors import PruningError
-from equiprune.game import GameSettings
-from equiprune.groups import attach, find_players
 from equiprune.methods import build_method
+from equiprune.methods import game_math as game
+from equiprune.methods.game_settings import GameSettings
 from equiprune.models import lenet5, mlp
 
 

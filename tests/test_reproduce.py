@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from equiprune import reproduce as rep
 from equiprune.cli import main
 from equiprune.config import parse_config
 from equiprune.errors import ConfigError
+from equiprune.experiments import reproduce as rep
 
 from .helpers import small_config
 

@@ -13,7 +13,8 @@ import torch
 from equiprune.config import parse_config
 from equiprune.data import load_split
 from equiprune.errors import ConfigError, TrainingDiverged
-from equiprune.train import evaluate, run
+from equiprune.experiments.loop import run
+from equiprune.experiments.setup import evaluate
 
 from .helpers import small_config
 
@@ -145,7 +146,7 @@ def test_resume_after_sigkill_gives_the_same_result(tmp_path, data_root):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, data_root, monkeypatch):
-    import equiprune.train as train_mod
+    import equiprune.experiments.loop as train_mod
 
     real = train_mod.F.cross_entropy
     calls = {"n": 0}

@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
-from equiprune import train
 from equiprune.cli import main
 from equiprune.config import run_config_from_dict
 from equiprune.errors import ConfigError
-from equiprune.frontier import frontier_rows, write_report
-from equiprune.store import ResultStore
-from equiprune.sweep import lanes, load_sweep, parse_sweep, run_sweep
+from equiprune.experiments import loop as train
+from equiprune.experiments import sweep as sweep_module
+from equiprune.experiments.store import ResultStore
+from equiprune.experiments.sweep import lanes, load_sweep, parse_sweep, run_sweep
+from equiprune.experiments.sweep_report import frontier_rows, write_report
 
 
 def _sweep_text(data_root, methods: str, budgets="[0.25]", seeds="[0]") -> str:
@@ -116,12 +117,12 @@ def test_an_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path,
             raise KeyboardInterrupt
         return real_run(cfg, path, **kw)
 
-    monkeypatch.setattr(train, "run", dies_on_the_third)
+    monkeypatch.setattr(sweep_module, "run", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, out, quiet=True)
     with ResultStore(out / "results.sqlite") as store:
         assert len(store) == 2
-    monkeypatch.setattr(train, "run", real_run)
+    monkeypatch.setattr(sweep_module, "run", real_run)
     assert run_sweep(sweep, out, quiet=True) == {"ran": 3, "resumed": 0, "skipped": 2, "failed": 0}
     with ResultStore(out / "results.sqlite") as store:
         assert sorted(r["run_id"] for r in store.rows()) == sorted(r.run_id for r in sweep.runs)
@@ -253,7 +254,7 @@ def _row(label, method, point, budget, kept, acc, seed=0):
 
 
 def test_the_report_warns_when_runs_ran_with_different_thread_counts():
-    from equiprune.frontier import environment_lines
+    from equiprune.experiments.sweep_report import environment_lines
 
     rows = [_row("taylor", "taylor", "budget=0.1", 0.1, 0.1, 0.9, seed=s) for s in range(3)]
     rows.append(_row("game", "game", "gamma=0.1", None, 0.1, 0.9))
@@ -272,7 +273,7 @@ def test_the_report_warns_when_runs_ran_with_different_thread_counts():
 
 
 def test_the_report_names_runs_whose_loss_was_worse_than_a_uniform_guess():
-    from equiprune.frontier import diverged_lines
+    from equiprune.experiments.sweep_report import diverged_lines
 
     calm = _row("taylor", "taylor", "budget=0.1", 0.1, 0.1, 0.9)
     calm["results"]["warnings"] = []
@@ -316,7 +317,7 @@ def test_budget_key_in_a_run_config_reaches_the_method():
 
 
 def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
-    from equiprune.frontier import FrontierRow, interpolate_accuracy
+    from equiprune.experiments.sweep_report import FrontierRow, interpolate_accuracy
 
     def row(params, acc):
         return FrontierRow("m", "m", "p", 0.1, 1, 0.1, 0.0, acc, 0.0, params, None)
@@ -328,7 +329,7 @@ def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
 
 
 def test_the_verdict_judges_each_game_label_as_it_is_where_no_two_settings_bracket_the_budget():
-    from equiprune.frontier import FrontierRow, render_markdown
+    from equiprune.experiments.sweep_report import FrontierRow, render_markdown
 
     def row(label, name, point, acc, std):
         return FrontierRow(label, name, point, 0.1, 3, 0.1, 0.0, acc, std, 1000, None)
@@ -351,7 +352,7 @@ def test_the_verdict_judges_each_game_label_as_it_is_where_no_two_settings_brack
 
 
 def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
-    from equiprune.frontier import FrontierRow, render_markdown
+    from equiprune.experiments.sweep_report import FrontierRow, render_markdown
 
     def row(label, name, point, budget, kept, acc, std):
         return FrontierRow(label, name, point, budget, 3, kept, 0.0, acc, std, 1000, None)

@@ -6,12 +6,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from equiprune import game
-from equiprune.compact import compact, keep_masks
+from equiprune.core.compact import compact, keep_masks
+from equiprune.core.measure import count_macs
+from equiprune.core.players import attach, find_players
 from equiprune.errors import PruningError
-from equiprune.groups import attach, find_players
-from equiprune.measure import count_macs
 from equiprune.methods import build_method
+from equiprune.methods import game_math as game
 from equiprune.models import create_model
 
 
@@ -261,7 +261,7 @@ def test_balanced_folding_crosses_pooling_and_flatten_exactly():
 
 def test_a_transformer_prunes_heads_and_units_end_to_end(tmp_path, data_root):
     from equiprune.config import parse_config
-    from equiprune.train import run
+    from equiprune.experiments.loop import run
 
     cfg = parse_config(f"""
 seed = 0

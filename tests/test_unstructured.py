@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from equiprune import train
 from equiprune.config import parse_config
+from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
-from equiprune.masks import WeightMasks, compact_unstructured
+from equiprune.experiments import loop as train
 from equiprune.methods import build_method
 from equiprune.methods.base import Calibration
 

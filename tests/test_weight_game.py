@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from equiprune.config import parse_config
-from equiprune.game import GameSettings
-from equiprune.masks import WeightGatedModel
+from equiprune.core.weight_players import WeightGatedModel
+from equiprune.experiments.loop import run
 from equiprune.methods import build_method
+from equiprune.methods.game_settings import GameSettings
 from equiprune.models import create_model, mlp
-from equiprune.train import run
 
 from .helpers import small_config
 
@@ -76,10 +76,10 @@ def test_weight_game_runs_end_to_end(tmp_path, data_root):
 def test_mac_weighted_costs_are_for_structured_players_and_average_to_one():
     import pytest
 
+    from equiprune.core.measure import macs_per_player
+    from equiprune.core.players import attach
     from equiprune.data import Split
     from equiprune.errors import ConfigError
-    from equiprune.groups import attach
-    from equiprune.measure import macs_per_player
     from equiprune.methods.base import Calibration
 
     calibration = Calibration(Split(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)), 4, 0)

@@ -1,7 +1,7 @@
 """equiprune: equilibrium-driven pruning and the methods it is compared with, for PyTorch.
 
-The library's pieces live in its modules (``equiprune.methods``, ``equiprune.train``,
-``equiprune.compact``, ...); importing the package itself stays light, so that ``equiprune
+The library's pieces live in its modules (``equiprune.methods``, ``equiprune.experiments.loop``,
+``equiprune.core.compact``, ...); importing the package itself stays light, so that ``equiprune
 --help`` answers at once.
 """
 

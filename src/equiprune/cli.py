@@ -6,15 +6,15 @@ import argparse
 import json
 import sys
 
-from . import __version__
-from .errors import EquipruneError
+from equiprune import __version__
+from equiprune.errors import EquipruneError
 
 
 def _config_path(arg: str, shipped_dir: str, what: str):
     """``config.find_config``, saying on stderr when the file used is one equiprune ships."""
     from pathlib import Path
 
-    from .config import find_config
+    from equiprune.config import find_config
 
     path = find_config(arg, shipped_dir, what)
     if path != Path(arg):
@@ -23,8 +23,8 @@ def _config_path(arg: str, shipped_dir: str, what: str):
 
 
 def _cmd_run(args) -> int:
-    from .config import load_config
-    from .train import run
+    from equiprune.config import load_config
+    from equiprune.experiments.loop import run
 
     cfg = load_config(_config_path(args.config, "game_mnist", "configuration"))
     results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
@@ -33,7 +33,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from .reproduce import SUITES, reproduce
+    from equiprune.experiments.reproduce import SUITES, reproduce
 
     if args.suite not in SUITES:
         raise EquipruneError(f"unknown suite {args.suite!r}; expected one of {sorted(SUITES)}")
@@ -44,8 +44,8 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .frontier import write_report
-    from .sweep import load_sweep, run_sweep
+    from equiprune.experiments.sweep import load_sweep, run_sweep
+    from equiprune.experiments.sweep_report import write_report
 
     sweep = load_sweep(_config_path(args.sweep, "sweeps", "sweep file"))
     done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs, only=tuple(args.only))
@@ -57,7 +57,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .frontier import write_report
+    from equiprune.experiments.sweep_report import write_report
 
     path = write_report(args.dir)
     print(path.read_text(encoding="utf-8"))
@@ -66,7 +66,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_limit(args) -> int:
-    from .pruning_limit import limit
+    from equiprune.experiments.limit_study import limit
 
     overrides = {"probes": args.probes, "iters": args.iters, "hessian_samples": args.hessian_samples, "scan": args.scan}
     target = _config_path(args.target, "limit", "configuration")
@@ -88,7 +88,7 @@ def _cmd_limit(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_run, speed_markdown
+    from equiprune.experiments.export import export_run, speed_markdown
 
     parts = [v.strip() for v in args.batch_sizes.split(",") if v.strip()]
     sizes = [int(v) for v in parts if v.isdigit()]

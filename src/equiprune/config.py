@@ -8,16 +8,19 @@ settings dataclass, so a typo in a method setting is caught before any training 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .errors import ConfigError
+from equiprune.core.players import PLAYER_KINDS
+from equiprune.data import DATASETS
+from equiprune.errors import ConfigError
+from equiprune.methods import METHODS, build_method
+from equiprune.models import ACTIVATIONS, MODELS
+from equiprune.schema import from_dict
 
 T = TypeVar("T")
 
@@ -33,8 +36,6 @@ class DataConfig:
     augment: Literal["none", "crop-flip"] = "none"  # random crops and mirroring of training images (CIFAR)
 
     def __post_init__(self):
-        from .data import DATASETS
-
         DATASETS.get(self.dataset, "data.dataset")
         _positive(self, "batch_size", "eval_batch_size")
         for name in ("train_subset", "test_subset"):
@@ -50,8 +51,6 @@ class ModelConfig:
     activation: str = "relu"
 
     def __post_init__(self):
-        from .models import ACTIVATIONS, MODELS
-
         MODELS.get(self.name, "model.name")
         if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
@@ -100,14 +99,11 @@ class MethodConfig:
     name: str = "game"
     preset: str | None = None
     exclude: list[str] = field(default_factory=list)  # layers (module names) left ungated
-    players: str | None = None  # the player kind (see equiprune.groups); default: the method's own
+    players: str | None = None  # the player kind (see equiprune.core.players); default: the method's own
     settings: dict[str, Any] = field(default_factory=dict)
 
     def build(self):
         """The configured method object (validates the settings and the player kind)."""
-        from .groups import PLAYER_KINDS
-        from .methods import METHODS, build_method
-
         if self.players is None:
             return build_method(self.name, self.preset, self.settings, tuple(self.exclude), self.players)
         if self.players not in PLAYER_KINDS:
@@ -125,7 +121,7 @@ class MethodConfig:
 
 @dataclass
 class LimitConfig:
-    """Settings of ``equiprune limit`` (see :mod:`equiprune.pruning_limit`)."""
+    """Settings of ``equiprune limit`` (see :mod:`equiprune.experiments.limit_study`)."""
 
     iters: int = 128  # Lanczos steps per probe
     probes: int = 4  # Rademacher probe vectors for SLQ
@@ -211,82 +207,6 @@ def _positive(obj, *names: str) -> None:
         v = getattr(obj, name)
         if not v > 0:
             raise ConfigError(f"{section}.{name}: must be > 0, got {v!r}")
-
-
-# --- generic dict -> dataclass with type checks -----------------------------------------------
-
-
-def _unknown_key(key: str, allowed: list[str], where: str) -> ConfigError:
-    hint = difflib.get_close_matches(key, allowed, n=1)
-    guess = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return ConfigError(f"{where}: unknown key {key!r}{guess}; expected one of {sorted(allowed)}")
-
-
-def coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against type ``tp`` (ints are accepted where floats are expected)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{path}: got {value!r}, expected one of {list(choices)}")
-        return value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        return [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a table, got {type(value).__name__}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp in (str, bool):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")
-
-
-def from_dict(cls, data: Any, path: str = ""):
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
-    where = path or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise _unknown_key(key, names, where)
-        kwargs[key] = coerce(value, hints[key], f"{path}.{key}" if path else key)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .registry import Registry
+from equiprune.errors import DataError
+from equiprune.registry import Registry
 
 DATA_ENV = "EQUIPRUNE_DATA"
 CACHE_ENV = "EQUIPRUNE_CACHE"

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
-from .layers import MultiHeadSelfAttention
-from .registry import Registry
+from equiprune.errors import ConfigError
+from equiprune.layers import MultiHeadSelfAttention
+from equiprune.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from equiprune.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import equilibrium, lomp, scratch, structured, unstructured  # noqa: F401  (register the methods)
-from .base import METHODS, Dense, Method
+from equiprune.methods import equilibrium, lomp, scratch, structured, unstructured  # noqa: F401  (register the methods)
+from equiprune.methods.base import METHODS, Dense, Method
 
 
 def build_method(
@@ -16,7 +16,7 @@ def build_method(
     players: str | None = None,
 ) -> Method:
     """The method called ``name``, its preset applied and its settings validated field by field;
-    ``players`` restricts it to one player kind (see ``equiprune.groups.PLAYER_KINDS``)."""
+    ``players`` restricts it to one player kind (see ``equiprune.core.players.PLAYER_KINDS``)."""
     return METHODS.get(name, "method.name").from_config(preset, settings or {}, exclude, players)
 
 

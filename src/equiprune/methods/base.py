@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from ..compact import PruneResult
-from ..config import from_dict
-from ..errors import ConfigError
-from ..groups import STRUCTURED_KINDS, GatedModel, attach, find_players
-from ..registry import Registry
+from equiprune.core.compact import PruneResult
+from equiprune.core.players import STRUCTURED_KINDS, GatedModel, attach, find_players
+from equiprune.data import Batches
+from equiprune.errors import ConfigError
+from equiprune.registry import Registry
+from equiprune.schema import from_dict
 
 
 class Calibration:
@@ -32,8 +33,6 @@ class Calibration:
     training order), for methods that score players on data outside the training steps."""
 
     def __init__(self, split, batch_size: int, seed: int):
-        from ..data import Batches
-
         self._batches = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
         self.input_shape = tuple(split.x.shape[1:])
 

@@ -8,13 +8,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import game
-from ..compact import PruneResult, compact, keep_masks
-from ..errors import ConfigError
-from ..groups import STRUCTURED_KINDS, GatedModel, PerExampleGateGrads, grad_or_zeros
-from ..masks import WeightGatedModel
-from ..measure import macs_per_player
-from .base import METHODS, Method
+from equiprune.core.compact import PruneResult, compact, keep_masks
+from equiprune.core.measure import macs_per_player
+from equiprune.core.players import STRUCTURED_KINDS, GatedModel, PerExampleGateGrads, grad_or_zeros
+from equiprune.core.weight_players import WeightGatedModel
+from equiprune.errors import ConfigError
+from equiprune.methods import game_math as game
+from equiprune.methods.base import METHODS, Method
+from equiprune.methods.game_settings import PRESETS, GameSettings
 
 #: Bin edges of the participation histogram written each epoch.
 HISTOGRAM_BINS = 20
@@ -27,10 +28,10 @@ class EquilibriumPruner(Method):
     response) on their utilities after every weight step."""
 
     name = "game"
-    settings_type = game.GameSettings
+    settings_type = GameSettings
     player_kinds = (*STRUCTURED_KINDS, "weight")
 
-    def __init__(self, settings: game.GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
+    def __init__(self, settings: GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
         self._step = 0  # participation updates so far (drives the cost ramp)
         self._ramp_steps = 0.0  # set by before_run: steps over which costs rise
@@ -43,7 +44,7 @@ class EquilibriumPruner(Method):
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
-        return game.PRESETS
+        return PRESETS
 
     def prepare(self, model: nn.Module) -> GatedModel | WeightGatedModel:
         if self.players == "weight":

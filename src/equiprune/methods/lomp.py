@@ -3,7 +3,7 @@
 
 The ℓ1 term drives most weights towards zero during training, so that a single global magnitude
 prune, with no retraining, loses little. ``equiprune limit`` scans that prune over every ratio and
-predicts from the Hessian spectrum where it stops working (:mod:`equiprune.pruning_limit`).
+predicts from the Hessian spectrum where it stops working (:mod:`equiprune.experiments.limit_study`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
-from ..masks import prunable_parameters
-from .base import METHODS
-from .unstructured import UnstructuredSettings, _ByMagnitude
+from equiprune.core.weight_players import prunable_parameters
+from equiprune.errors import ConfigError
+from equiprune.methods.base import METHODS
+from equiprune.methods.unstructured import UnstructuredSettings, _ByMagnitude
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..compact import PruneResult, compact
-from ..selection import layerwise_counts
-from .base import METHODS, Calibration, Method, check_selection
+from equiprune.core.compact import PruneResult, compact
+from equiprune.core.selection import layerwise_counts
+from equiprune.methods.base import METHODS, Calibration, Method, check_selection
 
 
 @dataclass(frozen=True)

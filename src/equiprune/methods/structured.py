@@ -2,7 +2,7 @@
 
 Players are gated exactly as for the equilibrium pruner (a gate multiplies each neuron's output),
 but here the gates are masks: 1 while a player lives, 0 once it is pruned. A pruner ranks the
-live players by its score and keeps exactly the budget's count (see :mod:`equiprune.selection`):
+live players by its score and keeps exactly the budget's count (see :mod:`equiprune.core.selection`):
 
 - ``schedule = "one-shot"``: the network trains dense; at the end of the training phase the
   players are scored once and the budget applied; the loop then compacts and fine-tunes.
@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..compact import PruneResult, compact
-from ..errors import ConfigError
-from ..game import squared_norms
-from ..groups import GatedModel
-from ..selection import Allocation, kept_total, top_k_masks
-from .base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.core.compact import PruneResult, compact
+from equiprune.core.players import GatedModel
+from equiprune.core.selection import Allocation, kept_total, top_k_masks
+from equiprune.errors import ConfigError
+from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.methods.game_math import squared_norms
 
 
 @dataclass(frozen=True)

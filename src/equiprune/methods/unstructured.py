@@ -16,7 +16,7 @@ it chooses:
   final ticket trains during the fine-tuning epochs).
 
 A pruned weight is zeroed after every optimizer step and never revived. Compaction
-(:func:`equiprune.masks.compact_unstructured`) removes the neurons the masks cut off.
+(:func:`equiprune.core.weight_players.compact_unstructured`) removes the neurons the masks cut off.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..compact import PruneResult
-from ..errors import ConfigError
-from ..masks import WeightMasks, compact_unstructured
-from ..selection import Allocation, top_k_masks
-from .base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.core.compact import PruneResult
+from equiprune.core.selection import Allocation, top_k_masks
+from equiprune.core.weight_players import WeightMasks, compact_unstructured
+from equiprune.errors import ConfigError
+from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Players: the parameter groups of a model whose participation can be gated, and the gates.
 
 A :class:`PlayerGroup` is a set of ``n`` players: the channels of one channel space (see
-:mod:`equiprune.tracing`), i.e. the output neurons of a Linear layer or the filters of a Conv2d,
+:mod:`equiprune.core.tracing`), i.e. the output neurons of a Linear layer or the filters of a Conv2d,
 together with everything that must shrink with them: the BatchNorm statistics that follow them,
 the other producers a residual sum couples them to, and the input columns of the layers that read
 them. Each player owns a slice of those parameters; :meth:`PlayerGroup.blocks` returns them as
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .errors import PruningError
-from .tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude, input_width
+from equiprune.core.tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude, input_width
+from equiprune.errors import PruningError
 
 #: The kinds of player equiprune can prune: hidden neurons of Linear layers, filters (output
 #: channels) of Conv2d layers, attention heads (of ``equiprune.layers.MultiHeadSelfAttention``), and
-#: single weights (unstructured pruning, see ``equiprune.masks``).
+#: single weights (unstructured pruning, see ``equiprune.core.weight_players``).
 PLAYER_KINDS = ("neuron", "filter", "head", "weight")
 STRUCTURED_KINDS = ("neuron", "filter", "head")
 
@@ -140,7 +140,7 @@ def grad_or_zeros(p: torch.Tensor) -> torch.Tensor:
 def find_players(
     model: nn.Module, exclude: Iterable[str] = (), kinds: Sequence[str] = STRUCTURED_KINDS
 ) -> list[PlayerGroup]:
-    """One :class:`PlayerGroup` per prunable channel space of ``model`` (see :mod:`equiprune.tracing`).
+    """One :class:`PlayerGroup` per prunable channel space of ``model`` (see :mod:`equiprune.core.tracing`).
 
     Spaces that reach the model's output or input (logits, image channels) have no players. A
     space a layer in ``exclude`` produces is left ungated. A space that meets an operation the

@@ -35,16 +35,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import io
-from .compact import PruneResult
-from .config import DataConfig, RunConfig
-from .data import DATASETS, Batches, Split, load_split
-from .errors import TrainingDiverged
-from .measure import count_macs, count_params, nonzero_params
-from .methods import Method
-from .methods.base import Calibration
-from .models import create_model
-from .runs import RunDir
+from equiprune import io
+from equiprune.config import RunConfig
+from equiprune.core.compact import PruneResult
+from equiprune.core.measure import count_macs, count_params, nonzero_params
+from equiprune.data import DATASETS, Batches
+from equiprune.errors import TrainingDiverged
+from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
+from equiprune.methods import Method
+from equiprune.methods.base import Calibration
 
 #: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
 FINITE_CHECK_EVERY = 25
@@ -65,54 +65,6 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
         train.pop(k, None)
     what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
-
-        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``split``."""
-    was_training = model.training
-    model.eval()
-    correct, loss = 0, 0.0
-    for start in range(0, len(split), batch_size):
-        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        logits = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-    model.train(was_training)
-    return correct / len(split), loss / len(split)
-
-
-def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
-    """The configured training and test splits (subsets applied), on ``device``."""
-    train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
-    test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
-    return Split(train.x.to(device), train.y.to(device)), Split(test.x.to(device), test.y.to(device))
-
-
-def build_model(cfg: RunConfig) -> nn.Module:
-    ds = DATASETS.get(cfg.data.dataset, "data.dataset")
-    m = cfg.model
-    widths = {k: v for k, v in (("hidden", m.hidden), ("width", m.width)) if v is not None}
-    shape, classes = ds.input_shape, ds.num_classes
-    return create_model(
-        cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
-    )
 
 
 def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int, decay: float):
@@ -440,7 +392,7 @@ class Trainer:
         if self.rank == 0:
             io.torch_save(self.run_dir.model, small)
             io.torch_save(self.run_dir.model_state, small.state_dict())
-            from .report import plot_run
+            from equiprune.experiments.run_plots import plot_run
 
             plot_run(self.run_dir, st.metrics, getattr(self.method.settings, "epsilon", None))
             io.write_json(self.run_dir.results, results)

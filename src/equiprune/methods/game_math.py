@@ -1,4 +1,4 @@
-"""The equilibrium pruner's mathematics: utility, its gradient, best response, projection, presets.
+"""The equilibrium pruner's mathematics: utility, its gradient, best response, projection.
 
 Each player i of a group holds a participation s_i ∈ [0,1] and parameters θ_i. Its utility is
 
@@ -16,147 +16,10 @@ The competition sum is computed as ⟨θ_i, Σ_j s_jθ_j⟩ − s_i‖θ_i‖²:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from .errors import ConfigError
-
-BenefitSign = Literal["loss_reduction", "as_written"]
-BenefitGrad = Literal["gated", "theta"]
-Update = Literal["ascent", "best_response", "newton"]
-
-
-@dataclass(frozen=True)
-class GameSettings:
-    """Costs and dynamics of the participation game.
-
-    - ``alpha``, ``beta``, ``gamma``, ``eta``: benefit weight, L2, L1 and competition costs.
-    - ``lr_s``: step size of projected gradient ascent on the participations.
-    - ``epsilon``: players with s_i < epsilon are removed at the end.
-    - ``benefit_sign``: ``"loss_reduction"`` (default) rewards a player whose growth lowers the loss,
-      B_i = −α·s_i·g_i; ``"as_written"`` uses the paper's printed +α·s_i·g_i.
-    - ``benefit_grad``: ``"gated"`` (default) takes g_i = ⟨∇_{s_iθ_i}L, θ_i⟩ = ∂L/∂s_i, the gradient
-      with respect to the effective parameters; ``"theta"`` takes g_i = ⟨∇_{θ_i}L, θ_i⟩ with respect
-      to the raw ones (for a Linear neuron this equals s_i·∂L/∂s_i, so it vanishes as s_i → 0).
-    - ``update``: ``"ascent"`` (the paper's projected gradient step), ``"best_response"``
-      (move to the closed-form maximiser of U_i, damped by ``lr_s`` as a fraction of the way), or
-      ``"newton"``: the same damped move to the maximiser of U_i, but with the benefit taken to
-      second order, its curvature the empirical Fisher information F_i of the loss in s_i
-      (the mean over examples of (∂ℓ_n/∂s_i)²). The step is ∂U_i/∂s_i / (αF_i + 2β‖θ_i‖²): a
-      player the examples lean on (large F_i) moves slowly, one they do not (small F_i) leaves
-      fast, so players no longer decline in lockstep. See ``newton_step_``.
-    - ``start``: fraction of the pruning phase during which the network trains dense before the game
-      begins (participations stay at 1); the cost ramp then runs over the rest of the phase.
-    - ``cost_ramp``: fraction of the pruning phase over which β, γ and η rise linearly from 0 to
-      their values (0, the paper's setting, applies them in full from the first step). With
-      strong costs a ramp lets the weakest players leave first, instead of every player declining
-      together until whole layers collapse.
-    - ``fold``: at compaction the survivors' participations fold into the next layer's input
-      columns; ``"balanced"`` (default) then also equalises each neuron's incoming and outgoing
-      norms where the activation allows it exactly (ReLU family; see ``compact.rebalance``), which
-      gives fine-tuning a well-scaled start; ``"consumer"`` leaves the fold as it is. Which is
-      better depends on the set-up, so measure: balanced lifted the MLP's fine-tuning (β 0.05,
-      Adam or SGD; with consumer, SGD at lr 0.05 left the MLPs at chance), consumer did better on
-      LeNet-5 (β 0, Adam; +0.13 to +0.37 points on each of 5 seeds; docs/players-and-compaction.md).
-    - ``cost_weighting``: ``"uniform"`` (the paper's) charges every player the same L1 cost γ;
-      ``"macs"`` charges each γ times the multiply-accumulates it accounts for, relative to the mean
-      player's, so that cheap players (a fully connected neuron) are kept before expensive ones (a
-      convolution filter on a large feature map) when they help the loss as much; ``"width"``
-      charges each γ times the mean group size over its group's size, so a player costs the share
-      of its layer it stands for and every layer pays alike for losing the same fraction of its
-      players (with uniform costs a wide layer's players are each as dear as a narrow layer's, and
-      the game thins the wide layer far more than the others: 7 + 9 of the MLP's 512 + 256 neurons).
-    - ``cost_taper``: the L1 cost of a group's players is scaled by the group's mean participation
-      to this power (0, the default, leaves it as it is). A thinning layer's survivors become
-      cheaper, so the last players of a layer are not priced out together: at a strong cost every
-      survivor of a layer otherwise declines in lockstep until the layer is gone.
-    - ``rewind``: at compaction the survivors take back the weights they had when the run began
-      (their initialisation), with participation 1, as in a lottery ticket: the game only chooses
-      who stays, and the fine-tuning epochs train the survivors from their starting point (measured
-      against the game's own weights in docs/equilibrium.md).
-    - ``anchored``: the network plays the profile m (every alive player, s_i >= epsilon, in at full
-      strength, the others out) instead of the participations themselves, and each player's
-      benefit is read off the loss's second-order model about m: −g_i − F_i·(s_i − m_i), F_i the
-      Fisher information (so it needs ``update = "newton"``). A player then stays while what the
-      examples lose without it, F_i − g_i, exceeds its costs, and the survivors keep training at
-      full strength while the others leave, so they carry trained weights into fine-tuning.
-    """
-
-    alpha: float = 1.0
-    beta: float = 0.05
-    gamma: float = 0.05
-    eta: float = 0.0
-    lr_s: float = 0.001
-    epsilon: float = 0.01
-    benefit_sign: BenefitSign = "loss_reduction"
-    benefit_grad: BenefitGrad = "gated"
-    update: Update = "ascent"
-    cost_ramp: float = 0.0
-    start: float = 0.0
-    fold: Literal["consumer", "balanced"] = "balanced"
-    cost_weighting: Literal["uniform", "macs", "width"] = "uniform"
-    rewind: bool = False
-    cost_taper: float = 0.0
-    anchored: bool = False
-
-    def __post_init__(self):
-        for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
-            v = getattr(self, name)
-            if not (v >= 0 and v < float("inf")):
-                raise ConfigError(f"method.{name}: must be a finite number >= 0, got {v!r}")
-        if not (0 < self.lr_s < float("inf")):
-            raise ConfigError(f"method.lr_s: must be a finite number > 0, got {self.lr_s!r}")
-        if not (0 <= self.cost_ramp <= 1):
-            raise ConfigError(f"method.cost_ramp: must lie in [0, 1], got {self.cost_ramp!r}")
-        if not (0 <= self.start < 1):
-            raise ConfigError(f"method.start: must lie in [0, 1), got {self.start!r}")
-        if not (0 <= self.epsilon <= 1):
-            raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
-        if self.update in ("best_response", "newton") and self.lr_s > 1:
-            raise ConfigError(f"method.lr_s: with update={self.update!r} it is a damping in (0, 1], got {self.lr_s!r}")
-        if self.update == "newton" and self.benefit_grad != "gated":
-            raise ConfigError(
-                "method.update = 'newton' scales each step by the Fisher information of the loss in s_i, "
-                "which belongs to the gated gradient: set benefit_grad = 'gated'"
-            )
-        if self.anchored and (self.update != "newton" or self.benefit_sign != "loss_reduction"):
-            raise ConfigError(
-                "method.anchored: the benefit is the loss's second-order model, whose curvature is the Fisher "
-                "information: set update = 'newton' (and benefit_sign = 'loss_reduction')"
-            )
-        for name, allowed in (
-            ("benefit_sign", ("loss_reduction", "as_written")),
-            ("benefit_grad", ("gated", "theta")),
-            ("update", ("ascent", "best_response", "newton")),
-            ("fold", ("consumer", "balanced")),
-            ("cost_weighting", ("uniform", "macs", "width")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
-
-    @property
-    def sign(self) -> float:
-        return -1.0 if self.benefit_sign == "loss_reduction" else 1.0
-
-
-#: The paper's four Table 2 configurations (α = 1, lr_s = 0.001, η = 0 in all of them).
-PRESETS: dict[str, dict[str, float]] = {
-    "very-high-beta": {"alpha": 1.0, "beta": 0.1, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
-    "extreme-beta": {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
-    "l1-sparsity-strong": {"alpha": 1.0, "beta": 0.001, "gamma": 0.1, "eta": 0.0, "lr_s": 0.001},
-    "l1-l2-combined": {"alpha": 1.0, "beta": 0.05, "gamma": 0.05, "eta": 0.0, "lr_s": 0.001},
-}
-
-#: What the paper reports for each preset (MNIST, 784-512-256-10, 20 epochs).
-PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "very-high-beta": {"test_accuracy": 0.9664, "neurons_kept_fraction": 1.0},
-    "extreme-beta": {"test_accuracy": 0.9115, "neurons_kept_fraction": 0.0482},
-    "l1-sparsity-strong": {"test_accuracy": 0.8957, "neurons_kept_fraction": 0.0169},
-    "l1-l2-combined": {"test_accuracy": 0.9154, "neurons_kept_fraction": 0.0195},
-}
-
+from equiprune.methods.game_settings import GameSettings
 
 # --- per-group quantities, all O(n·d) -------------------------------------------------------------
 

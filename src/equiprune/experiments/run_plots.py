@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: runs happen on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from . import io  # noqa: E402
-
-
-def _save(fig, path) -> None:
-    io.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), binary=True)
-    plt.close(fig)
+from equiprune.experiments.figures import save_png, subplots
 
 
 def plot_participation_histogram(path, counts: list[int], epsilon: float | None, title: str) -> None:
     bins = len(counts)
     edges = [i / bins for i in range(bins + 1)]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     ax.bar(edges[:-1], [max(c, 0) for c in counts], width=1 / bins, align="edge", color="#3b6ea8", edgecolor="white")
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xlim(0, 1)
@@ -31,12 +22,12 @@ def plot_participation_histogram(path, counts: list[int], epsilon: float | None,
         ax.axvline(epsilon, color="#c0392b", linestyle="--", linewidth=1, label=f"ε = {epsilon:g} (removal threshold)")
         ax.legend(loc="upper center", frameon=False)
     ax.set_title(title)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
     epochs = [r["epoch"] for r in metrics]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = subplots(figsize=(6.5, 3.8))
     acc = ax.plot(epochs, [100 * r["test_accuracy"] for r in metrics], "o-", color="#2c7a3f", label="test accuracy")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -53,7 +44,7 @@ def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
         ax.text(finetune[0] - 0.4, ax.get_ylim()[0], " compacted,\n fine-tuning", va="bottom", fontsize=8, color="0.35")
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", frameon=False)
     ax.set_title("Pruning dynamics")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_run(run_dir, metrics: list[dict[str, Any]], epsilon: float | None) -> None:

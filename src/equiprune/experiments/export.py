@@ -25,10 +25,12 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import io
-from .errors import EquipruneError
-from .measure import count_macs, count_params
-from .tracing import trace
+from equiprune import io
+from equiprune.core.measure import count_macs, count_params
+from equiprune.core.tracing import trace
+from equiprune.data import DATASETS
+from equiprune.errors import EquipruneError
+from equiprune.experiments.rundir import RunDir, load_trained
 
 
 @torch.no_grad()
@@ -193,8 +195,6 @@ def export_run(
 ) -> dict[str, Any]:
     """For a finished run: ``export/model.pt2`` (and ``export/model.onnx``) of the compacted model with
     BatchNorm folded, and ``speed.json`` / ``speed.md`` comparing it with the trained dense model."""
-    from .data import DATASETS
-    from .runs import RunDir, load_trained
 
     run = RunDir(run_dir)
     if not run.is_finished():

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .errors import PruningError
-from .groups import GatedModel
+from equiprune.core.players import GatedModel
+from equiprune.errors import PruningError
 
 
 @dataclass

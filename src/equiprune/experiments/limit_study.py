@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import io
-from .config import LimitConfig, load_config
-from .data import Batches, Split
-from .errors import ConfigError
-from .hessian import HessianOperator, rademacher_probes
-from .lanczos import density, slq
-from .limit import (
+from equiprune import io
+from equiprune.config import LimitConfig, load_config
+from equiprune.core.weight_players import prunable_parameters
+from equiprune.curvature.hessian import HessianOperator, rademacher_probes
+from equiprune.curvature.lanczos import density, slq
+from equiprune.curvature.pruning_limit import (
     crossing,
     loss_noise,
     magnitude_scan,
@@ -38,8 +37,12 @@ from .limit import (
     refine_ratios,
     width_fraction,
 )
-from .masks import prunable_parameters
-from .runs import RunDir, load_trained
+from equiprune.data import Batches, Split
+from equiprune.errors import ConfigError
+from equiprune.experiments.figures import save_png, subplots
+from equiprune.experiments.loop import run
+from equiprune.experiments.rundir import RunDir, load_trained
+from equiprune.experiments.setup import evaluate, load_run_splits, resolve_device
 
 DISTANCES = ("global", "per-tensor")
 
@@ -57,8 +60,6 @@ def analyse(
 ) -> dict[str, Any]:
     """Prediction and measurement for ``model`` (left unchanged); ``batch_size`` is the training
     batch size, which sets ε (the per-batch loss deviation); ``l1`` the ℓ1 term's value."""
-    from .train import evaluate
-
     s = settings
     params = prunable_parameters(model, s.include_biases)
     clock = {}
@@ -142,17 +143,15 @@ def analyse(
 
 
 def plot_limit(out: Path, result: dict[str, Any]) -> None:
-    from .report import _save, plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.semilogy(result["density"]["grid"], [max(v, 1e-12) for v in result["density"]["density"]])
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density (log)")
     sp = result["spectrum"]
     ax.set_title(f"Hessian spectrum (SLQ: {sp['probes']} probes × {sp['iters']} steps, D = {sp['dim']:,})")
-    _save(fig, out / "spectral_density.png")
+    save_png(fig, out / "spectral_density.png")
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    fig, (top, bottom) = subplots(2, 1, figsize=(7, 7), sharex=True)
     scan = result["scan"]
     top.plot(scan["ratio"], scan["test_accuracy"], ".-", ms=3, label="one-shot magnitude pruning")
     top.axhline(result["dense_test_accuracy"] - result["tolerance"], color="grey", ls=":", label="dense − tolerance")
@@ -169,13 +168,11 @@ def plot_limit(out: Path, result: dict[str, Any]) -> None:
     bottom.set_xlabel("pruning ratio ρ")
     bottom.set_ylabel("squared Gaussian width / D")
     bottom.legend(fontsize=8)
-    _save(fig, out / "pruning_limit.png")
+    save_png(fig, out / "pruning_limit.png")
 
 
 def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, quiet: bool = False):
     """Run the analysis for a run directory or a configuration file into ``out``; returns the result."""
-    from .train import load_run_splits, resolve_device, run
-
     target, out = Path(target), Path(out)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
 

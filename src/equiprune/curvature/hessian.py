@@ -1,5 +1,5 @@
 """The curvature of a loss at a trained point: Hessian-vector products, Hutchinson's trace and the
-top eigenvalues by power iteration. The spectral density (Lanczos, SLQ) is in :mod:`equiprune.lanczos`.
+top eigenvalues by power iteration. The spectral density (Lanczos, SLQ) is in :mod:`equiprune.curvature.lanczos`.
 
 Vectors here are flat: one tensor holding every chosen parameter in ``model.parameters()`` order
 (:func:`flatten`). Products are exact double back-propagation, H·v = ∂(∇L · v)/∂θ, of the mean loss
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import EquipruneError
+from equiprune.errors import EquipruneError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

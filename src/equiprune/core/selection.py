@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .errors import ConfigError
+from equiprune.errors import ConfigError
 
 Allocation = Literal["layerwise", "global"]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from equiprune.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import io
-from .errors import ConfigError
-from .store import ResultStore
+from equiprune import io
+from equiprune.errors import ConfigError
+from equiprune.experiments.figures import save_png, subplots
+from equiprune.experiments.store import ResultStore
 
 #: Rows that are reference points, not competitors: shown in every table, never "best".
 REFERENCES = ("dense", "scratch")
@@ -310,8 +311,6 @@ def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
 
 
 def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
-    from .report import _save, plt
-
     by_method: dict[str, list[FrontierRow]] = defaultdict(list)
     for r in frontier:
         by_method[r.method].append(r)
@@ -321,7 +320,7 @@ def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
         "frontier_macs.png": ("MACs of the compacted model (one example)", lambda r: r.macs_after_mean),
     }
     for fname, (xlabel, x_of) in axes.items():
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = subplots(figsize=(7, 4.5))
         for method, rows in sorted(by_method.items()):
             rows = sorted((r for r in rows if x_of(r) is not None), key=x_of)
             if not rows:
@@ -339,7 +338,7 @@ def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
         ax.set_ylabel("test error (%, log scale; lower is better)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
-        _save(fig, out / fname)
+        save_png(fig, out / fname)
 
 
 def write_report(out: str | Path, title: str | None = None, budgets: list[float] | None = None) -> Path:

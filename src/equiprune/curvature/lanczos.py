@@ -111,7 +111,7 @@ def ritz(alpha: torch.Tensor, beta: torch.Tensor, steps: torch.Tensor) -> tuple[
 
 def slq(op, probes: torch.Tensor, iters: int = 128, at_once: int | None = None, on_step=None) -> Spectrum:
     """Stochastic Lanczos quadrature of ``op`` (anything with ``matmat`` and ``dim``, e.g. a
-    :class:`~equiprune.hessian.HessianOperator`) from the given probes (k, D); ``at_once`` bounds
+    :class:`~equiprune.curvature.hessian.HessianOperator`) from the given probes (k, D); ``at_once`` bounds
     how many probes run together (memory: k × iters × D numbers for the bases)."""
     at_once = at_once or probes.shape[0]
     nodes, weights = [], []

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import PruningError
-from .layers import MultiHeadSelfAttention
+from equiprune.errors import PruningError
+from equiprune.layers import MultiHeadSelfAttention
 
 #: Modules that act element by element: channels pass through them unchanged in position.
 ELEMENTWISE = (
@@ -375,7 +375,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         raise PruningError(
             f"cannot find the players of {type(model).__name__} automatically: torch.fx could not trace "
             f"its forward ({type(exc).__name__}: {exc}). Data-dependent control flow is the usual cause; "
-            "build the PlayerGroups yourself (equiprune.groups.PlayerGroup) or make forward traceable."
+            "build the PlayerGroups yourself (equiprune.core.players.PlayerGroup) or make forward traceable."
         ) from exc
 
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
-from .compact import PruneResult, compact
-from .errors import PruningError
-from .groups import GatedModel, find_players
+from equiprune.core.compact import PruneResult, compact
+from equiprune.core.players import GatedModel, find_players
+from equiprune.errors import PruningError
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 

@@ -35,13 +35,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import io
-from .config import RunConfig, _unknown_key, dump_toml, load_config, read_toml_file, run_config_from_dict
-from .errors import ConfigError, PruningError, TrainingDiverged
-from .methods import METHODS
-from .parallel import check_jobs, run_lanes
-from .runs import RunDir
-from .store import ResultStore
+from equiprune import io
+from equiprune.config import RunConfig, dump_toml, load_config, read_toml_file, run_config_from_dict
+from equiprune.errors import ConfigError, PruningError, TrainingDiverged
+from equiprune.experiments.executors import check_jobs, run_lanes
+from equiprune.experiments.loop import run, shared_training_digest
+from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.store import ResultStore
+from equiprune.methods import METHODS
+from equiprune.schema import unknown_key
 
 SWEEP_KEYS = ["name", "seeds", "budgets", "base", "methods"]
 ENTRY_KEYS = {"name", "label", "train", "points", "preset", "exclude", "players"}
@@ -77,7 +79,7 @@ def load_sweep(path: str | Path) -> Sweep:
 def parse_sweep(data: dict[str, Any]) -> Sweep:
     for key in data:
         if key not in SWEEP_KEYS:
-            raise _unknown_key(key, SWEEP_KEYS, "sweep")
+            raise unknown_key(key, SWEEP_KEYS, "sweep")
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
@@ -221,8 +223,6 @@ def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
     """Run (or resume) one planned run and add its row to the store; returns what to count:
     ("ran",) or ("resumed",), with "failed" added when the run stopped with a clear error, or ()
     when it had finished but was killed before its row was written."""
-    from .train import run
-
     rd = RunDir(out / "runs" / planned.run_id)
     status, how = "finished", ()
     if rd.is_finished():
@@ -248,8 +248,6 @@ def lanes(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
     """The runs grouped for parallel execution, in plan order: runs that share a training phase
     (``train.shared_training_digest``) form one lane that runs in order, so that the first trains
     that phase and the others reuse it; every other run is a lane of its own."""
-    from .train import shared_training_digest
-
     grouped: dict[tuple[str, str], list[PlannedRun]] = {}
     for r in runs:
         digest = shared_training_digest(r.config)

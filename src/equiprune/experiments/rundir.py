@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from . import io
-from .config import RunConfig, dump_toml, load_config
-from .errors import ConfigError
+from equiprune import io
+from equiprune.config import RunConfig, dump_toml, load_config
+from equiprune.errors import ConfigError
+from equiprune.experiments.setup import build_model, resolve_device
 
 
 class RunDir:
@@ -83,8 +84,6 @@ class RunDir:
 
 def load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
     """A run's configuration and its model as trained, before pruning (``trained_state.pt``)."""
-    from .train import build_model, resolve_device
-
     if not run.config.is_file():
         raise ConfigError(f"{run.path} is not an equiprune run directory (no config.toml)")
     if not run.trained_state.is_file():

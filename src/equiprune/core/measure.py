@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from equiprune.layers import MultiHeadSelfAttention
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -23,8 +25,6 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     Conv layers, and the two attention products QKᵀ and AV of ``MultiHeadSelfAttention`` (under the
     attention module's own name). Element-wise work is not counted. Found by running the model once
     with counting hooks; a module called twice counts twice."""
-    from .layers import MultiHeadSelfAttention
-
     macs: dict[str, int] = {}
 
     def counter(name: str, module: nn.Module):

@@ -1,0 +1,59 @@
+"""What every experiment builds from a configuration: the device, the model, the data splits,
+the process's place in a distributed run, and the evaluation of a model on a split."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from equiprune.config import DataConfig, RunConfig
+from equiprune.data import DATASETS, Split, load_split
+from equiprune.errors import ConfigError
+from equiprune.models import create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    model.train(was_training)
+    return correct / len(split), loss / len(split)
+
+
+def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
+    """The configured training and test splits (subsets applied), on ``device``."""
+    train = load_split(d.dataset, "train", d.root).subset(d.train_subset)
+    test = load_split(d.dataset, "test", d.root).subset(d.test_subset)
+    return Split(train.x.to(device), train.y.to(device)), Split(test.x.to(device), test.y.to(device))
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    ds = DATASETS.get(cfg.data.dataset, "data.dataset")
+    m = cfg.model
+    widths = {k: v for k, v in (("hidden", m.hidden), ("width", m.width)) if v is not None}
+    shape, classes = ds.input_shape, ds.num_classes
+    return create_model(
+        cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
+    )
