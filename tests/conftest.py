@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _messages_as_imported():
+    """Each test starts with the ``equiprune`` logger as importing leaves it, whatever a command
+    line test before it set up (``progress.show_messages``)."""
+    yield
+    logger = logging.getLogger("equiprune")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """End to end on real MNIST subsets: a run directory, resume after SIGKILL, divergence, bad input."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from equiprune.cli import main
 from equiprune.config import parse_config
 from equiprune.data import load_split
 from equiprune.errors import ConfigError, TrainingDiverged
@@ -169,7 +171,10 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
     # Adam at lr 10 throws the weights about: the loss stays finite (no NaN to stop the run) but far
     # above ln(10), what predicting every class alike would cost.
     text = small_config(data_root, epochs=2, finetune=1, train_subset=1000).replace("lr = 0.002", "lr = 10.0")
-    results = run(parse_config(text), tmp_path / "r", quiet=True)
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    results = json.loads(printed.out)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] > 2.303 for r in rows)
     assert [w.split(":")[0] for w in results["warnings"]] == ["epoch 1 (prune)", "epoch 2 (finetune)"]
@@ -178,7 +183,17 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
     assert "gamma, eta, lr_s" in results["warnings"][0] and "finetune_lr" in results["warnings"][1]
     assert [r.get("warning") for r in rows] == results["warnings"]
     assert json.loads((tmp_path / "r" / "results.json").read_text())["warnings"] == results["warnings"]
-    assert capsys.readouterr().err.count("equiprune: warning: epoch") == 2  # said at once, even with quiet
+    assert printed.err.count("equiprune: warning: epoch") == 2  # said at once, even with quiet
+
+
+def test_the_library_logs_what_goes_wrong_and_prints_nothing(tmp_path, data_root, capsys, caplog):
+    text = small_config(data_root, epochs=2, finetune=1, train_subset=1000).replace("lr = 0.002", "lr = 10.0")
+    with caplog.at_level(logging.INFO, logger="equiprune"):
+        results = run(parse_config(text), tmp_path / "r", quiet=True)
+    warned = [r.getMessage() for r in caplog.records if r.name == "equiprune" and r.levelno == logging.WARNING]
+    assert warned == results["warnings"] and len(warned) == 2
+    assert not [r for r in caplog.records if r.levelno == logging.INFO]  # quiet: no per-epoch lines
+    assert capsys.readouterr() == ("", "")  # shown only by a handler the caller (here caplog) set up
 
 
 def test_the_chance_check_ignores_a_methods_penalty(tmp_path, data_root):

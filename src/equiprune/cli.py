@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from equiprune import __version__
 from equiprune.errors import EquipruneError
+from equiprune.progress import show_messages
 
 
 def _config_path(arg: str, shipped_dir: str, what: str):
@@ -168,9 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_messages(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return args.func(args)
     except EquipruneError as exc:
+        print(f"equiprune: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal (permissions, a full disk): the message says which file
         print(f"equiprune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

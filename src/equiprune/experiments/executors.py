@@ -19,7 +19,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
+import torch
+
 from equiprune.errors import ConfigError
+from equiprune.progress import show_messages, shown_level
 
 T = TypeVar("T")
 
@@ -54,7 +57,9 @@ def run_lanes(
     events = ctx.Queue()
     threads = max(1, cores() // jobs)
     expected = sum(len(lane) for lane in lanes)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, events)) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, events, shown_level())
+    ) as pool:
         futures = [pool.submit(_run_lane, fn, list(lane), i) for i, lane in enumerate(lanes)]
         try:
             for _ in range(expected):
@@ -83,12 +88,12 @@ def _next_event(events, futures) -> tuple[int, int, Any]:
             raise crashed.exception()
 
 
-def _init_worker(threads: int, events) -> None:
+def _init_worker(threads: int, events, message_level: int | None) -> None:
     global _EVENTS
     _EVENTS = events
     threading.Thread(target=_exit_with_parent, daemon=True).start()
-    import torch
-
+    if message_level is not None:  # a spawned worker starts unconfigured: show what the parent shows
+        show_messages(message_level)
     torch.set_num_threads(threads)
 
 

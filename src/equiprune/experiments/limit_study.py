@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from equiprune import io
 from equiprune.config import LimitConfig, load_config
@@ -43,6 +42,7 @@ from equiprune.experiments.figures import save_png, subplots
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.setup import evaluate, load_run_splits, resolve_device
+from equiprune.progress import bar
 
 DISTANCES = ("global", "per-tensor")
 
@@ -74,8 +74,8 @@ def analyse(
                          params=params, train_mode=s.train_mode)  # fmt: skip
     torch.manual_seed(s.seed)
     probes = rademacher_probes(params, s.probes)
-    with tqdm(total=s.probes * min(s.iters, op.dim), desc="lanczos", disable=quiet, unit="step") as bar:
-        spectrum = slq(op, probes, s.iters, on_step=lambda: bar.update(s.probes))
+    with bar(s.probes * min(s.iters, op.dim), "lanczos", "step", enabled=not quiet) as lanczos_bar:
+        spectrum = slq(op, probes, s.iters, on_step=lambda: lanczos_bar.update(s.probes))
     grid, dens = density(spectrum, s.bins, s.sigma2)
     if s.spectrum == "density":
         nodes, weights = grid, dens * float(grid[1] - grid[0])
@@ -100,12 +100,12 @@ def analyse(
 
     every = round(0.01 / s.step)
     scanned = [float(r) for r in (ratios if s.scan == "full" else ratios[::every])]
-    with tqdm(total=len(scanned), desc="scan", disable=quiet, unit="ratio") as bar:
-        accs = magnitude_scan(params, scanned, accuracy, bar)
+    with bar(len(scanned), "scan", "ratio", enabled=not quiet) as scan_bar:
+        accs = magnitude_scan(params, scanned, accuracy, scan_bar)
         if s.scan == "refine":
             fine = refine_ratios(scanned, accs, dense_accuracy, s.tolerance, s.step)
-            bar.total += len(fine)
-            accs += magnitude_scan(params, fine, accuracy, bar)
+            scan_bar.total += len(fine)
+            accs += magnitude_scan(params, fine, accuracy, scan_bar)
             scanned += fine
     order = sorted(range(len(scanned)), key=scanned.__getitem__)
     scanned, accs = [scanned[i] for i in order], [accs[i] for i in order]

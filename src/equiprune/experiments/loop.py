@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from equiprune import io
 from equiprune.config import RunConfig
@@ -45,6 +43,7 @@ from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
 from equiprune.methods import Method
 from equiprune.methods.base import Calibration
+from equiprune.progress import bar, logger
 
 #: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
 FINITE_CHECK_EVERY = 25
@@ -296,17 +295,17 @@ class Trainer:
                 self._reuse_shared(st, shared_file)
 
         total = cfg.train.epochs
-        epochs_bar = tqdm(total=total, initial=st.epoch, desc="epochs", disable=self.quiet, unit="ep")
+        epochs_bar = bar(total, "epochs", "ep", enabled=not self.quiet, initial=st.epoch)
         while st.epoch < total:
             start = time.perf_counter()
             if st.phase == "prune" and st.epoch == cfg.train.prune_epochs:
                 self._end_of_training_phase(st, shared_file)
             use_method = st.phase == "prune"
             model_now = self.trained if use_method else st.result.model
-            with tqdm(total=len(self.batches), desc=f"epoch {st.epoch + 1}/{total} ({st.phase})",
-                      leave=False, disable=self.quiet, unit="step") as bar:  # fmt: skip
+            desc = f"epoch {st.epoch + 1}/{total} ({st.phase})"
+            with bar(len(self.batches), desc, "step", enabled=not self.quiet, leave=False) as steps:
                 masks = None if use_method else st.result.weight_masks
-                row = self._train_epoch(model_now, st.epoch, use_method, bar, masks)
+                row = self._train_epoch(model_now, st.epoch, use_method, steps, masks)
             acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
             row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
             row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
@@ -314,7 +313,7 @@ class Trainer:
             if warning:
                 row["warning"] = warning
                 if self.rank == 0:
-                    tqdm.write(f"equiprune: warning: {warning}", file=sys.stderr)
+                    logger.warning(warning)
             st.epoch += 1
             st.seconds += time.perf_counter() - start
             row["seconds"] = st.seconds
@@ -323,7 +322,7 @@ class Trainer:
             epochs_bar.update(1)
             if not self.quiet:
                 alive = f", players alive {row['players_alive']}/{row['players']}" if "players_alive" in row else ""
-                tqdm.write(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {acc:.4f}{alive}")
+                logger.info(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {acc:.4f}{alive}")
         epochs_bar.close()
         if st.phase == "prune":  # no fine-tuning: compact at the very end
             self._end_of_training_phase(st, shared_file)

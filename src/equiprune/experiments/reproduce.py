@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from equiprune import io
 from equiprune.config import MethodConfig, RunConfig, load_config, shipped_config
 from equiprune.errors import ConfigError
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir
+from equiprune.progress import bar, logger
 
 #: What the paper reports for each preset (MNIST, 784-512-256-10, 20 epochs).
 PAPER_TABLE2: dict[str, dict[str, float]] = {
@@ -195,20 +194,20 @@ def _run_all(tasks: list[tuple[str, RunConfig, Path]], quiet: bool, jobs: int) -
         results = []
         for title, cfg, path in tasks:
             if not quiet:
-                print(f"== {title}")
+                logger.info(f"== {title}")
             results.append(run_or_reuse(cfg, path, quiet))
         return results
     by_path: dict[Path, dict[str, Any]] = {}
     titles = {path: title for title, _, path in tasks}
-    bar = tqdm(total=len(tasks), desc=f"runs, {jobs} at once", unit="run", disable=quiet)
+    runs_bar = bar(len(tasks), f"runs, {jobs} at once", "run", enabled=not quiet)
 
     def ended(task: tuple[RunConfig, Path], results: dict[str, Any]) -> None:
         by_path[task[1]] = results
-        bar.update(1)
+        runs_bar.update(1)
         if not quiet:
-            tqdm.write(f"== {titles[task[1]]}: test accuracy {100 * results['test_accuracy']:.2f}%")
+            logger.info(f"== {titles[task[1]]}: test accuracy {100 * results['test_accuracy']:.2f}%")
 
-    with bar:
+    with runs_bar:
         run_lanes(_run_task, [[(cfg, path)] for _, cfg, path in tasks], jobs, ended)
     return [by_path[path] for _, _, path in tasks]
 

@@ -50,6 +50,8 @@ class RunDir:
         Refuses to mix runs: a directory holding another configuration, or an unfinished run
         without ``resume``, is an error rather than something silently overwritten.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out {self.path} is a file; a run directory must be a directory (new or a run's own)")
         if self.config.is_file():
             existing = load_config(self.config)
             if existing.to_dict() != cfg.to_dict():

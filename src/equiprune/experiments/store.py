@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from equiprune.errors import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id      TEXT PRIMARY KEY,
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT NOT NULL
 )
 """
+COLUMNS = ["run_id", "label", "method", "point", "budget", "seed", "config_hash", "status", "results", "finished_at"]
 
 
 class ResultStore:
@@ -37,8 +40,18 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A parallel sweep's workers write rows concurrently: wait for the lock rather than fail.
         self._db = sqlite3.connect(self.path, timeout=120)
-        with self._db:
-            self._db.execute(SCHEMA)
+        try:
+            with self._db:
+                self._db.execute(SCHEMA)
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(runs)")]
+            if columns != COLUMNS:
+                raise sqlite3.DatabaseError(f"its table 'runs' has the columns {columns}")
+        except sqlite3.DatabaseError as exc:  # another file under the store's name: leave it as it is
+            self._db.close()
+            raise ConfigError(
+                f"{self.path} is not an equiprune results store ({exc}); it was not changed. "
+                "Point the command at the directory `equiprune sweep --out` wrote, or move that file away."
+            ) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from equiprune import io
 from equiprune.config import RunConfig, dump_toml, load_config, read_toml_file, run_config_from_dict
 from equiprune.errors import ConfigError, PruningError, TrainingDiverged
@@ -43,6 +41,7 @@ from equiprune.experiments.loop import run, shared_training_digest
 from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.store import ResultStore
 from equiprune.methods import METHODS
+from equiprune.progress import bar, logger
 from equiprune.schema import unknown_key
 
 SWEEP_KEYS = ["name", "seeds", "budgets", "base", "methods"]
@@ -179,6 +178,8 @@ def run_sweep(
     training phase stay in one lane, in order (:func:`lanes`)."""
     check_jobs(jobs)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; a sweep's directory must be a directory (new, or a sweep's own)")
     done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
     labels = {r.label for r in sweep.runs}
     for option, given in (("--rerun", rerun), ("--only", only)):
@@ -206,15 +207,15 @@ def run_sweep(
         done["left"] = len(pending) - len(selected)
         pending = selected
     total = done["skipped"] + len(pending)
-    bar = tqdm(total=total, initial=done["skipped"], desc=f"sweep {sweep.name}", unit="run", disable=quiet)
+    runs_bar = bar(total, f"sweep {sweep.name}", "run", enabled=not quiet, initial=done["skipped"])
 
     def ended(planned: PlannedRun, how: tuple[str, ...]) -> None:
         for key in how:
             done[key] += 1
-        bar.set_postfix_str(planned.run_id)
-        bar.update(1)
+        runs_bar.set_postfix_str(planned.run_id)
+        runs_bar.update(1)
 
-    with bar:
+    with runs_bar:
         run_lanes(functools.partial(_run_one, out=out), lanes(pending), jobs, ended)
     return done
 
@@ -235,7 +236,7 @@ def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
             results = run(planned.config, rd.path, resume=resume, quiet=True, shared=out / "shared")
         except (PruningError, TrainingDiverged) as exc:  # an outcome of this setting, not a bug
             how += ("failed",)
-            tqdm.write(f"{planned.run_id}: failed: {exc}")
+            logger.warning(f"{planned.run_id}: failed: {exc}")
             status, results = "failed", {"error": str(exc)}
     with ResultStore(out / "results.sqlite") as store:
         store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
