@@ -20,6 +20,7 @@ the game on from the first step).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import time
@@ -41,7 +42,7 @@ NEWTON = "game (game-newton, update=newton)"
 def sweep_settings(sweep: str, label: str, point: str) -> dict:
     """A method's settings at one point of a sweep shipped with equiprune."""
     planned = load_sweep(shipped_config("sweeps", f"{sweep}.toml")).runs
-    return next(r for r in planned if r.label == label and r.point == point).config.method.settings
+    return dataclasses.asdict(next(r for r in planned if r.label == label and r.point == point).config.method.settings)
 
 
 def make_step(method_settings: dict | None, x, y):
@@ -90,7 +91,7 @@ def main() -> None:
         PAPER: {"beta": 0.05, "gamma": 0.05},
         # with the game on from the first step instead of after a dense start, so that every
         # timed step is a game step
-        BEST: {**bundled_config("game-mnist", "equiprune-best").method.settings, "start": 0.0},
+        BEST: {**dataclasses.asdict(bundled_config("game-mnist", "equiprune-best").method.settings), "start": 0.0},
         # the sweep's γ 0.2 (about 5% kept)
         NEWTON: {**sweep_settings("mnist_mlp_neurons", "game-newton", "gamma=0.2"), "start": 0.0},
     }

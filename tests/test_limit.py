@@ -173,7 +173,9 @@ def test_lomp_penalty_is_l1_of_weights_and_biases():
     assert with_biases.l1_term(model) == pytest.approx(1e-3 * every)
     assert weights_only.l1_term(model) == pytest.approx(1e-3 * weights)
     assert with_biases.penalty(model).requires_grad  # a term of the training loss
-    assert with_biases.training_key() != weights_only.training_key()
+    assert type(with_biases).training_key(with_biases.settings) != type(weights_only).training_key(
+        weights_only.settings
+    )
     assert len(prunable_parameters(model, include_biases=True)) == 4
     with pytest.raises(ConfigError, match="method.l1"):
         build_method("lomp", settings={"l1": -1.0})

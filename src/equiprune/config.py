@@ -8,6 +8,8 @@ settings dataclass, so a typo in a method setting is caught before any training 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +20,9 @@ from typing import Any, Literal, TypeVar
 from equiprune.core.players import PLAYER_KINDS
 from equiprune.data import DATASETS
 from equiprune.errors import ConfigError
-from equiprune.methods import METHODS, build_method
+from equiprune.methods import METHODS, Method
 from equiprune.models import ACTIVATIONS, MODELS
-from equiprune.schema import from_dict
+from equiprune.schema import coerce, from_dict
 
 T = TypeVar("T")
 
@@ -96,27 +98,55 @@ class TrainConfig:
 
 @dataclass
 class MethodConfig:
+    """The ``[method]`` table, resolved: ``settings`` is the method's own settings dataclass with its
+    preset applied and every field checked (see :func:`method_config_from_dict`)."""
+
     name: str = "game"
-    preset: str | None = None
+    settings: Any = None  # the method's settings dataclass; None: its defaults
     exclude: list[str] = field(default_factory=list)  # layers (module names) left ungated
     players: str | None = None  # the player kind (see equiprune.core.players); default: the method's own
-    settings: dict[str, Any] = field(default_factory=dict)
 
-    def build(self):
-        """The configured method object (validates the settings and the player kind)."""
-        if self.players is None:
-            return build_method(self.name, self.preset, self.settings, tuple(self.exclude), self.players)
-        if self.players not in PLAYER_KINDS:
+    def __post_init__(self):
+        method = METHODS.get(self.name, "method.name")
+        if self.settings is None:
+            self.settings = method.resolve_settings(None, {})
+        elif not isinstance(self.settings, method.settings_type):
+            raise ConfigError(
+                f"method: settings of type {type(self.settings).__name__} given for method {self.name!r}, "
+                f"which takes {method.settings_type.__name__}"
+            )
+        if self.players is not None and self.players not in PLAYER_KINDS:
             raise ConfigError(
                 f"method.players: unknown player kind {self.players!r}; expected one of {list(PLAYER_KINDS)}"
             )
-        supported = METHODS.get(self.name, "method.name").player_kinds
-        if self.players not in supported:
+        if self.players is not None and self.players not in method.player_kinds:
             raise ConfigError(
                 f"method.players: method {self.name!r} cannot prune {self.players!r} players; "
-                f"it supports {list(supported)}"
+                f"it supports {list(method.player_kinds)}"
             )
-        return build_method(self.name, self.preset, self.settings, tuple(self.exclude), self.players)
+
+    @property
+    def method_type(self) -> type[Method]:
+        return METHODS.get(self.name)
+
+    def build(self) -> Method:
+        """A new method object for one run (the settings were checked when the config was read)."""
+        return self.method_type(self.settings, tuple(self.exclude), self.players)
+
+
+def method_config_from_dict(data: Any) -> MethodConfig:
+    """The ``[method]`` table: ``name``, ``preset``, ``exclude`` and ``players``, and beside them the
+    method's own settings, parsed into its settings dataclass (unknown keys refused by name)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"method: expected a table, got {type(data).__name__}")
+    fixed = {"name", "preset", "exclude", "players"}
+    name = coerce(data.get("name", "game"), str, "method.name")
+    preset = coerce(data.get("preset"), str | None, "method.preset")
+    method = METHODS.get(name, "method.name")
+    settings = method.resolve_settings(preset, {k: v for k, v in data.items() if k not in fixed})
+    exclude = coerce(data.get("exclude", []), list[str], "method.exclude")
+    players = coerce(data.get("players"), str | None, "method.players")
+    return MethodConfig(name, settings, exclude, players)
 
 
 @dataclass
@@ -176,23 +206,23 @@ class RunConfig:
             raise ConfigError(
                 f"threads: must be a whole number >= 1 (or left out for torch's choice), got {self.threads}"
             )
-        self.method.build()  # validate method settings now, not after data loading
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (None values dropped: TOML has no null)."""
-        d = dataclasses.asdict(self)
-        method = d.pop("method")
-        d["method"] = {"name": method["name"], **_resolved_method_settings(self.method)}
-        if method["exclude"]:
-            d["method"]["exclude"] = method["exclude"]
-        if method["players"] is not None:
-            d["method"]["players"] = method["players"]
+        d = {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+             for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}  # fmt: skip
+        m = self.method
+        d["method"] = {"name": m.name, **dataclasses.asdict(m.settings)}
+        if m.exclude:
+            d["method"]["exclude"] = list(m.exclude)
+        if m.players is not None:
+            d["method"]["players"] = m.players
         return _drop_none(d)
 
-
-def _resolved_method_settings(mc: MethodConfig) -> dict[str, Any]:
-    settings = mc.build().settings
-    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else {}
+    def identity(self) -> str:
+        """The run's identity: a hash of the resolved configuration, every default filled in. Run
+        directories, sweeps and shared training phases all know a run by it."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _drop_none(d):
@@ -210,16 +240,13 @@ def _positive(obj, *names: str) -> None:
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a table, got {type(data).__name__}")
     data = dict(data)
-    method = data.get("method", {})
-    if isinstance(method, dict):
-        # Method settings sit beside `name` in [method]; gather them for the method to validate.
-        fixed = {"name", "preset", "exclude", "players"}
-        data["method"] = {
-            **{k: v for k, v in method.items() if k in fixed},
-            "settings": {k: v for k, v in method.items() if k not in fixed},
-        }
-    return from_dict(RunConfig, data)
+    method = method_config_from_dict(data.pop("method", {}))
+    cfg = from_dict(RunConfig, data)
+    cfg.method = method
+    return cfg
 
 
 def parse_toml(text: str, source: str, build: typing.Callable[[dict[str, Any]], T]) -> T:

@@ -197,7 +197,7 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     d = cfg.data
     train, test = load_run_splits(d, resolve_device(cfg.device))
     method = cfg.method.build()
-    l1 = method.l1_term(model) if hasattr(method, "l1_term") else 0.0
+    l1 = method.l1_term(model)
     result = analyse(model, train, test, settings, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
                      l1=l1, quiet=quiet)  # fmt: skip
     result["source"] = str(target)

@@ -53,7 +53,7 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
     """A hash of everything the training phase of ``cfg`` depends on, when its method lets runs
     share that phase (``Method.training_key``), else None: runs with the same digest train the very
     same network before pruning."""
-    key = cfg.method.build().training_key()
+    key = cfg.method.method_type.training_key(cfg.method.settings)
     if key is None:
         return None
     what = cfg.to_dict()
@@ -118,7 +118,7 @@ class Trainer:
         return None if digest is None else self.shared / f"trained-{digest}.pt"
 
     def _plain(self) -> nn.Module:
-        return self.trained.model if hasattr(self.trained, "gates") else self.trained
+        return self.method.unwrap(self.trained)
 
     def _reuse_shared(self, st: _State, path: Path) -> None:
         ck = torch.load(path, map_location=self.device, weights_only=False)
@@ -339,15 +339,6 @@ class Trainer:
         if self.cfg.train.finetune_epochs:
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
 
-    def _player_kind(self) -> str:
-        """What the method pruned: the configured kind, else the kinds of the gated groups."""
-        if self.cfg.method.players:
-            return self.cfg.method.players
-        groups = getattr(self.trained, "groups", None)
-        if groups is None:
-            return self.method.player_kinds[0]
-        return "+".join(sorted({g.kind for g in groups}))
-
     @staticmethod
     def _kept_metrics(st: _State) -> dict[str, Any]:
         kept = sum(st.result.kept.values())
@@ -373,11 +364,11 @@ class Trainer:
             "neurons_total": st.result.total,
             "undecided_fraction": last_pruning[-1].get("undecided_fraction") if last_pruning else None,
             "kept_fraction": st.result.kept_fraction,
-            "budget": getattr(self.method.settings, "budget", None),
+            "budget": self.method.budget(),
             "params_before": params_before,
             "params_after": count_params(small),
             "nonzero_params_after": nonzero_params(small),
-            "players": self._player_kind(),
+            "players": self.method.pruned_kinds(self.trained),
             "macs_before": self.macs_before,
             "macs_after": count_macs(small, self.input_shape),
             "seconds": st.seconds,
@@ -393,7 +384,7 @@ class Trainer:
             io.torch_save(self.run_dir.model_state, small.state_dict())
             from equiprune.experiments.run_plots import plot_run
 
-            plot_run(self.run_dir, st.metrics, getattr(self.method.settings, "epsilon", None))
+            plot_run(self.run_dir, st.metrics, self.method.removal_threshold())
             io.write_json(self.run_dir.results, results)
         return results
 

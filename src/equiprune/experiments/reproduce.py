@@ -95,7 +95,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     acc_mean, acc_std = _mean_std([r["test_accuracy"] for r in results])
     kept_mean, kept_std = _mean_std([r["neurons_kept_fraction"] for r in results])
-    settings = cfg.method.build().settings
+    settings = cfg.method.settings
     row = {
         "config": name,
         "method": cfg.method.name,

@@ -25,7 +25,6 @@ runs, resumes an interrupted one from its checkpoint, and counts nothing twice.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import hashlib
 import shutil
@@ -118,7 +117,6 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
         raise ConfigError(f"label: expected a non-empty name without '/', got {label!r}")
     settings = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
     fixed = {k: entry[k] for k in ("preset", "exclude", "players") if k in entry}
-    budgeted = "budget" in {f.name for f in dataclasses.fields(method_cls.settings_type)}
     if "points" in entry:
         points = entry["points"]
         if not isinstance(points, list) or not points or not all(isinstance(p, dict) for p in points):
@@ -126,7 +124,7 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
         variants = [(",".join(f"{k}={v}" for k, v in p.items()) or f"p{j}", None, p) for j, p in enumerate(points)]
         if len({tag for tag, _, _ in variants}) != len(variants):
             raise ConfigError("points: two points have the same settings")
-    elif budgeted and "budget" not in settings:
+    elif method_cls.budgeted and "budget" not in settings:
         if not budgets:
             raise ConfigError(f"method {name!r} takes a budget, but the sweep lists no budgets")
         variants = [(f"budget={b:g}", b, {"budget": b}) for b in budgets]

@@ -46,8 +46,11 @@ class Calibration:
 class Method:
     name: ClassVar[str]
     settings_type: ClassVar[type]
-    #: Player kinds the method can prune (see ``groups``); the loop refuses any other.
+    #: Player kinds the method can prune (see ``core.players``); the loop refuses any other.
     player_kinds: ClassVar[tuple[str, ...]] = STRUCTURED_KINDS
+    #: Whether the settings have a ``budget`` (the fraction of players kept): sweeps run such a
+    #: method once per budget, and results.json reports it.
+    budgeted: ClassVar[bool] = False
 
     def __init__(self, settings: Any, exclude: tuple[str, ...] = (), players: str | None = None):
         self.settings = settings
@@ -65,9 +68,9 @@ class Method:
         return {}
 
     @classmethod
-    def from_config(
-        cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = (), players: str | None = None
-    ) -> Method:
+    def resolve_settings(cls, preset: str | None, settings: dict[str, Any]) -> Any:
+        """The method's settings dataclass from a preset's values overridden by ``settings``, each
+        field checked by type and range (errors name ``method.<field>``)."""
         values: dict[str, Any] = {}
         if preset is not None:
             presets = cls.presets()
@@ -78,7 +81,13 @@ class Method:
                 )
             values.update(presets[preset])
         values.update(settings)
-        return cls(from_dict(cls.settings_type, values, "method"), exclude, players)
+        return from_dict(cls.settings_type, values, "method")
+
+    @classmethod
+    def from_config(
+        cls, preset: str | None, settings: dict[str, Any], exclude: tuple[str, ...] = (), players: str | None = None
+    ) -> Method:
+        return cls(cls.resolve_settings(preset, settings), exclude, players)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Return the module to train (the model itself, or a wrapper that gates it)."""
@@ -89,7 +98,8 @@ class Method:
     ) -> None:
         """Called once before training under the method (``epochs``: the method's own phase)."""
 
-    def training_key(self) -> str | None:
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
         """What the method's training phase depends on, when runs may share it (else None).
 
         One-shot methods that train the dense model and only select players at the end return
@@ -97,6 +107,29 @@ class Method:
         seed trains the very same network, so a sweep trains it once and reuses it.
         """
         return None
+
+    def unwrap(self, trained: nn.Module) -> nn.Module:
+        """The configured model inside ``trained`` (``prepare``'s result): itself, unless the
+        method wraps it in gates."""
+        return trained
+
+    def pruned_kinds(self, trained: nn.Module) -> str:
+        """What the run pruned, for its results: the configured player kind, else the method's own."""
+        return self.players or self.player_kinds[0]
+
+    def budget(self) -> float | None:
+        """The fraction of players the method keeps, for a budgeted method; else None."""
+        return self.settings.budget if self.budgeted else None
+
+    def removal_threshold(self) -> float | None:
+        """The participation below which a player is removed, for methods that decide so (drawn
+        on the participation histogram); else None."""
+        return None
+
+    def l1_term(self, model: nn.Module) -> float:
+        """The value of the method's weight penalty on a plain ``model`` (the pruning-limit
+        prediction takes it into account); 0 for a method without one."""
+        return 0.0
 
     def weight_parameters(self, trained: nn.Module) -> list[nn.Parameter]:
         """The parameters the weight optimizer owns."""
@@ -164,7 +197,8 @@ class Dense(Method):
     settings_type = DenseSettings
     player_kinds = (*STRUCTURED_KINDS, "weight")
 
-    def training_key(self) -> str | None:
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
         return "dense"
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:

@@ -57,6 +57,17 @@ class EquilibriumPruner(Method):
         self._recorder = gated.record_per_example(True) if self.settings.update == "newton" else None
         return gated
 
+    def unwrap(self, trained: GatedModel | WeightGatedModel) -> nn.Module:
+        return trained.model
+
+    def pruned_kinds(self, trained: GatedModel | WeightGatedModel) -> str:
+        if self.players or isinstance(trained, WeightGatedModel):
+            return self.players or "weight"
+        return "+".join(sorted({g.kind for g in trained.groups}))
+
+    def removal_threshold(self) -> float | None:
+        return self.settings.epsilon
+
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         if self.settings.rewind:
             if isinstance(trained, WeightGatedModel):

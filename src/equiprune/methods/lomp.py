@@ -9,6 +9,7 @@ predicts from the Hessian spectrum where it stops working (:mod:`equiprune.exper
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -40,9 +41,9 @@ class Lomp(_ByMagnitude):
     name = "lomp"
     settings_type = LompSettings
 
-    def training_key(self) -> str | None:
-        s = self.settings
-        return f"l1={s.l1!r},biases={s.include_biases}"
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
+        return f"l1={settings.l1!r},biases={settings.include_biases}"
 
     def penalty(self, trained: nn.Module) -> torch.Tensor | None:
         if self.settings.l1 == 0:

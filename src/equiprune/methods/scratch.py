@@ -30,6 +30,7 @@ class ScratchSettings:
 class Scratch(Method):
     name = "scratch"
     settings_type = ScratchSettings
+    budgeted = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         gated = self.attach(model)

@@ -57,6 +57,7 @@ class StructuredPruner(Method):
     """Base of the score-and-keep baselines; a subclass defines :meth:`scores`."""
 
     settings_type = StructuredSettings
+    budgeted = True
 
     def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
@@ -75,6 +76,12 @@ class StructuredPruner(Method):
     def prepare(self, model: nn.Module) -> GatedModel:
         return self.attach(model)
 
+    def unwrap(self, trained: GatedModel) -> nn.Module:
+        return trained.model
+
+    def pruned_kinds(self, trained: GatedModel) -> str:
+        return self.players or "+".join(sorted({g.kind for g in trained.groups}))
+
     def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         self._calibration = calibration
         total = steps_per_epoch * epochs
@@ -85,8 +92,9 @@ class StructuredPruner(Method):
     def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
         return trained.weight_parameters()  # the gates are masks here, never trained
 
-    def training_key(self) -> str | None:
-        return "dense" if self.settings.schedule == "one-shot" else None
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
+        return "dense" if settings.schedule == "one-shot" else None
 
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:
@@ -221,8 +229,9 @@ class NetworkSlimming(StructuredPruner):
     def penalty(self, trained: GatedModel) -> torch.Tensor:
         return self.settings.l1 * sum(s.abs().sum() for s in trained.gates)
 
-    def training_key(self) -> str | None:
-        return f"slimming(l1={self.settings.l1!r})" if self.settings.schedule == "one-shot" else None
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
+        return f"slimming(l1={settings.l1!r})" if settings.schedule == "one-shot" else None
 
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:

@@ -58,6 +58,7 @@ class UnstructuredPruner(Method):
     settings_type = UnstructuredSettings
     #: when the budget is applied: "init" (before_run), "end" (finish) or "during" (subclass)
     when: str = "end"
+    budgeted = True
 
     def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
@@ -77,8 +78,9 @@ class UnstructuredPruner(Method):
         if self.when == "init" and self._step == 0:
             self.prune_to(trained, self.settings.budget)
 
-    def training_key(self) -> str | None:
-        return "dense" if self.when == "end" else None
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
+        return "dense" if cls.when == "end" else None
 
     def after_step(self, trained: nn.Module) -> None:
         self._step += 1
@@ -144,8 +146,9 @@ class WeightMagnitude(_ByMagnitude):
     name = "weight-magnitude"
     settings_type = MagnitudeSettings
 
-    def training_key(self) -> str | None:
-        return "dense" if self.settings.schedule == "one-shot" else None
+    @classmethod
+    def training_key(cls, settings: Any) -> str | None:
+        return "dense" if settings.schedule == "one-shot" else None
 
     def after_step(self, trained: nn.Module) -> None:
         super().after_step(trained)
