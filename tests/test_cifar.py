@@ -141,9 +141,9 @@ name = "{method}"
 """)
     results = run(cfg, tmp_path / "run", quiet=True)
     assert results["players"] == "filter"
-    assert len(results["neurons_total"]) == 12  # 3 coupled stages + 9 inner convolutions
+    assert len(results["total"]) == 12  # 3 coupled stages + 9 inner convolutions
     if method == "magnitude-l1":  # the budget, to the player
-        assert sum(results["neurons_kept"].values()) == round(0.5 * sum(results["neurons_total"].values()))
+        assert sum(results["kept"].values()) == round(0.5 * sum(results["total"].values()))
         assert results["macs_after"] < results["macs_before"] and results["params_after"] < results["params_before"]
     else:  # a few steps on a few images: the game ran and compacted (its pruning power is measured elsewhere)
         assert results["undecided_fraction"] is not None and results["macs_after"] <= results["macs_before"]

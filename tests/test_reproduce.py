@@ -33,7 +33,7 @@ def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert [r["config"] for r in rows] == ["l1-l2-combined", "equiprune-best", "dense-kept-widths"]
     keys = {"config", "alpha", "beta", "gamma", "eta", "test_accuracy_mean", "test_accuracy_std",
-            "neurons_kept_fraction_mean"}  # fmt: skip
+            "kept_fraction_mean"}  # fmt: skip
     assert all(keys <= set(r) for r in rows)
     paper = rows[0]
     assert (paper["beta"], paper["gamma"], paper["paper_test_accuracy"]) == (0.05, 0.05, 0.9154)
@@ -42,7 +42,7 @@ def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path
     for seed in (0, 1):
         best = json.loads((tmp_path / "equiprune-best" / f"seed{seed}" / "results.json").read_text())
         dense = json.loads((tmp_path / "dense-kept-widths" / f"seed{seed}" / "results.json").read_text())
-        assert list(dense["neurons_kept"].values()) == list(best["neurons_kept"].values())
+        assert list(dense["kept"].values()) == list(best["kept"].values())
     md = (tmp_path / "summary.md").read_text()
     assert md == summary.markdown and "| l1-l2-combined |" in md and "91.54%" in md and "Targets for" in md
     # How each configuration plays is in its row: the paper's ascent, equiprune-best's anchored Newton steps.

@@ -20,7 +20,7 @@ from equiprune.experiments.setup import evaluate
 
 from .helpers import small_config
 
-RESULT_KEYS = {"test_accuracy", "neurons_kept_fraction", "neurons_kept", "params_before", "params_after", "seconds"}
+RESULT_KEYS = {"test_accuracy", "kept_fraction", "kept", "params_before", "params_after", "seconds"}
 
 
 def test_run_writes_a_complete_run_directory(tmp_path, data_root):
@@ -30,9 +30,9 @@ def test_run_writes_a_complete_run_directory(tmp_path, data_root):
     assert RESULT_KEYS <= set(results)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == results
-    kept = results["neurons_kept"]
-    assert 0 < results["neurons_kept_fraction"] < 1, "the game should prune some neurons here"
-    assert results["neurons_kept_fraction"] == pytest.approx(sum(kept.values()) / (64 + 32))
+    kept = results["kept"]
+    assert 0 < results["kept_fraction"] < 1, "the game should prune some neurons here"
+    assert results["kept_fraction"] == pytest.approx(sum(kept.values()) / (64 + 32))
     assert results["params_after"] < results["params_before"]
     # 5 short epochs of the game on 6,000 images, 1 of fine-tuning: far above chance (0.1), not tuned.
     assert results["test_accuracy"] > 0.5
@@ -60,7 +60,7 @@ def test_a_newton_run_trains_dense_first_then_prunes_and_compacts(tmp_path, data
     results = run(parse_config(text + extra), tmp_path / "run", quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["players_alive"] == 96  # epoch 1 of 4 in the pruning phase: still dense
-    assert 0 < results["neurons_kept_fraction"] < 1 and results["params_after"] < results["params_before"]
+    assert 0 < results["kept_fraction"] < 1 and results["params_after"] < results["params_before"]
     assert results["test_accuracy"] > 0.5 and results["warnings"] == []
     model = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert not any(m._forward_pre_hooks for m in model.modules())
@@ -78,7 +78,7 @@ def test_an_anchored_run_keeps_its_survivors_at_full_strength_while_the_others_l
     assert alive[0] == 96 and alive[1] > alive[2] > alive[3] > 0  # dense start, then a gradual exit
     assert rows[3]["test_accuracy"] >= rows[1]["test_accuracy"] - 0.01
     assert rows[3]["undecided_fraction"] > 0.05  # a survivor's participation is its margin over its cost
-    assert sum(results["neurons_kept"].values()) == alive[3] and results["warnings"] == []
+    assert sum(results["kept"].values()) == alive[3] and results["warnings"] == []
     assert results["test_accuracy"] > 0.8
 
 

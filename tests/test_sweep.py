@@ -70,7 +70,7 @@ def test_a_sweep_runs_the_grid_stores_every_run_once_and_reports(tmp_path, data_
     assert sorted(r["run_id"] for r in rows) == sorted(r.run_id for r in sweep.runs)
     by_id = {r["run_id"]: r["results"] for r in rows}
     # a budgeted method keeps exactly round(0.25 × 24) = 6 players
-    assert by_id["magnitude-l2/budget=0.25/seed0"]["neurons_kept"] == {"1": 4, "3": 2}
+    assert by_id["magnitude-l2/budget=0.25/seed0"]["kept"] == {"1": 4, "3": 2}
     # random shared the dense training phase that magnitude-l2 trained first
     assert not by_id["magnitude-l2/budget=0.25/seed0"]["shared_training"]
     assert by_id["random/budget=0.25/seed0"]["shared_training"]
@@ -147,7 +147,7 @@ def test_a_parallel_sweep_stores_the_same_results_as_one_run_after_another(tmp_p
     assert sorted(stored[0]) == sorted(stored[1]) == sorted(r.run_id for r in sweep.runs)
     for run_id, alone in stored[0].items():
         side_by_side = stored[1][run_id]
-        for key in ("test_accuracy", "test_loss", "neurons_kept", "shared_training", "environment"):
+        for key in ("test_accuracy", "test_loss", "kept", "shared_training", "environment"):
             assert side_by_side[key] == alone[key], (run_id, key)
     assert sum(r["shared_training"] for r in stored[1].values()) == 2  # random reused each seed's phase
     assert run_sweep(sweep, tmp_path / "two", quiet=True, jobs=2) == {**counts, "ran": 0, "skipped": 10}

@@ -282,7 +282,7 @@ budget = 0.5
 """)
     results = run(cfg, tmp_path / "run", quiet=True)
     assert results["players"] == "head+neuron"
-    assert results["neurons_kept"]["blocks.0.attn"] == 2 and results["neurons_kept"]["blocks.0.fc1"] == 64
+    assert results["kept"]["blocks.0.attn"] == 2 and results["kept"]["blocks.0.fc1"] == 64
     small = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert [b.attn.heads for b in small.blocks] == [2, 2, 2, 2]
     assert results["macs_after"] < results["macs_before"]

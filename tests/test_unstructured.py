@@ -194,7 +194,7 @@ budget = 0.1
     results = train.run(cfg, tmp_path / name, quiet=True)
     weights = 784 * 32 + 32 * 16 + 16 * 10
     assert results["players"] == "weight"
-    assert sum(results["neurons_kept"].values()) == round(0.1 * weights)
+    assert sum(results["kept"].values()) == round(0.1 * weights)
     assert results["nonzero_params_after"] <= round(0.1 * weights) + 32 + 16 + 10
     assert results["test_accuracy"] > 0.3  # learned something (chance: 0.1) in 12 fine-tuning steps
 

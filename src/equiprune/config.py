@@ -222,7 +222,12 @@ class RunConfig:
     def identity(self) -> str:
         """The run's identity: a hash of the resolved configuration, every default filled in. Run
         directories, sweeps and shared training phases all know a run by it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return digest(self.to_dict())
+
+
+def digest(data: Any) -> str:
+    """The SHA-256 of plain ``data`` in a canonical JSON form (keys sorted)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _drop_none(d):

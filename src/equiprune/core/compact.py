@@ -29,11 +29,23 @@ class PruneResult:
     #: unstructured results only: parameter name (in ``model``) -> which entries may be non-zero;
     #: fine-tuning re-applies them after every step, so pruned weights stay pruned
     weight_masks: dict[str, torch.Tensor] | None = None
+    #: player group name -> the kind of its players ("neuron", "filter", "head" or "weight")
+    kinds: dict[str, str] | None = None
 
     @property
     def kept_fraction(self) -> float:
         total = sum(self.total.values())
         return sum(self.kept.values()) / total if total else 1.0
+
+    def kept_by_kind(self) -> dict[str, dict[str, int]]:
+        """``{kind: {"kept": n, "total": m}}`` over the groups of each player kind."""
+        out: dict[str, dict[str, int]] = {}
+        for name, total in self.total.items():
+            kind = (self.kinds or {}).get(name, "unknown")
+            counts = out.setdefault(kind, {"kept": 0, "total": 0})
+            counts["kept"] += self.kept[name]
+            counts["total"] += total
+        return out
 
 
 def keep_masks(gated: GatedModel, epsilon: float) -> dict[str, torch.Tensor]:
@@ -209,4 +221,4 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
         rebalance(model, pairs)
     kept = {k: int(v.sum()) for k, v in masks.items()}
     total = {g.name: g.size for g in gated.groups}
-    return PruneResult(model, kept, total)
+    return PruneResult(model, kept, total, kinds={g.name: g.kind for g in gated.groups})

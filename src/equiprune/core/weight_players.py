@@ -113,7 +113,7 @@ def compact_unstructured(model: nn.Module, masks: WeightMasks) -> PruneResult:
         small = compact(GatedModel(small, groups), keep).model
     total, kept = masks.sizes(), masks.kept()
     weight_masks = {f"{name}.weight": m.weight != 0 for name, m in small.named_modules() if isinstance(m, PRUNABLE)}
-    return PruneResult(small, kept, total, weight_masks)
+    return PruneResult(small, kept, total, weight_masks, kinds=dict.fromkeys(total, "weight"))
 
 
 class _Scale(nn.Module):

@@ -21,8 +21,6 @@ updates use gradients that DDP has already averaged, so they stay identical on e
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,11 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from equiprune import io
-from equiprune.config import RunConfig
+from equiprune.config import RunConfig, digest
 from equiprune.core.compact import PruneResult
 from equiprune.core.measure import count_macs, count_params, nonzero_params
 from equiprune.data import DATASETS, Batches
 from equiprune.errors import TrainingDiverged
+from equiprune.experiments.results import RunResults
+from equiprune.experiments.run_plots import plot_run
 from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
 from equiprune.methods import Method
@@ -63,7 +63,7 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
     for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr", "finetune_weight_decay"):
         train.pop(k, None)
     what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+    return digest(what)[:20]
 
 
 def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int, decay: float):
@@ -172,7 +172,7 @@ class Trainer:
         else:
             # The compacted architecture differs from the configured one: keep the module itself.
             payload["small_model"] = st.result.model
-            payload["kept"], payload["total"] = st.result.kept, st.result.total
+            payload["kept"], payload["total"], payload["kinds"] = st.result.kept, st.result.total, st.result.kinds
             payload["weight_masks"] = st.result.weight_masks
         io.torch_save(self.run_dir.checkpoint, payload)
         self.run_dir.write_metrics(st.metrics)
@@ -186,7 +186,7 @@ class Trainer:
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
         else:
             masks = ck["weight_masks"] and {k: v.to(self.device) for k, v in ck["weight_masks"].items()}
-            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"], masks)
+            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"], masks, ck.get("kinds"))
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
         self.method.load_state_dict(ck["method_state"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -351,39 +351,37 @@ class Trainer:
         acc, test_loss = evaluate(small, self.test_split, self.cfg.data.eval_batch_size)
         last_pruning = [r for r in st.metrics if r["phase"] == "prune"]
         flagged = [r for r in st.metrics if "warning" in r]  # epochs whose loss was worse than a uniform guess
-        results = {
-            "method": self.cfg.method.name,
-            "seed": self.cfg.seed,
-            "dataset": self.cfg.data.dataset,
-            "epochs": self.cfg.train.epochs,
-            "test_accuracy": acc,
-            "test_loss": test_loss,
-            "test_accuracy_before_compaction": st.gated_test_accuracy,
-            "neurons_kept_fraction": st.result.kept_fraction,
-            "neurons_kept": st.result.kept,
-            "neurons_total": st.result.total,
-            "undecided_fraction": last_pruning[-1].get("undecided_fraction") if last_pruning else None,
-            "kept_fraction": st.result.kept_fraction,
-            "budget": self.method.budget(),
-            "params_before": params_before,
-            "params_after": count_params(small),
-            "nonzero_params_after": nonzero_params(small),
-            "players": self.method.pruned_kinds(self.trained),
-            "macs_before": self.macs_before,
-            "macs_after": count_macs(small, self.input_shape),
-            "seconds": st.seconds,
-            "shared_training": st.shared,
-            "warnings": [r["warning"] for r in flagged],
+        results = RunResults(
+            method=self.cfg.method.name,
+            seed=self.cfg.seed,
+            dataset=self.cfg.data.dataset,
+            epochs=self.cfg.train.epochs,
+            test_accuracy=acc,
+            test_loss=test_loss,
+            test_accuracy_before_compaction=st.gated_test_accuracy,
+            kept_fraction=st.result.kept_fraction,
+            players=self.method.pruned_kinds(self.trained),
+            kept=st.result.kept,
+            total=st.result.total,
+            kept_by_kind=st.result.kept_by_kind(),
+            params_before=params_before,
+            params_after=count_params(small),
+            macs_before=self.macs_before,
+            macs_after=count_macs(small, self.input_shape),
+            seconds=st.seconds,
+            undecided_fraction=last_pruning[-1].get("undecided_fraction") if last_pruning else None,
+            budget=self.method.budget(),
+            nonzero_params_after=nonzero_params(small),
+            shared_training=st.shared,
+            warnings=[r["warning"] for r in flagged],
             # the same epochs as data, for a report that lists them without reading the messages
-            "diverged_epochs": [{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
+            diverged_epochs=[{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)
-            "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
-        }
+            environment={"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
+        ).to_dict()
         if self.rank == 0:
             io.torch_save(self.run_dir.model, small)
             io.torch_save(self.run_dir.model_state, small.state_dict())
-            from equiprune.experiments.run_plots import plot_run
-
             plot_run(self.run_dir, st.metrics, self.method.removal_threshold())
             io.write_json(self.run_dir.results, results)
         return results

@@ -24,10 +24,10 @@ from equiprune.progress import bar, logger
 
 #: What the paper reports for each preset (MNIST, 784-512-256-10, 20 epochs).
 PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "very-high-beta": {"test_accuracy": 0.9664, "neurons_kept_fraction": 1.0},
-    "extreme-beta": {"test_accuracy": 0.9115, "neurons_kept_fraction": 0.0482},
-    "l1-sparsity-strong": {"test_accuracy": 0.8957, "neurons_kept_fraction": 0.0169},
-    "l1-l2-combined": {"test_accuracy": 0.9154, "neurons_kept_fraction": 0.0195},
+    "very-high-beta": {"test_accuracy": 0.9664, "kept_fraction": 1.0},
+    "extreme-beta": {"test_accuracy": 0.9115, "kept_fraction": 0.0482},
+    "l1-sparsity-strong": {"test_accuracy": 0.8957, "kept_fraction": 0.0169},
+    "l1-l2-combined": {"test_accuracy": 0.9154, "kept_fraction": 0.0195},
 }
 
 
@@ -44,7 +44,7 @@ SUITES = {
         package_dir="game_mnist",
         configs=("very-high-beta", "extreme-beta", "l1-sparsity-strong", "l1-l2-combined", "equiprune-best"),
         best="equiprune-best",
-        targets={"max_neurons_kept_fraction": 0.02, "min_test_accuracy": 0.935, "max_undecided_fraction": 0.05},
+        targets={"max_kept_fraction": 0.02, "min_test_accuracy": 0.935, "max_undecided_fraction": 0.05},
     )
 }
 
@@ -94,7 +94,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     acc_mean, acc_std = _mean_std([r["test_accuracy"] for r in results])
-    kept_mean, kept_std = _mean_std([r["neurons_kept_fraction"] for r in results])
+    kept_mean, kept_std = _mean_std([r["kept_fraction"] for r in results])
     settings = cfg.method.settings
     row = {
         "config": name,
@@ -108,9 +108,9 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         "anchored": getattr(settings, "anchored", None),
         "test_accuracy_mean": acc_mean,
         "test_accuracy_std": acc_std,
-        "neurons_kept_fraction_mean": kept_mean,
-        "neurons_kept_fraction_std": kept_std,
-        "neurons_kept": [r["neurons_kept"] for r in results],
+        "kept_fraction_mean": kept_mean,
+        "kept_fraction_std": kept_std,
+        "kept": [r["kept"] for r in results],
         "params_after_mean": statistics.fmean(r["params_after"] for r in results),
         "seeds": [r["seed"] for r in results],
         "seconds_mean": statistics.fmean(r["seconds"] for r in results),
@@ -119,7 +119,7 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
     row["undecided_fraction_mean"] = statistics.fmean(undecided) if undecided else None
     if name in PAPER_TABLE2:
         row["paper_test_accuracy"] = PAPER_TABLE2[name]["test_accuracy"]
-        row["paper_neurons_kept_fraction"] = PAPER_TABLE2[name]["neurons_kept_fraction"]
+        row["paper_kept_fraction"] = PAPER_TABLE2[name]["kept_fraction"]
     return row
 
 
@@ -151,14 +151,14 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
         lines.append(
             f"| {r['config']} | {fmt(r['alpha'])} | {fmt(r['beta'])} | {fmt(r['gamma'])} | {fmt(r['eta'])} "
             f"| {fmt(r['lr_s'])} | {update} | {_pct(r['test_accuracy_mean'])} ± {_pct(r['test_accuracy_std'])} "
-            f"| {_pct(r['neurons_kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
-            f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_neurons_kept_fraction'))} |"
+            f"| {_pct(r['kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
+            f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_kept_fraction'))} |"
         )
     best = next(r for r in rows if r["config"] == suite.best)
     t = suite.targets
     checks = [
-        ("neurons kept", best["neurons_kept_fraction_mean"] <= t["max_neurons_kept_fraction"],
-         f"{_pct(best['neurons_kept_fraction_mean'])} ≤ {_pct(t['max_neurons_kept_fraction'], 1)}"),
+        ("neurons kept", best["kept_fraction_mean"] <= t["max_kept_fraction"],
+         f"{_pct(best['kept_fraction_mean'])} ≤ {_pct(t['max_kept_fraction'], 1)}"),
         ("test accuracy", best["test_accuracy_mean"] >= t["min_test_accuracy"],
          f"{_pct(best['test_accuracy_mean'])} ≥ {_pct(t['min_test_accuracy'], 1)}"),
         ("equilibrium", (best["undecided_fraction_mean"] or 0) <= t["max_undecided_fraction"],
@@ -231,7 +231,7 @@ def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False, jobs: i
         rows.append(_row(name, base, results))
         if name == suite.best:
             best_cfg, best_results = base, results
-    refs = [dense_reference(best_cfg, r["neurons_kept"], r["seed"]) for r in best_results]
+    refs = [dense_reference(best_cfg, r["kept"], r["seed"]) for r in best_results]
     dense_results = _run_all(
         [(f"{DENSE_REFERENCE} {cfg.model.hidden}, seed {cfg.seed}", cfg, out / DENSE_REFERENCE / f"seed{cfg.seed}")
          for cfg in refs],
@@ -239,11 +239,11 @@ def reproduce(suite_name: str, out, seeds: int = 3, quiet: bool = False, jobs: i
         jobs,
     )  # fmt: skip
     if dense_results:
-        dense_row = _row(DENSE_REFERENCE, dense_reference(best_cfg, best_results[0]["neurons_kept"], 0), dense_results)
+        dense_row = _row(DENSE_REFERENCE, dense_reference(best_cfg, best_results[0]["kept"], 0), dense_results)
         # Its widths are the best configuration's kept ones: report them as a fraction of the 768.
         best_row = next(r for r in rows if r["config"] == suite.best)
-        dense_row["neurons_kept_fraction_mean"] = best_row["neurons_kept_fraction_mean"]
-        dense_row["neurons_kept_fraction_std"] = best_row["neurons_kept_fraction_std"]
+        dense_row["kept_fraction_mean"] = best_row["kept_fraction_mean"]
+        dense_row["kept_fraction_std"] = best_row["kept_fraction_std"]
         rows.append(dense_row)
     md = _markdown(suite, rows, seeds)
     json_path = io.write_json(out / "summary.json", rows)

@@ -23,6 +23,7 @@ import torch
 from equiprune import io
 from equiprune.config import RunConfig, dump_toml, load_config
 from equiprune.errors import ConfigError
+from equiprune.experiments.results import read_results
 from equiprune.experiments.setup import build_model, resolve_device
 
 
@@ -54,7 +55,7 @@ class RunDir:
             raise ConfigError(f"--out {self.path} is a file; a run directory must be a directory (new or a run's own)")
         if self.config.is_file():
             existing = load_config(self.config)
-            if existing.to_dict() != cfg.to_dict():
+            if existing.identity() != cfg.identity():
                 diff = _diff(existing.to_dict(), cfg.to_dict())
                 raise ConfigError(
                     f"{self.path} holds a run with another configuration ({diff}); choose another --out directory"
@@ -81,7 +82,8 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def read_results(self) -> dict[str, Any]:
-        return json.loads(self.results.read_text())
+        """results.json in the current layout, whichever equiprune wrote it."""
+        return read_results(json.loads(self.results.read_text()))
 
 
 def load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:

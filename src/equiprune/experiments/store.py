@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from equiprune.errors import ConfigError
+from equiprune.experiments.results import read_results
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -87,7 +88,7 @@ class ResultStore:
         )
         return [
             {"run_id": r[0], "label": r[1], "method": r[2], "point": r[3], "budget": r[4], "seed": r[5],
-             "status": r[6], "results": json.loads(r[7])}
+             "status": r[6], "results": read_results(json.loads(r[7]))}
             for r in cur.fetchall()
         ]  # fmt: skip
 

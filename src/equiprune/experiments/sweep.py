@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from equiprune import io
-from equiprune.config import RunConfig, dump_toml, load_config, read_toml_file, run_config_from_dict
+from equiprune.config import RunConfig, load_config, read_toml_file, run_config_from_dict
 from equiprune.errors import ConfigError, PruningError, TrainingDiverged
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run, shared_training_digest
@@ -59,7 +58,7 @@ class PlannedRun:
 
     @property
     def config_hash(self) -> str:
-        return hashlib.sha256(dump_toml(self.config).encode()).hexdigest()
+        return self.config.identity()
 
 
 @dataclass
@@ -148,11 +147,12 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
 def _same_run(out: Path, planned: PlannedRun) -> bool:
     """Whether the stored run's own config, read by this version of equiprune, is the planned one.
 
-    A stored hash can differ only because a newer version added a setting (which the stored
-    config then takes at its default, as the run did): that run need not be repeated."""
+    A stored hash can differ though the run is the same: a newer version added a setting (which
+    the stored config then takes at its default, as the run did), or hashed configurations
+    another way (0.1 hashed the TOML text). Such a run need not be repeated."""
     path = RunDir(out / "runs" / planned.run_id).config
     try:
-        return path.is_file() and load_config(path).to_dict() == planned.config.to_dict()
+        return path.is_file() and load_config(path).identity() == planned.config_hash
     except ConfigError:  # a setting since removed or renamed: not provably the same run
         return False
 

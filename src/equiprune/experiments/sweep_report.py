@@ -71,7 +71,7 @@ def frontier_rows(rows: list[dict[str, Any]], budgets: list[float] | None = None
     out = []
     for (label, point), runs in sorted(groups.items()):
         res = [r["results"] for r in runs]
-        kept = [x.get("kept_fraction", x.get("neurons_kept_fraction")) for x in res]
+        kept = [x["kept_fraction"] for x in res]
         acc = [x["test_accuracy"] for x in res]
         macs = [x["macs_after"] for x in res if x.get("macs_after") is not None]
         kmean, kstd = _mean_std(kept)

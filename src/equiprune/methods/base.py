@@ -202,5 +202,6 @@ class Dense(Method):
         return "dense"
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
-        widths = {g.name: g.size for g in find_players(trained)}
-        return PruneResult(trained, widths, dict(widths))
+        groups = find_players(trained)
+        widths = {g.name: g.size for g in groups}
+        return PruneResult(trained, widths, dict(widths), kinds={g.name: g.kind for g in groups})

@@ -35,6 +35,7 @@ class Scratch(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         gated = self.attach(model)
         self._total = {g.name: g.size for g in gated.groups}
+        self._kinds = {g.name: g.kind for g in gated.groups}
         self._kept = layerwise_counts(self.settings.budget, self._total)
         masks = {
             g.name: torch.arange(g.size, device=g.producer.weight.device) < self._kept[g.name] for g in gated.groups
@@ -46,4 +47,4 @@ class Scratch(Method):
         return small
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
-        return PruneResult(trained, dict(self._kept), dict(self._total))
+        return PruneResult(trained, dict(self._kept), dict(self._total), kinds=dict(self._kinds))
