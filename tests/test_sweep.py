@@ -12,7 +12,7 @@ from equiprune.experiments import loop as train
 from equiprune.experiments import sweep as sweep_module
 from equiprune.experiments.store import ResultStore
 from equiprune.experiments.sweep import lanes, load_sweep, parse_sweep, run_sweep
-from equiprune.experiments.sweep_report import frontier_rows, write_report
+from equiprune.experiments.sweep_report import frontier_rows, render_markdown, write_report
 
 
 def _sweep_text(data_root, methods: str, budgets="[0.25]", seeds="[0]") -> str:
@@ -320,7 +320,7 @@ def test_interpolation_at_equal_parameters_is_linear_in_log_parameters():
     from equiprune.experiments.sweep_report import FrontierRow, interpolate_accuracy
 
     def row(params, acc):
-        return FrontierRow("m", "m", "p", 0.1, 1, 0.1, 0.0, acc, 0.0, params, None)
+        return FrontierRow("m", "m", "baseline", "p", 0.1, 1, 0.1, 0.0, acc, 0.0, params, None)
 
     rows = [row(1000, 0.90), row(100000, 0.98)]
     assert interpolate_accuracy(rows, 10000) == pytest.approx(0.94)  # halfway in log(parameters)
@@ -332,7 +332,8 @@ def test_the_verdict_judges_each_game_label_as_it_is_where_no_two_settings_brack
     from equiprune.experiments.sweep_report import FrontierRow, render_markdown
 
     def row(label, name, point, acc, std):
-        return FrontierRow(label, name, point, 0.1, 3, 0.1, 0.0, acc, std, 1000, None)
+        role = "candidate" if name == "game" else "baseline"
+        return FrontierRow(label, name, role, point, 0.1, 3, 0.1, 0.0, acc, std, 1000, None)
 
     frontier = [
         row("magnitude-l2", "magnitude-l2", "budget=0.1", 0.900, 0.010),
@@ -351,11 +352,36 @@ def test_the_verdict_judges_each_game_label_as_it_is_where_no_two_settings_brack
     assert "| game-width gamma=0.1 |" in text and "| game gamma=0.3 |" in text
 
 
+def test_the_report_judges_whatever_the_sweep_names_a_candidate(tmp_path):
+    """Roles come from the sweep file (else the method's own): the report knows no method by name."""
+    sweep = parse_sweep({
+        "budgets": [0.5],
+        "methods": [{"name": "taylor", "role": "candidate"}, {"name": "random"}, {"name": "scratch"},
+                    {"name": "game", "points": [{"gamma": 0.1}], "role": "baseline"}],
+    })  # fmt: skip
+    assert sweep.roles == {"taylor": "candidate", "random": "baseline", "scratch": "reference", "game": "baseline"}
+    rows = [
+        _row("taylor", "taylor", "budget=0.5", 0.5, 0.5, 0.95),
+        _row("random", "random", "budget=0.5", 0.5, 0.5, 0.9),
+        _row("scratch", "scratch", "budget=0.5", 0.5, 0.5, 0.93),
+        _row("game", "game", "gamma=0.1", None, 0.5, 0.97),
+    ]
+    frontier = frontier_rows(rows, [0.5], sweep.roles)
+    text = render_markdown("t", frontier, [0.5])
+    verdict = [line for line in text.splitlines() if line.startswith("- budget 50%")]
+    assert verdict == ["- budget 50%, taylor (budget=0.5, kept 50.00%): 95.00 ± 0.00%; "
+                       "game -2.00 (LOSS), random +5.00 (win), scratch +2.00 (win)"]  # fmt: skip
+    assert "| **game** | **97.00 ± 0.00** |" in text and "| scratch (reference) |" in text
+    with pytest.raises(ConfigError, match="role: got 'judge'"):
+        parse_sweep({"budgets": [0.5], "methods": [{"name": "taylor", "role": "judge"}]})
+
+
 def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
     from equiprune.experiments.sweep_report import FrontierRow, render_markdown
 
     def row(label, name, point, budget, kept, acc, std):
-        return FrontierRow(label, name, point, budget, 3, kept, 0.0, acc, std, 1000, None)
+        role = "candidate" if name == "game" else "baseline"
+        return FrontierRow(label, name, role, point, budget, 3, kept, 0.0, acc, std, 1000, None)
 
     frontier = [
         # two settings bracketing 8% kept; 8% is halfway between them in log(kept). The better one
@@ -372,7 +398,7 @@ def test_the_verdict_interpolates_a_game_label_to_the_baselines_kept_fraction():
     assert lines == [
         "- budget 8%, game (interpolated between gamma=0.3 and gamma=0.1, kept 8.00%): 94.00 ± 2.00%; "
         "random -1.00 (tie), taylor -3.00 (LOSS)",
-        "- budget 50%, game: no cost setting landed near this budget",
+        "- budget 50%, game: no setting landed near this budget",
     ]
 
 

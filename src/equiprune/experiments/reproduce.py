@@ -17,6 +17,7 @@ from typing import Any
 from equiprune import io
 from equiprune.config import MethodConfig, RunConfig, load_config, shipped_config
 from equiprune.errors import ConfigError
+from equiprune.experiments.comparison import TIE_RULE, judge, mean_std
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir
@@ -88,24 +89,14 @@ def dense_reference(best: RunConfig, kept: dict[str, int], seed: int) -> RunConf
     )
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
-    acc_mean, acc_std = _mean_std([r["test_accuracy"] for r in results])
-    kept_mean, kept_std = _mean_std([r["kept_fraction"] for r in results])
-    settings = cfg.method.settings
+    acc_mean, acc_std = mean_std([r["test_accuracy"] for r in results])
+    kept_mean, kept_std = mean_std([r["kept_fraction"] for r in results])
+    settings = dataclasses.asdict(cfg.method.settings)  # the game's, or the dense reference's (none of these)
     row = {
         "config": name,
         "method": cfg.method.name,
-        "alpha": getattr(settings, "alpha", None),
-        "beta": getattr(settings, "beta", None),
-        "gamma": getattr(settings, "gamma", None),
-        "eta": getattr(settings, "eta", None),
-        "lr_s": getattr(settings, "lr_s", None),
-        "update": getattr(settings, "update", None),
-        "anchored": getattr(settings, "anchored", None),
+        **{key: settings.get(key) for key in ("alpha", "beta", "gamma", "eta", "lr_s", "update", "anchored")},
         "test_accuracy_mean": acc_mean,
         "test_accuracy_std": acc_std,
         "kept_fraction_mean": kept_mean,
@@ -170,13 +161,13 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
     dense = next((r for r in rows if r["config"] == DENSE_REFERENCE), None)
     if dense:
         diff = best["test_accuracy_mean"] - dense["test_accuracy_mean"]
-        # Within one standard deviation (of either side, added) counts as a tie.
-        noise = dense["test_accuracy_std"] + best["test_accuracy_std"]
-        verdict = "beats" if diff > noise else "ties with" if diff >= -noise else "falls short of"
+        verdict = judge(best["test_accuracy_mean"], best["test_accuracy_std"],
+                        dense["test_accuracy_mean"], dense["test_accuracy_std"])  # fmt: skip
+        words = {"win": "beats", "tie": "ties with", "loss": "falls short of"}[verdict]
         lines.append(
-            f"- against a dense model of the kept widths trained from scratch: `{suite.best}` {verdict} it "
+            f"- against a dense model of the kept widths trained from scratch: `{suite.best}` {words} it "
             f"({_pct(best['test_accuracy_mean'])} vs {_pct(dense['test_accuracy_mean'])}, "
-            f"difference {100 * diff:+.2f} points)"
+            f"difference {100 * diff:+.2f} points; {TIE_RULE})"
         )
     return "\n".join(lines) + "\n"
 

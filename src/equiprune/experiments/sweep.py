@@ -15,6 +15,8 @@ A sweep file is TOML::
     label = "taylor"  # optional: its name in the report (default: name)
     train = { ... }   # optional: overrides of base.train for this method
     points = [ { gamma = 0.1 }, ... ]   # optional: settings to sweep instead of the budgets
+    role = "baseline" # optional: "candidate" (judged against every baseline), "baseline" or
+                      # "reference" (shown, never judged); default: the method's own (game: candidate)
 
 A method with a ``budget`` setting runs once per budget; one without (the equilibrium pruner)
 runs once per entry of ``points``; any other once. Every run is validated before the first one
@@ -43,7 +45,8 @@ from equiprune.progress import bar, logger
 from equiprune.schema import unknown_key
 
 SWEEP_KEYS = ["name", "seeds", "budgets", "base", "methods"]
-ENTRY_KEYS = {"name", "label", "train", "points", "preset", "exclude", "players"}
+ENTRY_KEYS = {"name", "label", "train", "points", "preset", "exclude", "players", "role"}
+ROLES = ("candidate", "baseline", "reference")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Sweep:
     name: str
     budgets: list[float]
     runs: list[PlannedRun] = field(default_factory=list)
+    roles: dict[str, str] = field(default_factory=dict)  # label -> its part in the report (see ROLES)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -102,6 +106,10 @@ def parse_sweep(data: dict[str, Any]) -> Sweep:
             raise ConfigError(f"{where}: the label {label!r} is used twice; give one entry a distinct label")
         labels.add(label)
         sweep.runs += runs
+        role = entry.get("role", METHODS.get(entry["name"]).default_role)
+        if role not in ROLES:
+            raise ConfigError(f"{where}: role: got {role!r}, expected one of {list(ROLES)}")
+        sweep.roles[label] = role
     sweep.runs.sort(key=lambda r: r.seed)  # whole seeds first: a partial sweep is a usable one
     return sweep
 
@@ -196,7 +204,7 @@ def run_sweep(
                     f"{planned.label!r} again with its new settings pass --rerun {planned.label}, "
                     "else choose another --out"
                 )
-        io.write_json(out / "sweep.json", {"name": sweep.name, "budgets": sweep.budgets,
+        io.write_json(out / "sweep.json", {"name": sweep.name, "budgets": sweep.budgets, "roles": sweep.roles,
                                            "runs": [r.run_id for r in sweep.runs]})  # fmt: skip
         pending = [r for r in sweep.runs if store.config_hash(r.run_id) is None]
     done["skipped"] = len(sweep.runs) - len(pending)

@@ -20,28 +20,23 @@ from typing import Any
 
 from equiprune import io
 from equiprune.errors import ConfigError
+from equiprune.experiments.comparison import TIE_RULE, judge, mean_std
 from equiprune.experiments.figures import save_png, subplots
 from equiprune.experiments.store import ResultStore
+from equiprune.methods import METHODS
 
-#: Rows that are reference points, not competitors: shown in every table, never "best".
-REFERENCES = ("dense", "scratch")
 #: A row without a budget of its own joins the nearest sweep budget only if its mean kept fraction
 #: lies within this factor of it; otherwise it appears in the plots and the "unplaced" table only.
 PLACEMENT_TOLERANCE = 1.3
 #: How the report names an environment that a run stored before equiprune recorded it lacks.
 UNRECORDED = "not recorded"
-#: The method whose claim the report checks.
-GAME = "game"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 @dataclass
 class FrontierRow:
     method: str  # the sweep label
     method_name: str  # the registered method
+    role: str  # "candidate", "baseline" or "reference" (see sweep.ROLES)
     point: str
     budget: float | None  # the sweep budget the row belongs to
     seeds: int
@@ -55,13 +50,21 @@ class FrontierRow:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @property
+    def unpruned(self) -> bool:
+        """The dense reference: shown above the tables, not in them."""
+        return self.role == "reference" and self.budget is None and self.kept_fraction_mean >= 1.0
+
 
 def _finished(row: dict[str, Any]) -> bool:
     """Whether a store row is a finished run (rows stored before failures were recorded are)."""
     return row.get("status", "finished") == "finished"
 
 
-def frontier_rows(rows: list[dict[str, Any]], budgets: list[float] | None = None) -> list[FrontierRow]:
+def frontier_rows(
+    rows: list[dict[str, Any]], budgets: list[float] | None = None, roles: dict[str, str] | None = None
+) -> list[FrontierRow]:
+    """One row per label and point; ``roles``: label -> role (else the method's default role)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if not _finished(r):
@@ -74,13 +77,14 @@ def frontier_rows(rows: list[dict[str, Any]], budgets: list[float] | None = None
         kept = [x["kept_fraction"] for x in res]
         acc = [x["test_accuracy"] for x in res]
         macs = [x["macs_after"] for x in res if x.get("macs_after") is not None]
-        kmean, kstd = _mean_std(kept)
-        amean, astd = _mean_std(acc)
+        kmean, kstd = mean_std(kept)
+        amean, astd = mean_std(acc)
         budget = runs[0]["budget"]
-        if budget is None and budgets and runs[0]["method"] != "dense":
+        role = (roles or {}).get(label) or METHODS.get(runs[0]["method"]).default_role
+        if budget is None and budgets and not (role == "reference" and kmean >= 1.0):
             nearest = min(budgets, key=lambda b: abs(math.log(kmean / b)))
             budget = nearest if abs(math.log(kmean / nearest)) <= math.log(PLACEMENT_TOLERANCE) else None
-        out.append(FrontierRow(label, runs[0]["method"], point, budget, len(runs), kmean, kstd, amean, astd,
+        out.append(FrontierRow(label, runs[0]["method"], role, point, budget, len(runs), kmean, kstd, amean, astd,
                                statistics.fmean(x["params_after"] for x in res),
                                statistics.fmean(macs) if macs else None))  # fmt: skip
     return out
@@ -90,8 +94,8 @@ def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _tie(a: FrontierRow, b: FrontierRow) -> bool:
-    return abs(a.test_accuracy_mean - b.test_accuracy_mean) <= max(a.test_accuracy_std, b.test_accuracy_std)
+def _verdict_of(a: FrontierRow, b: FrontierRow) -> str:
+    return judge(a.test_accuracy_mean, a.test_accuracy_std, b.test_accuracy_mean, b.test_accuracy_std)
 
 
 def render_markdown(
@@ -103,34 +107,34 @@ def render_markdown(
 ) -> str:
     """``runs``: the store's rows behind ``frontier`` (for the environment they ran in)."""
     lines = [f"# {title}", ""]
-    dense = [r for r in frontier if r.method_name == "dense"]
+    dense = [r for r in frontier if r.unpruned]
     if dense:
         d = dense[0]
         lines += [f"Dense model: {_fmt(d.test_accuracy_mean, d.test_accuracy_std)}% test accuracy "
                   f"({d.seeds} seeds, {d.params_after_mean:,.0f} parameters).", ""]  # fmt: skip
     for b in budgets:
-        rows = [r for r in frontier if r.budget == b and r.method_name != "dense"]
+        rows = [r for r in frontier if r.budget == b and not r.unpruned]
         if not rows:
             continue
-        competitors = [r for r in rows if r.method_name not in REFERENCES]
+        competitors = [r for r in rows if r.role != "reference"]
         best = max(competitors, key=lambda r: r.test_accuracy_mean) if competitors else None
         lines += [f"## Budget {100 * b:g}% of players kept", "",
                   "| method | test accuracy (%) | kept (%) | parameters | MACs | seeds |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for r in sorted(rows, key=lambda r: -r.test_accuracy_mean):
             acc = _fmt(r.test_accuracy_mean, r.test_accuracy_std)
-            name = r.method + (" (reference)" if r.method_name in REFERENCES else "")
+            name = r.method + (" (reference)" if r.role == "reference" else "")
             if r is best:
                 acc, name = f"**{acc}**", f"**{name}**"
-            elif best is not None and r.method_name not in REFERENCES and _tie(r, best):
+            elif best is not None and r.role != "reference" and _verdict_of(r, best) == "tie":
                 name += " (tie with best)"
             macs = f"{r.macs_after_mean:,.0f}" if r.macs_after_mean is not None else "–"
             kept = f"{100 * r.kept_fraction_mean:.2f}"
-            if r.method_name == GAME:
-                kept += f" ({r.point})"
+            if r.budget is not None and r.point != f"budget={r.budget:g}" and r.point != "default":
+                kept += f" ({r.point})"  # a setting placed at this budget, not run at it
             lines.append(f"| {name} | {acc} | {kept} | {r.params_after_mean:,.0f} | {macs} | {r.seeds} |")
         lines.append("")
-    unplaced = [r for r in frontier if r.budget is None and r.method_name != "dense"]
+    unplaced = [r for r in frontier if r.budget is None and not r.unpruned]
     if unplaced:
         lines += ["## Settings that landed on no budget", "",
                   f"Their kept fraction is more than {PLACEMENT_TOLERANCE}x away from every budget of the sweep.", "",
@@ -203,59 +207,60 @@ def environment_lines(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _verdict(frontier: list[FrontierRow], budgets: list[float]) -> list[str]:
-    """Each game label against every baseline at each budget, at the baselines' own kept fraction.
+    """Each candidate label against every other method at each budget, at the others' own kept fraction.
 
-    The game has no budget: its settings land near a budget, not on it (4.3% kept where the
-    baselines keep 4.95%, or 25% placed at 20%), and on a steep frontier that gap alone is worth
-    tenths of a point either way. So a label's accuracy, and its standard deviation for the tie
-    rule, are interpolated (linearly in log kept fraction) between its two settings that bracket the
-    baselines' kept fraction; only where none bracket it is its setting nearest the budget judged
-    as it is, with what it kept beside it. Judging the frontier rather than the best of the settings
-    near a budget keeps the luckiest setting from speaking for the method."""
-    labels = sorted({r.method for r in frontier if r.method_name == GAME})
+    A candidate without a budget (the equilibrium pruner's cost settings) lands near a budget, not on
+    it (4.3% kept where the baselines keep 4.95%, or 25% placed at 20%), and on a steep frontier that
+    gap alone is worth tenths of a point either way. So a label's accuracy, and its standard
+    deviation for the tie rule, are interpolated (linearly in log kept fraction) between its two
+    settings that bracket the others' kept fraction; only where none bracket it is its setting
+    nearest the budget judged as it is, with what it kept beside it. Judging the frontier rather
+    than the best of the settings near a budget keeps the luckiest setting from speaking for the
+    method."""
+    labels = sorted({r.method for r in frontier if r.role == "candidate"})
     if not labels:
         return []
-    lines = ["## The equilibrium pruner against each baseline", "",
-             "A tie means the means differ by at most one standard deviation (the larger of the two). Each game "
-             "label is judged at the baselines' kept fraction, interpolated linearly in log kept fraction between "
-             "its two settings that bracket it (a chord under a concave frontier: where they lie far apart it "
+    lines = ["## Candidates against each baseline", "",
+             f"Each candidate is judged against every other method at each budget; {TIE_RULE}. A candidate "
+             "is judged at the others' kept fraction, interpolated linearly in log kept fraction between its two "
+             "settings that bracket it (a chord under a concave frontier: where they lie far apart it "
              "understates); where none bracket it, its setting nearest the budget is judged as it is.", ""]  # fmt: skip
-    games_of = {label: [r for r in frontier if r.method == label] for label in labels}
+    candidates_of = {label: [r for r in frontier if r.method == label] for label in labels}
     for b in budgets:
-        baselines = sorted((r for r in frontier if r.budget == b and r.method_name not in (GAME, "dense")),
-                           key=lambda r: r.method)  # fmt: skip
-        at = statistics.fmean(r.kept_fraction_mean for r in baselines) if baselines else b
+        others = sorted((r for r in frontier if r.budget == b and r.role != "candidate" and not r.unpruned),
+                        key=lambda r: r.method)  # fmt: skip
+        at = statistics.fmean(r.kept_fraction_mean for r in others) if others else b
         for label in labels:
-            g = _game_at(games_of[label], at, b)
-            if g is None:
-                lines.append(f"- budget {100 * b:g}%, {label}: no cost setting landed near this budget")
-            elif baselines:
-                head = f"- budget {100 * b:g}%, {label} ({g.point}, kept {100 * g.kept_fraction_mean:.2f}%)"
-                lines.append(f"{head}: {_fmt(g.test_accuracy_mean, g.test_accuracy_std)}%; {_against(g, baselines)}")
+            c = _candidate_at(candidates_of[label], at, b)
+            if c is None:
+                lines.append(f"- budget {100 * b:g}%, {label}: no setting landed near this budget")
+            elif others:
+                head = f"- budget {100 * b:g}%, {label} ({c.point}, kept {100 * c.kept_fraction_mean:.2f}%)"
+                lines.append(f"{head}: {_fmt(c.test_accuracy_mean, c.test_accuracy_std)}%; {_against(c, others)}")
     return lines + [""]
 
 
-def _game_at(games: list[FrontierRow], at: float, budget: float) -> FrontierRow | None:
-    """A game label's frontier at kept fraction ``at``: interpolated between the two settings that
-    bracket it, else its setting placed at ``budget`` nearest to ``at``; None if it has neither."""
+def _candidate_at(rows: list[FrontierRow], at: float, budget: float) -> FrontierRow | None:
+    """A candidate label's frontier at kept fraction ``at``: interpolated between the two settings
+    that bracket it, else its setting placed at ``budget`` nearest to ``at``; None if it has neither."""
     kept = lambda r: r.kept_fraction_mean  # noqa: E731
-    found = bracket(games, at, kept)
+    found = bracket(rows, at, kept)
     if found is not None:
         lo, hi, _ = found
         acc, std = along(found, lambda r: r.test_accuracy_mean), along(found, lambda r: r.test_accuracy_std)
         point = f"interpolated between {lo.point} and {hi.point}"
         return replace(lo, point=point, budget=budget, kept_fraction_mean=at, kept_fraction_std=0.0,
                        test_accuracy_mean=acc, test_accuracy_std=std)  # fmt: skip
-    near = [r for r in games if r.budget == budget]
+    near = [r for r in rows if r.budget == budget]
     return min(near, key=lambda r: abs(math.log(kept(r) / at))) if near else None
 
 
-def _against(game: FrontierRow, baselines: list[FrontierRow]) -> str:
-    """'method +0.12 (tie), …': the game's accuracy minus each baseline's, judged by the tie rule."""
+def _against(candidate: FrontierRow, others: list[FrontierRow]) -> str:
+    """'method +0.12 (tie), …': the candidate's accuracy minus each other's, judged by the tie rule."""
     parts = []
-    for r in baselines:
-        diff = 100 * (game.test_accuracy_mean - r.test_accuracy_mean)
-        word = "tie" if _tie(game, r) else ("win" if diff > 0 else "LOSS")
+    for r in others:
+        diff = 100 * (candidate.test_accuracy_mean - r.test_accuracy_mean)
+        word = {"tie": "tie", "win": "win", "loss": "LOSS"}[_verdict_of(candidate, r)]
         parts.append(f"{r.method} {diff:+.2f} ({word})".replace("-0.00", "+0.00"))
     return ", ".join(parts)
 
@@ -285,27 +290,27 @@ def interpolate_accuracy(rows: list[FrontierRow], params: float) -> float | None
 
 
 def _at_equal_parameters(frontier: list[FrontierRow]) -> list[str]:
-    """The equilibrium pruner against each baseline at the same parameter count (interpolated):
-    its players differ in size (a first-layer neuron owns far more weights than a second-layer
-    one), so equal players kept is not equal model size."""
-    games = sorted((r for r in frontier if r.method_name == GAME), key=lambda r: r.params_after_mean)
-    if not games:
+    """Each candidate against every other method at the same parameter count (interpolated): players
+    differ in size (a first-layer neuron owns far more weights than a second-layer one), so equal
+    players kept is not equal model size."""
+    candidates = sorted((r for r in frontier if r.role == "candidate"), key=lambda r: r.params_after_mean)
+    if not candidates:
         return []
     others: dict[str, list[FrontierRow]] = defaultdict(list)
     for r in frontier:
-        if r.method_name not in (GAME, "dense"):
+        if r.role != "candidate" and not r.unpruned:
             others[r.method].append(r)
     lines = ["## At equal parameters", "",
-             "The equilibrium pruner's accuracy minus each method's, interpolated (linearly in log parameters) "
+             "Each candidate's accuracy minus each method's, interpolated (linearly in log parameters) "
              "to the same parameter count; – where the method has no points on both sides.", "",
-             "| game setting | parameters | game accuracy (%) | " + " | ".join(sorted(others)) + " |",
+             "| candidate setting | parameters | accuracy (%) | " + " | ".join(sorted(others)) + " |",
              "|---|---|---|" + "---|" * len(others)]  # fmt: skip
-    for g in games:
+    for c in candidates:
         cells = []
         for name in sorted(others):
-            acc = interpolate_accuracy(others[name], g.params_after_mean)
-            cells.append("–" if acc is None else f"{100 * (g.test_accuracy_mean - acc):+.2f}")
-        head = f"| {g.method} {g.point} | {g.params_after_mean:,.0f} | {100 * g.test_accuracy_mean:.2f} | "
+            acc = interpolate_accuracy(others[name], c.params_after_mean)
+            cells.append("–" if acc is None else f"{100 * (c.test_accuracy_mean - acc):+.2f}")
+        head = f"| {c.method} {c.point} | {c.params_after_mean:,.0f} | {100 * c.test_accuracy_mean:.2f} | "
         lines.append(head + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -328,8 +333,8 @@ def plot_frontier(out: Path, frontier: list[FrontierRow]) -> None:
             xs = [x_of(r) for r in rows]
             ys = [100 * (1 - r.test_accuracy_mean) for r in rows]
             es = [100 * r.test_accuracy_std for r in rows]
-            style = dict(marker="*", markersize=12, linewidth=2.2) if rows[0].method_name == GAME else dict(marker="o")
-            if rows[0].method_name == "dense":
+            style = dict(marker="*", markersize=12, linewidth=2.2) if rows[0].role == "candidate" else dict(marker="o")
+            if rows[0].unpruned:
                 style = dict(marker="s", linestyle="none", color="black")
             ax.errorbar(xs, ys, yerr=es, label=method, capsize=3, **style)
         ax.set_xscale("log")
@@ -351,13 +356,14 @@ def write_report(out: str | Path, title: str | None = None, budgets: list[float]
         rows = store.rows()
     if not rows:
         raise ConfigError(f"{store_path} holds no run yet")
-    plan = out / "sweep.json"
+    plan, roles = out / "sweep.json", {}
     if plan.is_file():
         meta = json.loads(plan.read_text(encoding="utf-8"))
         title, budgets = title or f"Sweep report: {meta['name']}", budgets or meta["budgets"]
         planned = set(meta["runs"])
+        roles = meta.get("roles", {})  # sweeps written before roles: each method's default role
         rows = [r for r in rows if r["run_id"] in planned]  # runs of an earlier plan are not reported
-    frontier = frontier_rows(rows, budgets)
+    frontier = frontier_rows(rows, budgets, roles)
     budgets = sorted({r.budget for r in frontier if r.budget is not None})
     io.write_json(out / "frontier.json", [r.as_dict() for r in frontier])
     plot_frontier(out, frontier)

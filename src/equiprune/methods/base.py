@@ -51,6 +51,9 @@ class Method:
     #: Whether the settings have a ``budget`` (the fraction of players kept): sweeps run such a
     #: method once per budget, and results.json reports it.
     budgeted: ClassVar[bool] = False
+    #: The method's part in a sweep report unless the sweep says otherwise: a "candidate" is judged
+    #: against every "baseline"; a "reference" (dense, scratch) is shown but never judged or best.
+    default_role: ClassVar[str] = "baseline"
 
     def __init__(self, settings: Any, exclude: tuple[str, ...] = (), players: str | None = None):
         self.settings = settings
@@ -195,6 +198,7 @@ class Dense(Method):
 
     name = "dense"
     settings_type = DenseSettings
+    default_role = "reference"
     player_kinds = (*STRUCTURED_KINDS, "weight")
 
     @classmethod

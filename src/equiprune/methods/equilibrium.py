@@ -30,6 +30,7 @@ class EquilibriumPruner(Method):
     name = "game"
     settings_type = GameSettings
     player_kinds = (*STRUCTURED_KINDS, "weight")
+    default_role = "candidate"
 
     def __init__(self, settings: GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)

@@ -31,6 +31,7 @@ class Scratch(Method):
     name = "scratch"
     settings_type = ScratchSettings
     budgeted = True
+    default_role = "reference"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         gated = self.attach(model)
