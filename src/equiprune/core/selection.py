@@ -63,6 +63,32 @@ def top_k_masks(
     return {name: _top(scores[name], counts[name]) for name in scores}
 
 
+def top_k_among_alive(
+    scores: Mapping[str, torch.Tensor],
+    alive: Mapping[str, torch.Tensor],
+    budget: float,
+    allocation: Allocation = "layerwise",
+) -> dict[str, torch.Tensor]:
+    """:func:`top_k_masks` where only live players compete: a pruned player (``alive`` False) ranks
+    below every live one, so a selection never revives it while live players remain to keep."""
+    ranked = {name: torch.where(alive[name], scores[name].detach().float(), float("-inf")) for name in scores}
+    return top_k_masks(ranked, budget, allocation)
+
+
+def geometric_fraction(budget: float, round_: int, rounds: int) -> float:
+    """The fraction kept after round ``round_`` of ``rounds`` that shrink it geometrically to ``budget``:
+    budget^(round_/rounds), so each round removes the same share of what is left."""
+    return budget ** (round_ / rounds)
+
+
+def alive_metrics(kept: Mapping[str, int], total: Mapping[str, int]) -> dict[str, object]:
+    """The per-epoch metrics of who is still in: ``players``, ``players_alive``, ``alive_fraction``
+    and ``alive_per_layer`` (what metrics.jsonl and the dynamics plot read)."""
+    players, alive = sum(total.values()), sum(kept.values())
+    return {"players": players, "players_alive": alive, "alive_fraction": alive / players if players else 1.0,
+            "alive_per_layer": dict(kept)}  # fmt: skip
+
+
 def _top(score: torch.Tensor, k: int) -> torch.Tensor:
     order = torch.sort(score.detach().flatten().float().cpu(), descending=True, stable=True).indices
     mask = torch.zeros(score.numel(), dtype=torch.bool)

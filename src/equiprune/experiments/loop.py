@@ -35,6 +35,7 @@ from equiprune import io
 from equiprune.config import RunConfig, digest
 from equiprune.core.compact import PruneResult
 from equiprune.core.measure import count_macs, count_params, nonzero_params
+from equiprune.core.selection import alive_metrics
 from equiprune.data import DATASETS, Batches
 from equiprune.errors import TrainingDiverged
 from equiprune.experiments.results import RunResults
@@ -341,10 +342,7 @@ class Trainer:
 
     @staticmethod
     def _kept_metrics(st: _State) -> dict[str, Any]:
-        kept = sum(st.result.kept.values())
-        total = sum(st.result.total.values())
-        return {"players": total, "players_alive": kept, "alive_fraction": kept / total if total else 1.0,
-                "alive_per_layer": dict(st.result.kept)}  # fmt: skip
+        return alive_metrics(st.result.kept, st.result.total)
 
     def _finish(self, st: _State, params_before: int) -> dict[str, Any]:
         small = st.result.model

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from equiprune.core.compact import PruneResult
 from equiprune.core.players import STRUCTURED_KINDS, GatedModel, attach, find_players
@@ -41,6 +42,19 @@ class Calibration:
             if i == n:
                 return
             yield batch
+
+    def mean_saliency(self, model: nn.Module, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+        """|t ⊙ ∂L/∂t| for each tensor t, averaged over the first ``n`` batches (L: the
+        cross-entropy of ``model``): first-order Taylor scores of gates, SNIP's of weights."""
+        total = [torch.zeros_like(t) for t in tensors]
+        seen = 0
+        for x, y in self.batches(n):
+            with torch.enable_grad():  # iterative rounds run inside the loop's no-grad after_step
+                grads = torch.autograd.grad(F.cross_entropy(model(x), y), tensors)
+            for acc, t, g in zip(total, tensors, grads):
+                acc += (t.detach() * g).abs()
+            seen += 1
+        return [t / max(seen, 1) for t in total]
 
 
 class Method:

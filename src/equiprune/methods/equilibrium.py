@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn as nn
 from equiprune.core.compact import PruneResult, compact, keep_masks
 from equiprune.core.measure import macs_per_player
 from equiprune.core.players import STRUCTURED_KINDS, GatedModel, PerExampleGateGrads, grad_or_zeros
+from equiprune.core.selection import alive_metrics
 from equiprune.core.weight_players import WeightGatedModel
 from equiprune.errors import ConfigError
 from equiprune.methods import game_math as game
@@ -151,8 +151,7 @@ class EquilibriumPruner(Method):
             elif fishers is not None:
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
             else:
-                group_cfg = cfg if weights is None else dataclasses.replace(cfg, gamma=cfg.gamma * weight)
-                s.lerp_(game.best_response(gs[i], sq, comp, group_cfg, scale), cfg.lr_s)
+                s.lerp_(game.best_response(gs[i], sq, comp, cfg, scale, weight), cfg.lr_s)
 
     def _lookup(self, trained) -> _PlayerRefs:
         if self._refs is None or self._refs.model is not trained:
@@ -203,13 +202,10 @@ class EquilibriumPruner(Method):
         s_all = torch.cat([s.detach().flatten() for s in strategies]).float().cpu()
         eps = self.settings.epsilon
         hist = torch.histc(s_all, bins=HISTOGRAM_BINS, min=0.0, max=1.0)
+        names = self._names(trained)
+        kept = {name: int((s.detach() >= eps).sum()) for name, s in zip(names, strategies)}
         return {
-            "players": int(s_all.numel()),
-            "players_alive": int((s_all >= eps).sum()),
-            "alive_fraction": float((s_all >= eps).float().mean()),
-            "alive_per_layer": {
-                name: int((s.detach() >= eps).sum()) for name, s in zip(self._names(trained), strategies)
-            },
+            **alive_metrics(kept, {name: s.numel() for name, s in zip(names, strategies)}),
             "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
             "participation_histogram": [int(c) for c in hist.tolist()],
         }

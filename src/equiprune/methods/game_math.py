@@ -148,11 +148,14 @@ def ascent_step_(
         s.clamp_(0.0, 1.0)
 
 
-def best_response(g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0) -> torch.Tensor:
+def best_response(
+    g: torch.Tensor, sq_norms, comp, cfg: GameSettings, cost_scale: float = 1.0, gamma_weight: float = 1.0
+) -> torch.Tensor:
     """argmax over s_i ∈ [0,1] of U_i: U_i is a concave quadratic in s_i, so the stationary point
-    clipped to [0,1]; with no L2 curvature (β‖θ_i‖² = 0) U_i is linear and the answer is 0 or 1."""
+    clipped to [0,1]; with no L2 curvature (β‖θ_i‖² = 0) U_i is linear and the answer is 0 or 1.
+    ``gamma_weight`` scales γ for this group (``cost_weighting``), as in :func:`newton_step_`."""
     g = torch.as_tensor(g)
-    slope = cfg.alpha * cfg.sign * g - cost_scale * (cfg.gamma + cfg.eta * comp)
+    slope = cfg.alpha * cfg.sign * g - cost_scale * (cfg.gamma * gamma_weight + cfg.eta * comp)
     curvature = torch.as_tensor(2 * cost_scale * cfg.beta * sq_norms, dtype=g.dtype, device=g.device)
     linear = (slope > 0).to(slope.dtype)
     stationary = slope / curvature.clamp_min(torch.finfo(slope.dtype).tiny)

@@ -26,11 +26,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from equiprune.core.compact import PruneResult, compact
 from equiprune.core.players import GatedModel
-from equiprune.core.selection import Allocation, kept_total, top_k_masks
+from equiprune.core.selection import Allocation, alive_metrics, geometric_fraction, kept_total, top_k_among_alive
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
 from equiprune.methods.game_math import squared_norms
@@ -101,7 +100,7 @@ class StructuredPruner(Method):
         self._step += 1
         if self._rounds_done < len(self._round_steps) and self._step >= self._round_steps[self._rounds_done]:
             self._rounds_done += 1
-            fraction = self.settings.budget ** (self._rounds_done / self.settings.rounds)
+            fraction = geometric_fraction(self.settings.budget, self._rounds_done, self.settings.rounds)
             self._apply(trained, self._select(trained, fraction))
 
     def finish(self, trained: GatedModel, calibration: Calibration | None = None) -> PruneResult:
@@ -110,13 +109,7 @@ class StructuredPruner(Method):
 
     def epoch_metrics(self, trained: GatedModel) -> dict[str, Any]:
         alive = {name: int(m.sum()) for name, m in self._alive(trained).items()}
-        players = sum(g.size for g in trained.groups)
-        return {
-            "players": players,
-            "players_alive": sum(alive.values()),
-            "alive_fraction": sum(alive.values()) / players,
-            "alive_per_layer": alive,
-        }
+        return alive_metrics(alive, {g.name: g.size for g in trained.groups})
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step, "rounds_done": self._rounds_done, "masks": self._masks}
@@ -134,8 +127,7 @@ class StructuredPruner(Method):
         if want > sum(int(a.sum()) for a in alive.values()):  # never revive a pruned player
             return alive
         scores = self.scores(trained, self._calibration)
-        ranked = {name: torch.where(alive[name], scores[name].float(), float("-inf")) for name in scores}
-        return top_k_masks(ranked, fraction, self.settings.allocation)
+        return top_k_among_alive(scores, alive, fraction, self.settings.allocation)
 
     def _alive(self, trained: GatedModel) -> dict[str, torch.Tensor]:
         if self._masks is None:
@@ -192,16 +184,8 @@ class TaylorPruner(StructuredPruner):
     def scores(self, trained, calibration=None):
         if calibration is None:
             raise ConfigError("method 'taylor' scores players on training data, but the loop gave it none")
-        gates = list(trained.gates)
-        total = [torch.zeros_like(s) for s in gates]
-        n = 0
-        for x, y in calibration.batches(self.settings.calibration_batches):
-            with torch.enable_grad():  # iterative rounds run inside the loop's no-grad after_step
-                grads = torch.autograd.grad(F.cross_entropy(trained(x), y), gates)
-            for acc, s, g in zip(total, gates, grads):
-                acc += (s.detach() * g).abs()
-            n += 1
-        return {grp.name: t / max(n, 1) for grp, t in zip(trained.groups, total)}
+        saliency = calibration.mean_saliency(trained, list(trained.gates), self.settings.calibration_batches)
+        return {grp.name: s for grp, s in zip(trained.groups, saliency)}
 
 
 @dataclass(frozen=True)

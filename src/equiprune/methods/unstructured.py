@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from equiprune.core.compact import PruneResult
-from equiprune.core.selection import Allocation, top_k_masks
+from equiprune.core.selection import Allocation, alive_metrics, geometric_fraction, top_k_among_alive
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
@@ -94,16 +94,10 @@ class UnstructuredPruner(Method):
     def prune_to(self, model: nn.Module, fraction: float) -> None:
         """Keep ``fraction`` of all prunable weights, chosen by score among those still alive."""
         scores = self.scores(model, self._calibration)
-        ranked = {
-            name: torch.where(self.masks.masks[name], scores[name].detach().float(), float("-inf"))
-            for name in self.masks.masks
-        }
-        self.masks.set(top_k_masks(ranked, fraction, self.settings.allocation))
+        self.masks.set(top_k_among_alive(scores, self.masks.masks, fraction, self.settings.allocation))
 
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
-        kept, total = self.masks.kept(), self.masks.sizes()
-        return {"players": sum(total.values()), "players_alive": sum(kept.values()),
-                "alive_fraction": sum(kept.values()) / sum(total.values()), "alive_per_layer": kept}  # fmt: skip
+        return alive_metrics(self.masks.kept(), self.masks.sizes())
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step, "masks": self.masks.state_dict()}
@@ -118,11 +112,6 @@ class _ByMagnitude(UnstructuredPruner):
 
     def scores(self, model, calibration=None):
         return {name: w.detach().abs() for name, w in self.masks.weights().items()}
-
-
-def _loss_grads(model: nn.Module, weights: list[torch.Tensor], x, y):
-    with torch.enable_grad():
-        return torch.autograd.grad(F.cross_entropy(model(x), y), weights)
 
 
 # --- at the end of training ---------------------------------------------------------------------
@@ -155,7 +144,7 @@ class WeightMagnitude(_ByMagnitude):
         rounds = self.settings.rounds if self.settings.schedule == "iterative" else 1
         for r in range(1, rounds):
             if self._step == round(self._total_steps * r / rounds):
-                self.prune_to(trained, self.settings.budget ** (r / rounds))
+                self.prune_to(trained, geometric_fraction(self.settings.budget, r, rounds))
 
 
 @METHODS.register("weight-random")
@@ -179,14 +168,9 @@ class Snip(UnstructuredPruner):
     when = "init"
 
     def scores(self, model, calibration=None):
-        weights = list(self.masks.weights().values())
-        total = [torch.zeros_like(w) for w in weights]
-        n = 0
-        for x, y in calibration.batches(self.settings.calibration_batches):
-            for acc, w, g in zip(total, weights, _loss_grads(model, weights, x, y)):
-                acc += g.abs() * w.detach().abs()
-            n += 1
-        return {name: t / n for name, t in zip(self.masks.weights(), total)}
+        weights = self.masks.weights()
+        saliency = calibration.mean_saliency(model, list(weights.values()), self.settings.calibration_batches)
+        return dict(zip(weights, saliency))
 
 
 @dataclass(frozen=True)
@@ -260,8 +244,8 @@ class Synflow(UnstructuredPruner):
             with torch.enable_grad():
                 grads = torch.autograd.grad(probe(x).sum(), weights)
             scores = {name: (w.detach() * g).abs() for name, w, g in zip(probe_masks.weights(), weights, grads)}
-            ranked = {name: torch.where(self.masks.masks[name], s.float(), float("-inf")) for name, s in scores.items()}
-            self.masks.set(top_k_masks(ranked, fraction ** (k / n), self.settings.allocation))
+            self.masks.set(top_k_among_alive(scores, self.masks.masks, geometric_fraction(fraction, k, n),
+                                             self.settings.allocation))  # fmt: skip
 
 
 # --- during training ----------------------------------------------------------------------------
@@ -351,7 +335,7 @@ class IterativeMagnitudeRewind(_ByMagnitude):
             self._snapshot(trained)
         r = self._step // self._round_len
         if self._step % self._round_len == 0 and 1 <= r < self.settings.rounds:
-            self._prune_and_rewind(trained, self.settings.budget ** (r / self.settings.rounds))
+            self._prune_and_rewind(trained, geometric_fraction(self.settings.budget, r, self.settings.rounds))
             self._restart = self._round_len  # the next round trains with a fresh optimizer and schedule
 
     def optimizer_restart(self) -> int | None:
