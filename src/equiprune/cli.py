@@ -104,6 +104,40 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    sw = sub.add_parser("sweep", help="run methods x budgets x seeds into one results store, then report")
+    sw.add_argument("sweep", help="a TOML sweep file, or the name of one equiprune ships: mnist_mlp_neurons, ...")
+    sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
+    sw.add_argument("--rerun", action="append", default=[], metavar="LABEL",
+                    help="discard the stored runs of this method label and run them again (repeatable)")  # fmt: skip
+    sw.add_argument("--only", action="append", default=[], metavar="LABEL",
+                    help="run only this method label's pending runs (repeatable); the report covers the "
+                         "whole sweep")  # fmt: skip
+    sw.set_defaults(func=_cmd_sweep)
+
+
+def _add_limit(sub) -> None:
+    lim = sub.add_parser(
+        "limit", help="predict (Hessian spectrum) and measure how far a trained model prunes in one shot"
+    )
+    lim.add_argument(
+        "target",
+        help="a run directory, a config to train first (into OUT/run), or the name of "
+        "one equiprune ships: fc_mnist, ...",
+    )
+    lim.add_argument("--out", required=True, help="directory for limit.json and the plots")
+    lim.add_argument("--probes", type=int, help="SLQ probe vectors (default: [limit] probes, else 4)")
+    lim.add_argument("--iters", type=int, help="Lanczos steps per probe (default 128)")
+    lim.add_argument("--hessian-samples", type=int, help="training examples the Hessian averages over (default all)")
+    lim.add_argument("--scan", choices=["refine", "full"], help="pruning-ratio scan: 1%% then 0.1%% near the limit, "
+                     "or 0.1%% everywhere")  # fmt: skip
+    lim.add_argument("--quiet", action="store_true", help="no progress bars")
+    lim.set_defaults(func=_cmd_limit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="equiprune", description="Equilibrium-driven pruning of PyTorch networks.")
     p.add_argument("--version", action="version", version=f"equiprune {__version__}")
@@ -125,39 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
     rp.set_defaults(func=_cmd_reproduce)
 
-    sw = sub.add_parser("sweep", help="run methods x budgets x seeds into one results store, then report")
-    sw.add_argument("sweep", help="a TOML sweep file, or the name of one equiprune ships: mnist_mlp_neurons, ...")
-    sw.add_argument("--out", required=True, help="the sweep directory (started again, it resumes)")
-    sw.add_argument("--quiet", action="store_true", help="no progress bar")
-    sw.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="runs at once, each in its own process with cores/N CPU threads (default 1)")  # fmt: skip
-    sw.add_argument("--rerun", action="append", default=[], metavar="LABEL",
-                    help="discard the stored runs of this method label and run them again (repeatable)")  # fmt: skip
-    sw.add_argument("--only", action="append", default=[], metavar="LABEL",
-                    help="run only this method label's pending runs (repeatable); the report covers the "
-                         "whole sweep")  # fmt: skip
-    sw.set_defaults(func=_cmd_sweep)
+    _add_sweep(sub)
 
     rep = sub.add_parser("report", help="write report.md, frontier.json and plots for a sweep directory")
     rep.add_argument("dir", help="a directory written by `equiprune sweep`")
     rep.set_defaults(func=_cmd_report)
 
-    lim = sub.add_parser(
-        "limit", help="predict (Hessian spectrum) and measure how far a trained model prunes in one shot"
-    )
-    lim.add_argument(
-        "target",
-        help="a run directory, a config to train first (into OUT/run), or the name of "
-        "one equiprune ships: fc_mnist, ...",
-    )
-    lim.add_argument("--out", required=True, help="directory for limit.json and the plots")
-    lim.add_argument("--probes", type=int, help="SLQ probe vectors (default: [limit] probes, else 4)")
-    lim.add_argument("--iters", type=int, help="Lanczos steps per probe (default 128)")
-    lim.add_argument("--hessian-samples", type=int, help="training examples the Hessian averages over (default all)")
-    lim.add_argument("--scan", choices=["refine", "full"], help="pruning-ratio scan: 1%% then 0.1%% near the limit, "
-                     "or 0.1%% everywhere")  # fmt: skip
-    lim.add_argument("--quiet", action="store_true", help="no progress bars")
-    lim.set_defaults(func=_cmd_limit)
+    _add_limit(sub)
 
     ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
     ex.add_argument("run", help="a finished run directory")

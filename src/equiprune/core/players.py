@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from equiprune.core.tracing import ELEMENTWISE, Consumer, Follower, channel_spaces, check_exclude, input_width
+from equiprune.core.channel_spaces import Consumer, Follower, input_width
+from equiprune.core.tracing import ELEMENTWISE, channel_spaces, check_exclude
 from equiprune.errors import PruningError
 
 #: The kinds of player equiprune can prune: hidden neurons of Linear layers, filters (output

@@ -18,11 +18,12 @@ can exclude the layers that produce it instead of getting a silently wrong prune
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.fx as fx
 import torch.nn as nn
 
+from equiprune.core.channel_spaces import ChannelSpace, Consumer, Follower, input_width
 from equiprune.errors import PruningError
 from equiprune.layers import MultiHeadSelfAttention
 
@@ -73,61 +74,6 @@ class Layout:
 
 #: The layout of tensors whose channels are not prunable (the input, constants, opaque results).
 FIXED = Layout((), spatial=False)
-
-
-def input_width(module: nn.Linear | nn.Conv2d) -> int:
-    """How many input features (Linear) or channels (Conv2d) a layer reads."""
-    return module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-
-
-@dataclass
-class Consumer:
-    """A layer reading ``size`` channels of a space at input feature ``offset``, each ``repeat`` times."""
-
-    name: str
-    module: nn.Module
-    offset: int
-    repeat: int
-
-    @property
-    def width(self) -> int:
-        """All the input features the layer reads (this space's and any other's)."""
-        return input_width(self.module)
-
-
-@dataclass
-class Follower:
-    """A channel-wise layer (BatchNorm) holding one statistic per channel, from ``offset`` on."""
-
-    name: str
-    module: nn.Module
-    offset: int
-
-
-@dataclass
-class ChannelSpace:
-    """Channels that must be removed together, with every layer removing them touches."""
-
-    size: int
-    producers: list[tuple[str, nn.Module]] = field(default_factory=list)
-    followers: list[Follower] = field(default_factory=list)
-    consumers: list[Consumer] = field(default_factory=list)
-    between: list[nn.Module] = field(default_factory=list)  # element-wise modules on the way
-    fixed: bool = False
-    blocked: list[str] = field(default_factory=list)  # why it cannot be pruned
-    # Attention heads: a player owns ``repeat`` consecutive rows of each of ``tile`` blocks of its
-    # producer's rows (query, key, value), and ``resize`` names module attributes counting players.
-    row_pattern: tuple[int, int] = (1, 1)
-    resize: list[tuple[str, str]] = field(default_factory=list)
-    kind: str | None = None
-    #: every consumer writes into a sum with another path (a residual branch): the signal survives
-    #: the loss of every channel of this space
-    bypassed: bool = False
-    summed: bool = False  # added to another tensor (a residual sum)
-
-    @property
-    def producer_names(self) -> list[str]:
-        return [n for n, _ in self.producers]
 
 
 def _op_name(node: fx.Node) -> str:

@@ -68,7 +68,43 @@ def analyse(
     loss_mean, epsilon = loss_noise(model, Batches(train, batch_size, shuffle=False).epoch(0), F.cross_entropy, l1)
     if not epsilon > 0:
         raise ConfigError("limit: the per-batch training loss does not vary (ε = 0); use more than one batch of data")
+    op, spectrum = _spectrum(model, train, params, s, quiet)
+    prediction = _predict(spectrum, params, epsilon, s)
+    clock["spectrum"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    dense_accuracy = evaluate(model, test, eval_batch_size)[0]
+    scanned, accs = _scan(model, test, params, dense_accuracy, s, eval_batch_size, quiet)
+    measured = measured_limit(scanned, accs, dense_accuracy, s.tolerance)
+    clock["scan"] = time.perf_counter() - start
+
+    summary = spectrum.summary()
+    summary.update(hessian_samples=op.samples, ritz_values=spectrum.nodes.tolist(),
+                   ritz_weights=spectrum.weights.tolist())  # fmt: skip
+    predicted = prediction.pop("predicted")
+    return {
+        "predicted_ratio": predicted[s.distance],
+        "measured_ratio": measured,
+        "prediction_error": abs(predicted[s.distance] - measured),
+        "distance": s.distance,
+        "predicted_ratio_global": predicted["global"],
+        "predicted_ratio_per_tensor": predicted["per-tensor"],
+        "spectrum_form": s.spectrum,
+        **prediction,
+        "dense_test_accuracy": dense_accuracy,
+        "tolerance": s.tolerance,
+        "epsilon": epsilon,
+        "train_loss_mean": loss_mean,
+        "parameters": op.dim,
+        "spectrum": summary,
+        "scan": {"ratio": scanned, "test_accuracy": accs},
+        "settings": dataclasses.asdict(s),
+        "seconds": clock,
+    }
+
+
+def _spectrum(model, train: Split, params, s: LimitConfig, quiet: bool):
+    """The Hessian operator over ``s.hessian_samples`` training examples and its SLQ spectrum."""
     hess_split = train.subset(s.hessian_samples)
     op = HessianOperator(model, Batches(hess_split, s.hessian_batch_size, shuffle=False).epoch(0),
                          params=params, train_mode=s.train_mode)  # fmt: skip
@@ -76,28 +112,45 @@ def analyse(
     probes = rademacher_probes(params, s.probes)
     with bar(s.probes * min(s.iters, op.dim), "lanczos", "step", enabled=not quiet) as lanczos_bar:
         spectrum = slq(op, probes, s.iters, on_step=lambda: lanczos_bar.update(s.probes))
+    return op, spectrum
+
+
+def _predict(spectrum, params, epsilon: float, s: LimitConfig) -> dict[str, Any]:
+    """The predicted limit for both distances (``predicted``), the other spectrum form's prediction,
+    and the curves and density behind them."""
     grid, dens = density(spectrum, s.bins, s.sigma2)
     if s.spectrum == "density":
         nodes, weights = grid, dens * float(grid[1] - grid[0])
     else:
         nodes, weights = spectrum.flat()
-    clock["spectrum"] = time.perf_counter() - start
-
     ratios = ratio_grid(s.step)
     R = {d: prune_distances(params, ratios, d) for d in DISTANCES}
     pred = {d: width_fraction(nodes, weights, epsilon, R[d]) for d in DISTANCES}
-    predicted = {d: crossing(ratios, pred[d]) for d in DISTANCES}
     # The other spectrum form, for comparison: smoothing biases the prediction low, since |λ| has a
     # kink at 0 where most of a network's spectrum sits.
     other = spectrum.flat() if s.spectrum == "density" else (grid, dens * float(grid[1] - grid[0]))
-    predicted_other = crossing(ratios, width_fraction(*other, epsilon, R[s.distance]))
+    return {
+        "predicted": {d: crossing(ratios, pred[d]) for d in DISTANCES},
+        f"predicted_ratio_{'quadrature' if s.spectrum == 'density' else 'density'}": crossing(
+            ratios, width_fraction(*other, epsilon, R[s.distance])
+        ),
+        "curves": {
+            "ratio": ratios.tolist(),
+            **{f"R_{d}": R[d].tolist() for d in DISTANCES},
+            **{f"pred_{d}": pred[d].tolist() for d in DISTANCES},
+        },
+        "density": {"grid": grid.tolist(), "density": dens.tolist()},
+    }
 
-    start = time.perf_counter()
-    dense_accuracy = evaluate(model, test, eval_batch_size)[0]
+
+def _scan(model, test: Split, params, dense_accuracy: float, s: LimitConfig, eval_batch_size: int, quiet: bool):
+    """Test accuracy after one global magnitude cut at each ratio: 1% steps, then ``s.step`` near the
+    limit (``scan = "refine"``), or ``s.step`` everywhere; sorted by ratio."""
 
     def accuracy() -> float:
         return evaluate(model, test, eval_batch_size)[0]
 
+    ratios = ratio_grid(s.step)
     every = round(0.01 / s.step)
     scanned = [float(r) for r in (ratios if s.scan == "full" else ratios[::every])]
     with bar(len(scanned), "scan", "ratio", enabled=not quiet) as scan_bar:
@@ -108,38 +161,7 @@ def analyse(
             accs += magnitude_scan(params, fine, accuracy, scan_bar)
             scanned += fine
     order = sorted(range(len(scanned)), key=scanned.__getitem__)
-    scanned, accs = [scanned[i] for i in order], [accs[i] for i in order]
-    measured = measured_limit(scanned, accs, dense_accuracy, s.tolerance)
-    clock["scan"] = time.perf_counter() - start
-
-    summary = spectrum.summary()
-    summary.update(hessian_samples=op.samples, ritz_values=spectrum.nodes.tolist(),
-                   ritz_weights=spectrum.weights.tolist())  # fmt: skip
-    return {
-        "predicted_ratio": predicted[s.distance],
-        "measured_ratio": measured,
-        "prediction_error": abs(predicted[s.distance] - measured),
-        "distance": s.distance,
-        "predicted_ratio_global": predicted["global"],
-        "predicted_ratio_per_tensor": predicted["per-tensor"],
-        "spectrum_form": s.spectrum,
-        f"predicted_ratio_{'quadrature' if s.spectrum == 'density' else 'density'}": predicted_other,
-        "dense_test_accuracy": dense_accuracy,
-        "tolerance": s.tolerance,
-        "epsilon": epsilon,
-        "train_loss_mean": loss_mean,
-        "parameters": op.dim,
-        "spectrum": summary,
-        "scan": {"ratio": scanned, "test_accuracy": accs},
-        "curves": {
-            "ratio": ratios.tolist(),
-            **{f"R_{d}": R[d].tolist() for d in DISTANCES},
-            **{f"pred_{d}": pred[d].tolist() for d in DISTANCES},
-        },  # fmt: skip
-        "density": {"grid": grid.tolist(), "density": dens.tolist()},
-        "settings": dataclasses.asdict(s),
-        "seconds": clock,
-    }
+    return [scanned[i] for i in order], [accs[i] for i in order]
 
 
 def plot_limit(out: Path, result: dict[str, Any]) -> None:

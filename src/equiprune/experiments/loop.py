@@ -38,13 +38,13 @@ from equiprune.core.measure import count_macs, count_params, nonzero_params
 from equiprune.core.selection import alive_metrics
 from equiprune.data import DATASETS, Batches
 from equiprune.errors import TrainingDiverged
+from equiprune.experiments.hooks import RunHook, default_hooks
 from equiprune.experiments.results import RunResults
-from equiprune.experiments.run_plots import plot_run
 from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
 from equiprune.methods import Method
 from equiprune.methods.base import Calibration
-from equiprune.progress import bar, logger
+from equiprune.progress import bar
 
 #: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
 FINITE_CHECK_EVERY = 25
@@ -96,8 +96,9 @@ class _State:
 class Trainer:
     """Runs one configuration into one run directory. ``run()`` returns the results dict."""
 
-    def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None):
+    def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None, hooks=()):
         self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet
+        self.hooks: list[RunHook] = [*default_hooks(), *hooks]
         self.shared = Path(shared) if shared is not None else None
         self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.device)
@@ -151,32 +152,6 @@ class Trainer:
         self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
 
     # --- checkpoints --------------------------------------------------------------------------
-
-    def _checkpoint(self, st: _State) -> None:
-        if self.rank != 0:
-            return
-        payload = {
-            "phase": st.phase,
-            "epoch": st.epoch,
-            "seconds": st.seconds,
-            "metrics": st.metrics,
-            "gated_test_accuracy": st.gated_test_accuracy,
-            "shared": st.shared,
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "method_state": self.method.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        if st.phase == "prune":
-            payload["trained_state"] = self.trained.state_dict()
-        else:
-            # The compacted architecture differs from the configured one: keep the module itself.
-            payload["small_model"] = st.result.model
-            payload["kept"], payload["total"], payload["kinds"] = st.result.kept, st.result.total, st.result.kinds
-            payload["weight_masks"] = st.result.weight_masks
-        io.torch_save(self.run_dir.checkpoint, payload)
-        self.run_dir.write_metrics(st.metrics)
 
     def _restore(self, st: _State) -> None:
         ck = torch.load(self.run_dir.checkpoint, map_location=self.device, weights_only=False)
@@ -244,24 +219,6 @@ class Trainer:
             row["cross_entropy"] = (float(loss_sum) - float(penalty_sum)) / seen
         return row
 
-    def _worse_than_chance(self, row: dict[str, Any]) -> str | None:
-        """A warning when the epoch's mean cross-entropy is above that of a uniform guess, ln(classes):
-        the network has diverged while its loss stayed finite, so nothing else stops the run (strong
-        game costs can leave a few survivors with tiny participations that Adam then throws about)."""
-        chance = math.log(self.num_classes)
-        data_loss = row.get("cross_entropy", row["loss"])
-        if not data_loss > chance:
-            return None
-        if row["phase"] == "prune":
-            hint = "lower train.lr or the method's costs and step sizes (for the game: gamma, eta, lr_s)"
-        else:
-            hint = "lower train.finetune_lr (or train.lr, which fine-tuning takes when it sets none)"
-        return (
-            f"epoch {row['epoch']} ({row['phase']}): the mean training loss {data_loss:.4g} is above "
-            f"{chance:.3g}, the loss of a uniform guess over {self.num_classes} classes: the network has "
-            f"diverged, and the result will be poor; {hint}"
-        )
-
     def _diverged(self, epoch: int, step: int | None, value: float) -> None:
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         kept = (
@@ -310,20 +267,15 @@ class Trainer:
             acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
             row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
             row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
-            warning = self._worse_than_chance(row)
-            if warning:
-                row["warning"] = warning
-                if self.rank == 0:
-                    logger.warning(warning)
+            for hook in self.hooks:
+                hook.on_epoch(self, st, row)
             st.epoch += 1
             st.seconds += time.perf_counter() - start
             row["seconds"] = st.seconds
             st.metrics.append(row)
-            self._checkpoint(st)
+            for hook in self.hooks:
+                hook.on_epoch_end(self, st, row)
             epochs_bar.update(1)
-            if not self.quiet:
-                alive = f", players alive {row['players_alive']}/{row['players']}" if "players_alive" in row else ""
-                logger.info(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {acc:.4f}{alive}")
         epochs_bar.close()
         if st.phase == "prune":  # no fine-tuning: compact at the very end
             self._end_of_training_phase(st, shared_file)
@@ -377,22 +329,21 @@ class Trainer:
             # what besides the config decides the numbers (of the last session, for a resumed run)
             environment={"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
         ).to_dict()
-        if self.rank == 0:
-            io.torch_save(self.run_dir.model, small)
-            io.torch_save(self.run_dir.model_state, small.state_dict())
-            plot_run(self.run_dir, st.metrics, self.method.removal_threshold())
-            io.write_json(self.run_dir.results, results)
+        for hook in self.hooks:
+            hook.on_finish(self, st, results)
         return results
 
 
-def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None) -> dict[str, Any]:
+def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None, hooks=()) -> dict[str, Any]:
     """Train, prune and compact ``cfg`` into run directory ``out``; returns the results.
 
-    ``shared``: a directory where runs with the same training phase share it (see the module doc)."""
+    ``shared``: a directory where runs with the same training phase share it (see the module doc).
+    ``hooks``: :class:`~equiprune.experiments.hooks.RunHook` objects called after the default ones
+    (which flag divergence, checkpoint, log each epoch and write the outputs)."""
     previous = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return Trainer(cfg, out, resume, quiet, shared).run()
+        return Trainer(cfg, out, resume, quiet, shared, hooks).run()
     finally:  # a sweep runs many configs in one process: leave the next one torch's default
         torch.set_num_threads(previous)

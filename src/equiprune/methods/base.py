@@ -68,6 +68,9 @@ class Method:
     #: The method's part in a sweep report unless the sweep says otherwise: a "candidate" is judged
     #: against every "baseline"; a "reference" (dense, scratch) is shown but never judged or best.
     default_role: ClassVar[str] = "baseline"
+    #: What to lower, besides the learning rate, when training under the method diverges (named
+    #: in the run's warning).
+    divergence_hint: ClassVar[str] = "step sizes"
 
     def __init__(self, settings: Any, exclude: tuple[str, ...] = (), players: str | None = None):
         self.settings = settings

@@ -1,0 +1,126 @@
+"""What happens around the training loop's epochs, as hooks the loop calls in order.
+
+The loop (:mod:`equiprune.experiments.loop`) trains; everything else a run does with its epochs
+is a :class:`RunHook`: flagging a loss worse than a uniform guess, writing the checkpoint and
+metrics, the per-epoch message, and at the end the model files, plots and ``results.json``.
+Pass more to ``run(..., hooks=[...])`` to watch a run (they run after these).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from equiprune import io
+from equiprune.experiments.run_plots import plot_run
+from equiprune.progress import logger
+
+#: What the hooks are given (the loop's Trainer and its run state); named, not imported, since the
+#: loop imports this module.
+Trainer = Any
+State = Any
+
+
+class RunHook:
+    """Called by the loop; every method is optional. ``trainer`` holds the run (its config, method,
+    run directory, rank); ``st`` its state (phase, epochs done, metrics, the pruned result)."""
+
+    def on_epoch(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
+        """An epoch's metrics row is complete and may still be added to (it is stored next)."""
+
+    def on_epoch_end(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
+        """The epoch is counted and its row stored in ``st.metrics``."""
+
+    def on_finish(self, trainer: Trainer, st: State, results: dict[str, Any]) -> None:
+        """The run is done; ``results`` is what ``results.json`` holds."""
+
+
+class FlagDivergence(RunHook):
+    """Marks an epoch whose mean cross-entropy is above that of a uniform guess, ln(classes): the
+    network has diverged while its loss stayed finite, so nothing else stops the run (strong game
+    costs can leave a few survivors with tiny participations that Adam then throws about). The
+    row gets a ``warning``, said at once through the logger."""
+
+    def on_epoch(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
+        warning = worse_than_chance(row, trainer.num_classes, trainer.method.divergence_hint)
+        if warning:
+            row["warning"] = warning
+            if trainer.rank == 0:
+                logger.warning(warning)
+
+
+def worse_than_chance(row: dict[str, Any], classes: int, method_hint: str) -> str | None:
+    """The warning for a metrics ``row`` whose data loss is above ln(``classes``), else None."""
+    chance = math.log(classes)
+    data_loss = row.get("cross_entropy", row["loss"])
+    if not data_loss > chance:
+        return None
+    if row["phase"] == "prune":
+        hint = f"lower train.lr or the method's {method_hint}"
+    else:
+        hint = "lower train.finetune_lr (or train.lr, which fine-tuning takes when it sets none)"
+    return (
+        f"epoch {row['epoch']} ({row['phase']}): the mean training loss {data_loss:.4g} is above "
+        f"{chance:.3g}, the loss of a uniform guess over {classes} classes: the network has "
+        f"diverged, and the result will be poor; {hint}"
+    )
+
+
+class Checkpoint(RunHook):
+    """After every epoch, everything needed to continue bit for bit (model, optimizer, scheduler,
+    RNG state, method state, metrics so far), and metrics.jsonl; rank 0 only."""
+
+    def on_epoch_end(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
+        if trainer.rank != 0:
+            return
+        payload = {
+            "phase": st.phase,
+            "epoch": st.epoch,
+            "seconds": st.seconds,
+            "metrics": st.metrics,
+            "gated_test_accuracy": st.gated_test_accuracy,
+            "shared": st.shared,
+            "optimizer": trainer.opt.state_dict(),
+            "scheduler": trainer.sched.state_dict(),
+            "method_state": trainer.method.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        if st.phase == "prune":
+            payload["trained_state"] = trainer.trained.state_dict()
+        else:
+            # The compacted architecture differs from the configured one: keep the module ittrainer.
+            payload["small_model"] = st.result.model
+            payload["kept"], payload["total"], payload["kinds"] = st.result.kept, st.result.total, st.result.kinds
+            payload["weight_masks"] = st.result.weight_masks
+        io.torch_save(trainer.run_dir.checkpoint, payload)
+        trainer.run_dir.write_metrics(st.metrics)
+
+
+class EpochLine(RunHook):
+    """One INFO message per epoch (none when the run is quiet)."""
+
+    def on_epoch_end(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
+        if trainer.quiet:
+            return
+        alive = f", players alive {row['players_alive']}/{row['players']}" if "players_alive" in row else ""
+        logger.info(f"epoch {row['epoch']:>3}: loss {row['loss']:.4f}, test accuracy {row['test_accuracy']:.4f}{alive}")
+
+
+class WriteOutputs(RunHook):
+    """model.pt, model_state.pt, the plots, and results.json last (its presence means finished)."""
+
+    def on_finish(self, trainer: Trainer, st: State, results: dict[str, Any]) -> None:
+        if trainer.rank != 0:
+            return
+        small = st.result.model
+        io.torch_save(trainer.run_dir.model, small)
+        io.torch_save(trainer.run_dir.model_state, small.state_dict())
+        plot_run(trainer.run_dir, st.metrics, trainer.method.removal_threshold())
+        io.write_json(trainer.run_dir.results, results)
+
+
+def default_hooks() -> list[RunHook]:
+    return [FlagDivergence(), Checkpoint(), EpochLine(), WriteOutputs()]
