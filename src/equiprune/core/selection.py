@@ -81,6 +81,14 @@ def geometric_fraction(budget: float, round_: int, rounds: int) -> float:
     return budget ** (round_ / rounds)
 
 
+def cubic_fraction(budget: float, step: float, start: float, end: float) -> float:
+    """The fraction kept at ``step`` under the cubic schedule of gradual pruning (Zhu & Gupta, 2017):
+    1 − s_t, s_t = (1 − budget)·(1 − (1 − progress)³), progress clipped to [0, 1] over [start, end]
+    (steps), so pruning is fast at first and slows as the network approaches its final size."""
+    progress = min(1.0, max(0.0, (step - start) / max(end - start, 1)))
+    return 1 - (1 - budget) * (1 - (1 - progress) ** 3)
+
+
 def alive_metrics(kept: Mapping[str, int], total: Mapping[str, int]) -> dict[str, object]:
     """The per-epoch metrics of who is still in: ``players``, ``players_alive``, ``alive_fraction``
     and ``alive_per_layer`` (what metrics.jsonl and the dynamics plot read)."""

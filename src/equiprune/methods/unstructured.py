@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from equiprune.core.compact import PruneResult
-from equiprune.core.selection import Allocation, alive_metrics, geometric_fraction, top_k_among_alive
+from equiprune.core.selection import Allocation, alive_metrics, cubic_fraction, geometric_fraction, top_k_among_alive
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
@@ -273,10 +273,9 @@ class GradualMagnitude(_ByMagnitude):
     settings_type = GmpSettings
 
     def keep_fraction(self, step: int) -> float:
-        """1 − s_t, s_t = s_f·(1 − (1 − progress)³), progress clipped to [0, 1] over [start, end]."""
+        """The cubic schedule over [start, end] of the run's steps (see ``selection.cubic_fraction``)."""
         t0, t1 = self.settings.start * self._total_steps, self.settings.end * self._total_steps
-        progress = min(1.0, max(0.0, (step - t0) / max(t1 - t0, 1)))
-        return 1 - (1 - self.settings.budget) * (1 - (1 - progress) ** 3)
+        return cubic_fraction(self.settings.budget, step, t0, t1)
 
     def after_step(self, trained: nn.Module) -> None:
         super().after_step(trained)
