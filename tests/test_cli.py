@@ -1,6 +1,8 @@
 """The command line is the error boundary: what a user types gets one clear line, never a traceback."""
 
 import sqlite3
+import subprocess
+import sys
 
 from equiprune.cli import main
 
@@ -40,3 +42,22 @@ def test_a_store_that_is_a_database_of_another_kind_is_refused_by_name(tmp_path,
         db.execute("CREATE TABLE runs (x INTEGER)")
     assert main(["report", str(tmp_path)]) == 2
     assert "is not an equiprune results store" in _error_line(capsys)
+
+
+def test_importing_every_module_changes_nothing_global():
+    """No logging handler, no matplotlib backend switch, no pyplot: the caller's process stays its own."""
+    code = """
+import importlib, logging, pkgutil, sys
+import matplotlib
+backend = lambda: dict.__getitem__(matplotlib.rcParams, "backend")  # raw: get_backend() imports pyplot
+before = backend()
+import equiprune
+for info in pkgutil.walk_packages(equiprune.__path__, "equiprune."):
+    importlib.import_module(info.name)
+assert logging.getLogger("equiprune").handlers == [] and logging.getLogger().handlers == []
+assert backend() == before, (before, backend())
+assert "matplotlib.pyplot" not in sys.modules
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import tomli_w
+
 from equiprune.core.players import PLAYER_KINDS
 from equiprune.data import DATASETS
 from equiprune.errors import ConfigError
@@ -29,12 +31,12 @@ T = TypeVar("T")
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # mnist, fashion-mnist, cifar10 or cifar100
     root: str | None = None  # a directory with mnist/, fashion-mnist/...; else $EQUIPRUNE_DATA, cache
-    batch_size: int = 128
-    eval_batch_size: int = 2000
+    batch_size: int = 128  # training batch size
+    eval_batch_size: int = 2000  # batch size of evaluation (no effect on the figures)
     train_subset: int | None = None  # use only the first N training examples (quick looks, tests)
-    test_subset: int | None = None
+    test_subset: int | None = None  # evaluate on only the first N test examples
     augment: Literal["none", "crop-flip"] = "none"  # random crops and mirroring of training images (CIFAR)
 
     def __post_init__(self):
@@ -47,10 +49,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
+    name: str = "mlp"  # mlp, lenet5, resnet20, resnet56, vgg11, vgg16 or vit
     hidden: list[int] | None = None  # widths of the hidden Linear layers; None: the model's own default
     width: float | None = None  # channel multiplier of convolutional models (resnet20, vgg11, …)
-    activation: str = "relu"
+    activation: str = "relu"  # the hidden layers' activation (relu, gelu, tanh, ...)
 
     def __post_init__(self):
         MODELS.get(self.name, "model.name")
@@ -66,12 +68,12 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 20  # the whole budget, fine-tuning after compaction included
     finetune_epochs: int = 0  # of `epochs`, how many train the compacted model
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"  # the weights' optimizer
+    lr: float = 1e-3  # the weights' learning rate
     finetune_optimizer: Literal["adam", "sgd"] | None = None  # defaults to optimizer
     finetune_lr: float | None = None  # defaults to lr
     momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # the optimizer's weight decay
     finetune_weight_decay: float | None = None  # defaults to weight_decay
     schedule: Literal["constant", "cosine"] = "constant"  # per phase: pruning, then fine-tuning
 
@@ -156,11 +158,11 @@ class LimitConfig:
     iters: int = 128  # Lanczos steps per probe
     probes: int = 4  # Rademacher probe vectors for SLQ
     hessian_samples: int | None = None  # training examples the Hessian averages over (None: all)
-    hessian_batch_size: int = 1000
+    hessian_batch_size: int = 1000  # examples per Hessian-vector product batch (no effect on the figures)
     bins: int = 10_000  # grid of the smoothed density
     sigma2: float = 1e-5  # Gaussian variance per Ritz value, times max(1, spectrum width)
-    # Ritz values and weights as they are (the SLQ estimate itself), or the paper's smoothed grid,
-    # which biases the prediction low (docs/pruning-limit.md); both are reported
+    #: Ritz values and weights as they are (the SLQ estimate itself), or the paper's smoothed grid,
+    #: which biases the prediction low (docs/pruning-limit.md); both are reported
     spectrum: Literal["quadrature", "density"] = "quadrature"
     distance: Literal["global", "per-tensor"] = "global"  # the paper's ‖w − w_p‖, or the code's Σ_t
     step: float = 0.001  # pruning-ratio resolution
@@ -186,11 +188,11 @@ class LimitConfig:
 
 @dataclass
 class RunConfig:
-    seed: int = 0
+    seed: int = 0  # seeds the initialisation, the data order and every method's randomness
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     # CPU threads for this run (torch.set_num_threads); unset: torch's own choice. The same seed with
     # another thread count sums in another order and can end elsewhere: pin it to reproduce a run.
-    threads: int | None = None
+    threads: int | None = None  # CPU threads (torch.set_num_threads); unset: torch's choice
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -311,6 +313,4 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def dump_toml(cfg: RunConfig) -> str:
-    import tomli_w
-
     return tomli_w.dumps(cfg.to_dict())

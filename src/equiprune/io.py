@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place.
@@ -40,6 +42,4 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    import torch
-
     return atomic_write(path, lambda f: torch.save(obj, f), binary=True)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp, vmap
 
 from equiprune.errors import EquipruneError
 
@@ -150,8 +151,6 @@ class HessianOperator:
     def _forward_over_reverse(self, x, y, V: torch.Tensor) -> torch.Tensor:
         """H·V on one batch as the directional derivative of the gradient (a jvp of grad), vmapped
         over the vectors: the gradient is computed once and only the tangents are batched."""
-        from torch.func import functional_call, grad, jvp, vmap
-
         chosen = {n: i for i, n in enumerate(self._model_names) if n is not None}
         fixed = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
         fixed.update(self.model.named_buffers())

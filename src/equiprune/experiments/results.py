@@ -29,31 +29,31 @@ class RunResults:
     """The figures of one finished run. Fractions are in [0, 1]; ``kept`` and ``total`` count the
     players of each layer (player group) and ``kept_by_kind`` sums them per kind of player."""
 
-    method: str
-    seed: int
-    dataset: str
-    epochs: int
+    method: str  # the registered method
+    seed: int  # the run's seed
+    dataset: str  # the dataset's name
+    epochs: int  # every epoch of the run, fine-tuning included
     test_accuracy: float  # of the compacted (and fine-tuned) model
-    test_loss: float
+    test_loss: float  # mean cross-entropy of the compacted model on the test split
     test_accuracy_before_compaction: float | None  # of the trained model with its gates, before compaction
     kept_fraction: float  # players kept over players before pruning
     players: str  # the kind(s) of player pruned: "neuron", "filter+neuron", "weight", ...
     kept: dict[str, int]
     total: dict[str, int]
     kept_by_kind: dict[str, dict[str, int]]  # {"neuron": {"kept": 17, "total": 768}, ...}
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    seconds: float
+    params_before: int  # parameters of the configured model
+    params_after: int  # parameters of the compacted model
+    macs_before: int  # multiply-accumulates of one example's forward pass, configured model
+    macs_after: int  # the same for the compacted model
+    seconds: float  # wall time of the run's epochs
     undecided_fraction: float | None = None  # participations strictly inside (ε, 1 − ε) at the end
     budget: float | None = None  # a budgeted method's fraction of players to keep
-    nonzero_params_after: int | None = None
+    nonzero_params_after: int | None = None  # unstructured results keep zeros
     shared_training: bool = False  # the training phase was reused from an identical run of a sweep
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # per epoch worse than a uniform guess
     diverged_epochs: list[dict[str, Any]] = field(default_factory=list)  # {"epoch": N, "phase": ...}
     environment: dict[str, Any] = field(default_factory=dict)  # torch, threads, device
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = SCHEMA_VERSION  # 2; runs of equiprune 0.1 read as 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

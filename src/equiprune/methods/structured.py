@@ -42,8 +42,8 @@ class StructuredSettings:
     ``calibration_batches``: training batches a data-driven score averages over."""
 
     budget: float = 0.1
-    schedule: Literal["one-shot", "iterative"] = "one-shot"
-    rounds: int = 4
+    schedule: Literal["one-shot", "iterative"] = "one-shot"  # prune once at the end, or in rounds during training
+    rounds: int = 4  # with schedule = "iterative": geometric rounds down to the budget
     allocation: Allocation = "layerwise"
     calibration_batches: int = 16
 

@@ -119,8 +119,8 @@ class _ByMagnitude(UnstructuredPruner):
 
 @dataclass(frozen=True)
 class MagnitudeSettings(UnstructuredSettings):
-    schedule: Literal["one-shot", "iterative"] = "one-shot"
-    rounds: int = 4
+    schedule: Literal["one-shot", "iterative"] = "one-shot"  # prune once at the end, or in rounds during training
+    rounds: int = 4  # with schedule = "iterative": geometric rounds down to the budget
 
     def __post_init__(self):
         super().__post_init__()
@@ -212,7 +212,7 @@ class Grasp(UnstructuredPruner):
 
 @dataclass(frozen=True)
 class SynflowSettings(UnstructuredSettings):
-    iterations: int = 100
+    iterations: int = 100  # rounds of scoring and pruning on the way to the budget (SynFlow's n)
 
     def __post_init__(self):
         super().__post_init__()

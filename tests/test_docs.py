@@ -1,0 +1,36 @@
+"""The docs stay true to the code: the configuration reference is what the code generates, and every
+relative link in the README and docs/ leads to a file that exists."""
+
+import re
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_configuration_reference_is_what_the_code_generates():
+    tool = runpy.run_path(str(ROOT / "tools" / "config_reference.py"))
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == tool["page"](), (
+        "docs/configuration.md is out of date: run python tools/config_reference.py"
+    )
+
+
+def test_the_reference_names_every_method_and_setting():
+    from equiprune.methods import METHODS
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for name in METHODS.names():
+        assert f"### `{name}`" in text
+    assert "| `anchored` | bool | `False` |" in text and "| `train.finetune_epochs` | int | `0` |" in text
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
