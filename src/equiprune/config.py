@@ -76,6 +76,8 @@ class TrainConfig:
     weight_decay: float = 0.0  # the optimizer's weight decay
     finetune_weight_decay: float | None = None  # defaults to weight_decay
     schedule: Literal["constant", "cosine"] = "constant"  # per phase: pruning, then fine-tuning
+    #: how much test accuracy (a fraction: 0.01 = 1 point) compaction may cost before the run warns
+    compaction_tolerance: float = 0.01
 
     def __post_init__(self):
         _positive(self, "epochs")
@@ -88,6 +90,11 @@ class TrainConfig:
             _positive(self, "finetune_lr")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"train.momentum: must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.compaction_tolerance <= 1:
+            raise ConfigError(
+                f"train.compaction_tolerance: a fraction of test accuracy in [0, 1] (0.01 = 1 point), "
+                f"got {self.compaction_tolerance!r}"
+            )
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
         if self.finetune_weight_decay is not None and self.finetune_weight_decay < 0:

@@ -33,6 +33,10 @@ class RunHook:
     def on_epoch_end(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
         """The epoch is counted and its row stored in ``st.metrics``."""
 
+    def on_compacted(self, trainer: Trainer, st: State) -> None:
+        """The method's phase ended: ``st.result`` is the compacted model, ``st.gated_test_accuracy``
+        and ``st.compacted_test_accuracy`` the test accuracy before and right after compaction."""
+
     def on_finish(self, trainer: Trainer, st: State, results: dict[str, Any]) -> None:
         """The run is done; ``results`` is what ``results.json`` holds."""
 
@@ -68,6 +72,36 @@ def worse_than_chance(row: dict[str, Any], classes: int, method_hint: str) -> st
     )
 
 
+#: How the compaction guard's warning begins (results.json's ``compaction_flagged`` looks for it).
+COMPACTION_WARNING = "compaction cost"
+
+
+class CompactionGuard(RunHook):
+    """Warns when the compacted model's test accuracy, before fine-tuning, falls more than
+    ``train.compaction_tolerance`` below the gated model's, for a method whose gated model plays its
+    decision (``Method.plays_its_decision``): compaction is exact for the players it
+    keeps, so such a drop means the prune decision removed players the network uses (a player
+    whose participation is small but whose weights grew to make up for it). Said at once through
+    the logger and kept in results.json's ``warnings`` (``compaction_flagged``), which the reports
+    flag."""
+
+    def on_compacted(self, trainer: Trainer, st: State) -> None:
+        if not trainer.method.plays_its_decision:
+            return
+        drop = st.gated_test_accuracy - st.compacted_test_accuracy
+        tolerance = trainer.cfg.train.compaction_tolerance
+        if not drop > tolerance:
+            return
+        message = (
+            f"{COMPACTION_WARNING} {100 * drop:.2f} points of test accuracy (gated {100 * st.gated_test_accuracy:.2f}% "
+            f"-> compacted {100 * st.compacted_test_accuracy:.2f}%, before fine-tuning; tolerance "
+            f"{100 * tolerance:g} points): the prune decision removed players the network uses"
+        )
+        st.run_warnings.append(message)
+        if trainer.rank == 0:
+            logger.warning(message)
+
+
 class Checkpoint(RunHook):
     """After every epoch, everything needed to continue bit for bit (model, optimizer, scheduler,
     RNG state, method state, metrics so far), and metrics.jsonl; rank 0 only."""
@@ -81,6 +115,8 @@ class Checkpoint(RunHook):
             "seconds": st.seconds,
             "metrics": st.metrics,
             "gated_test_accuracy": st.gated_test_accuracy,
+            "compacted_test_accuracy": st.compacted_test_accuracy,
+            "run_warnings": st.run_warnings,
             "shared": st.shared,
             "optimizer": trainer.opt.state_dict(),
             "scheduler": trainer.sched.state_dict(),
@@ -123,4 +159,4 @@ class WriteOutputs(RunHook):
 
 
 def default_hooks() -> list[RunHook]:
-    return [FlagDivergence(), Checkpoint(), EpochLine(), WriteOutputs()]
+    return [FlagDivergence(), CompactionGuard(), Checkpoint(), EpochLine(), WriteOutputs()]

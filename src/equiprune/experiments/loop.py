@@ -38,7 +38,7 @@ from equiprune.core.measure import count_macs, count_params, nonzero_params
 from equiprune.core.selection import alive_metrics
 from equiprune.data import DATASETS, Batches
 from equiprune.errors import TrainingDiverged
-from equiprune.experiments.hooks import RunHook, default_hooks
+from equiprune.experiments.hooks import COMPACTION_WARNING, RunHook, default_hooks
 from equiprune.experiments.results import RunResults
 from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
@@ -61,7 +61,14 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
     del what["method"]
     what.pop("limit", None)
     train = what["train"]
-    for k in ("epochs", "finetune_epochs", "finetune_optimizer", "finetune_lr", "finetune_weight_decay"):
+    for k in (
+        "epochs",
+        "finetune_epochs",
+        "finetune_optimizer",
+        "finetune_lr",
+        "finetune_weight_decay",
+        "compaction_tolerance",
+    ):
         train.pop(k, None)
     what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
     return digest(what)[:20]
@@ -90,7 +97,9 @@ class _State:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     result: PruneResult | None = None
     gated_test_accuracy: float | None = None
+    compacted_test_accuracy: float | None = None  # the compacted model's, before fine-tuning
     shared: bool = False  # the training phase was reused from a shared run
+    run_warnings: list[str] = field(default_factory=list)  # warnings of the run, not of one epoch
 
 
 class Trainer:
@@ -157,6 +166,8 @@ class Trainer:
         ck = torch.load(self.run_dir.checkpoint, map_location=self.device, weights_only=False)
         st.phase, st.epoch, st.seconds = ck["phase"], ck["epoch"], ck["seconds"]
         st.metrics, st.gated_test_accuracy, st.shared = ck["metrics"], ck["gated_test_accuracy"], ck["shared"]
+        st.compacted_test_accuracy = ck.get("compacted_test_accuracy")  # absent from 0.1's checkpoints
+        st.run_warnings = ck.get("run_warnings", [])
         if st.phase == "prune":
             self.trained.load_state_dict(ck["trained_state"])
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
@@ -288,6 +299,9 @@ class Trainer:
             io.torch_save(self.run_dir.trained_state, self._plain().state_dict())
         st.gated_test_accuracy = evaluate(self.trained, self.test_split, self.cfg.data.eval_batch_size)[0]
         st.result = self.method.finish(self.trained, self.calibration)
+        st.compacted_test_accuracy = evaluate(st.result.model, self.test_split, self.cfg.data.eval_batch_size)[0]
+        for hook in self.hooks:
+            hook.on_compacted(self, st)
         st.phase = "finetune"
         if self.cfg.train.finetune_epochs:
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
@@ -309,6 +323,7 @@ class Trainer:
             test_accuracy=acc,
             test_loss=test_loss,
             test_accuracy_before_compaction=st.gated_test_accuracy,
+            test_accuracy_after_compaction=st.compacted_test_accuracy,
             kept_fraction=st.result.kept_fraction,
             players=self.method.pruned_kinds(self.trained),
             kept=st.result.kept,
@@ -323,7 +338,8 @@ class Trainer:
             budget=self.method.budget(),
             nonzero_params_after=nonzero_params(small),
             shared_training=st.shared,
-            warnings=[r["warning"] for r in flagged],
+            warnings=[r["warning"] for r in flagged] + st.run_warnings,
+            compaction_flagged=any(w.startswith(COMPACTION_WARNING) for w in st.run_warnings),
             # the same epochs as data, for a report that lists them without reading the messages
             diverged_epochs=[{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)

@@ -106,6 +106,7 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         "seeds": [r["seed"] for r in results],
         "seconds_mean": statistics.fmean(r["seconds"] for r in results),
     }
+    row["compaction_flagged_seeds"] = sum(bool(r.get("compaction_flagged")) for r in results)
     undecided = [r["undecided_fraction"] for r in results if r.get("undecided_fraction") is not None]
     row["undecided_fraction_mean"] = statistics.fmean(undecided) if undecided else None
     if name in PAPER_TABLE2:
@@ -145,6 +146,12 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
             f"| {_pct(r['kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
             f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_kept_fraction'))} |"
         )
+    flagged = [r for r in rows if r.get("compaction_flagged_seeds")]
+    if flagged:
+        lines += ["", "Compaction cost more than `train.compaction_tolerance` (1 point by default) of test "
+                  "accuracy: the prune decision removed players the network used (each run's results.json "
+                  "has the figures):", ""]  # fmt: skip
+        lines += [f"- `{r['config']}`: on {r['compaction_flagged_seeds']} of {len(r['seeds'])} seeds" for r in flagged]
     best = next(r for r in rows if r["config"] == suite.best)
     t = suite.targets
     checks = [

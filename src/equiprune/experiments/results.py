@@ -46,6 +46,8 @@ class RunResults:
     macs_before: int  # multiply-accumulates of one example's forward pass, configured model
     macs_after: int  # the same for the compacted model
     seconds: float  # wall time of the run's epochs
+    test_accuracy_after_compaction: float | None = None  # of the compacted model before fine-tuning
+    compaction_flagged: bool = False  # compaction cost more than train.compaction_tolerance (see warnings)
     undecided_fraction: float | None = None  # participations strictly inside (ε, 1 − ε) at the end
     budget: float | None = None  # a budgeted method's fraction of players to keep
     nonzero_params_after: int | None = None  # unstructured results keep zeros

@@ -148,6 +148,7 @@ def render_markdown(
         lines += ["## Failed runs", "", "These runs stopped with an error; they are not in the tables or plots.", ""]
         lines += [f"- `{r['run_id']}`: {r['results'].get('error', '?')}" for r in failed] + [""]
     lines += diverged_lines(runs)
+    lines += compaction_lines(runs)
     lines += _at_equal_parameters(frontier)
     lines += environment_lines(runs)
     lines += ["![test error against players kept](frontier_kept.png)", "",
@@ -172,6 +173,23 @@ def diverged_lines(runs: list[dict[str, Any]]) -> list[str]:
         labels = [f"epoch {e['epoch']} ({e['phase']})" for e in epochs] if epochs is not None else [
             w.split(":")[0] for w in r["results"]["warnings"]]  # fmt: skip
         lines.append(f"- `{r['run_id']}`: {len(labels)} epoch(s): {', '.join(labels)}")
+    return lines + [""]
+
+
+def compaction_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The finished runs whose compaction cost more accuracy than their tolerance (results.json's
+    ``compaction_flagged``): their prune decision removed players the network used."""
+    flagged = [r for r in runs if _finished(r) and r["results"].get("compaction_flagged")]
+    if not flagged:
+        return []
+    lines = ["## Runs whose compaction cost accuracy", "",
+             "In these runs the compacted model, before fine-tuning, scored more than the run's "
+             "`compaction_tolerance` below the gated model: the prune decision removed players the network "
+             "used. Their results are in the tables above.", ""]  # fmt: skip
+    for r in flagged:
+        res = r["results"]
+        lines.append(f"- `{r['run_id']}`: {100 * res['test_accuracy_before_compaction']:.2f}% gated, "
+                     f"{100 * res['test_accuracy_after_compaction']:.2f}% compacted")  # fmt: skip
     return lines + [""]
 
 

@@ -71,6 +71,11 @@ class Method:
     #: What to lower, besides the learning rate, when training under the method diverges (named
     #: in the run's warning).
     divergence_hint: ClassVar[str] = "step sizes"
+    #: Whether the trained model at the end of the method's phase already computes what the
+    #: method keeps (the game plays its participations; dense prunes nothing), so that compaction
+    #: should cost no accuracy: the loop's compaction guard checks it. One-shot methods select in
+    #: ``finish``, where the drop is the pruning itself, and are not checked.
+    plays_its_decision: ClassVar[bool] = False
 
     def __init__(self, settings: Any, exclude: tuple[str, ...] = (), players: str | None = None):
         self.settings = settings
@@ -216,6 +221,7 @@ class Dense(Method):
     name = "dense"
     settings_type = DenseSettings
     default_role = "reference"
+    plays_its_decision = True
     player_kinds = (*STRUCTURED_KINDS, "weight")
 
     @classmethod

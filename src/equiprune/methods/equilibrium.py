@@ -31,6 +31,7 @@ class EquilibriumPruner(Method):
     settings_type = GameSettings
     player_kinds = (*STRUCTURED_KINDS, "weight")
     default_role = "candidate"
+    plays_its_decision = True
     divergence_hint = "costs and step sizes (gamma, eta, lr_s)"
 
     def __init__(self, settings: GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
