@@ -335,6 +335,7 @@ class Trainer:
             macs_after=count_macs(small, self.input_shape),
             seconds=st.seconds,
             undecided_fraction=last_pruning[-1].get("undecided_fraction") if last_pruning else None,
+            undecided_among_survivors=last_pruning[-1].get("undecided_among_survivors") if last_pruning else None,
             budget=self.method.budget(),
             nonzero_params_after=nonzero_params(small),
             shared_training=st.shared,

@@ -107,8 +107,9 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         "seconds_mean": statistics.fmean(r["seconds"] for r in results),
     }
     row["compaction_flagged_seeds"] = sum(bool(r.get("compaction_flagged")) for r in results)
-    undecided = [r["undecided_fraction"] for r in results if r.get("undecided_fraction") is not None]
-    row["undecided_fraction_mean"] = statistics.fmean(undecided) if undecided else None
+    for key in ("undecided_fraction", "undecided_among_survivors"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        row[f"{key}_mean"] = statistics.fmean(values) if values else None
     if name in PAPER_TABLE2:
         row["paper_test_accuracy"] = PAPER_TABLE2[name]["test_accuracy"]
         row["paper_kept_fraction"] = PAPER_TABLE2[name]["kept_fraction"]
@@ -134,8 +135,8 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
         f"Mean ± standard deviation over {seeds} seed(s); the paper reports single runs.",
         "",
         "| configuration | α | β | γ | η | lr_s | update | test accuracy | neurons kept | undecided (0.05–0.95) "
-        "| paper: accuracy | paper: kept |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| undecided among survivors | paper: accuracy | paper: kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "–" if v is None else f"{v:g}"  # noqa: E731
     for r in rows:
@@ -144,8 +145,13 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
             f"| {r['config']} | {fmt(r['alpha'])} | {fmt(r['beta'])} | {fmt(r['gamma'])} | {fmt(r['eta'])} "
             f"| {fmt(r['lr_s'])} | {update} | {_pct(r['test_accuracy_mean'])} ± {_pct(r['test_accuracy_std'])} "
             f"| {_pct(r['kept_fraction_mean'])} | {_pct(r['undecided_fraction_mean'], 1)} "
+            f"| {_pct(r.get('undecided_among_survivors_mean'), 1)} "
             f"| {_pct(r.get('paper_test_accuracy'))} | {_pct(r.get('paper_kept_fraction'))} |"
         )
+    lines += ["", "Undecided: participations strictly inside (0.05, 0.95) at the end of pruning, over all players "
+              "and among the players kept. In an anchored game (`update` newton, anchored) the network plays "
+              "every survivor at full strength; its participations are the players' strategies, which decide "
+              "who stays, not a scale of what the network computes."]  # fmt: skip
     flagged = [r for r in rows if r.get("compaction_flagged_seeds")]
     if flagged:
         lines += ["", "Compaction cost more than `train.compaction_tolerance` (1 point by default) of test "

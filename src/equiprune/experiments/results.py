@@ -48,7 +48,8 @@ class RunResults:
     seconds: float  # wall time of the run's epochs
     test_accuracy_after_compaction: float | None = None  # of the compacted model before fine-tuning
     compaction_flagged: bool = False  # compaction cost more than train.compaction_tolerance (see warnings)
-    undecided_fraction: float | None = None  # participations strictly inside (ε, 1 − ε) at the end
+    undecided_fraction: float | None = None  # participations strictly inside (0.05, 0.95) at the end
+    undecided_among_survivors: float | None = None  # the same among the players kept
     budget: float | None = None  # a budgeted method's fraction of players to keep
     nonzero_params_after: int | None = None  # unstructured results keep zeros
     shared_training: bool = False  # the training phase was reused from an identical run of a sweep

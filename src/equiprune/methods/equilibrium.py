@@ -208,7 +208,9 @@ class EquilibriumPruner(Method):
         kept = {name: int((s.detach() >= eps).sum()) for name, s in zip(names, strategies)}
         return {
             **alive_metrics(kept, {name: s.numel() for name, s in zip(names, strategies)}),
-            "undecided_fraction": float(((s_all > 0.05) & (s_all < 0.95)).float().mean()),
+            "undecided_fraction": _undecided_among(s_all),
+            # among the survivors alone: with 98% gone, the share over all players cannot show them
+            "undecided_among_survivors": _undecided_among(s_all[s_all >= eps]),
             "participation_histogram": [int(c) for c in hist.tolist()],
         }
 
@@ -228,6 +230,11 @@ class EquilibriumPruner(Method):
                     s.fill_(1.0)
             return compact(trained, masks, balance=False)
         return compact(trained, masks, balance=self.settings.fold == "balanced")
+
+
+def _undecided_among(s: torch.Tensor) -> float | None:
+    """The fraction of ``s`` strictly inside (0.05, 0.95); None for no players."""
+    return float(((s > 0.05) & (s < 0.95)).float().mean()) if s.numel() else None
 
 
 class _PlayerRefs:
