@@ -48,21 +48,59 @@ class PruneResult:
         return out
 
 
-def keep_masks(gated: GatedModel, epsilon: float) -> dict[str, torch.Tensor]:
-    """Which players survive (s_i >= epsilon), per group. A residual branch may lose everyone (the
-    block then adds a constant); any other group that loses everyone is refused."""
+def keep_masks(
+    gated: GatedModel, threshold: float, scores: list[torch.Tensor] | None = None, rule: str = "epsilon"
+) -> dict[str, torch.Tensor]:
+    """Which players survive, per group: ``score >= threshold``, the score being the participation
+    (the paper's rule, ``rule = "epsilon"``) or what ``scores`` gives (e.g. :func:`contributions`).
+    A residual branch may lose everyone (the block then adds a constant); any other group that
+    loses everyone is refused."""
+    what = "participation" if scores is None else "contribution"
+    scores = [s.detach() for s in gated.gates] if scores is None else scores
     masks = {}
-    for group, s in zip(gated.groups, gated.gates):
-        keep = s.detach() >= epsilon
+    for group, s in zip(gated.groups, scores):
+        keep = s >= threshold
         if not bool(keep.any()) and not group.bypassed:
             raise PruningError(
-                f"every player of layer {group.name!r} dropped out (largest participation "
-                f"{float(s.detach().max()):.3g} < epsilon={epsilon}): removing them would disconnect the "
+                f"every player of layer {group.name!r} dropped out (largest {what} "
+                f"{float(s.max()):.3g} < {rule}={threshold}): removing them would disconnect the "
                 "network. Lower the costs (beta, gamma, eta), shorten the pruning phase, or exclude "
                 "this layer."
             )
         masks[group.name] = keep
     return masks
+
+
+@torch.no_grad()
+def contributions(gated: GatedModel) -> list[torch.Tensor]:
+    """Each player's effective contribution, relative to the largest of its layer: s_i times the
+    norm of what it reads (its producer rows, or its BatchNorm scale where one follows) times the
+    norm of what reads it (its consumers' input columns). Moving scale between a participation and
+    the weights around it (which leaves a ReLU network's function as it is) leaves it unchanged,
+    unlike s_i alone: a player whose small s_i its weights make up for still counts."""
+    out = []
+    for group, s in zip(gated.groups, gated.gates):
+        if group.followers:  # a BatchNorm normalises what the producer writes: its scale is what counts
+            f = group.followers[-1]
+            incoming = f.module.weight.detach()[f.offset : f.offset + group.size].abs()
+        else:
+            incoming = torch.sqrt(sum((b.detach() ** 2).sum(1) for b in group.blocks(followers=False)))
+        outgoing = torch.sqrt(sum(_column_sq_norms(c, group.size) for c in group.consumers))
+        c = s.detach().abs() * incoming * outgoing
+        out.append(c / c.max().clamp_min(torch.finfo(c.dtype).tiny))
+    return out
+
+
+def _column_sq_norms(consumer, size: int) -> torch.Tensor:
+    """Squared norms of the input columns a consumer reads from each of ``size`` players."""
+    w = consumer.module.weight.detach()
+    if isinstance(consumer.module, nn.Conv2d):
+        cols = w[:, consumer.offset : consumer.offset + size]
+        return (cols**2).sum(dim=(0, 2, 3))
+    if isinstance(consumer.module, nn.Linear):
+        cols = w[:, consumer.offset : consumer.offset + size * consumer.repeat]
+        return (cols.reshape(w.shape[0], size, consumer.repeat) ** 2).sum(dim=(0, 2))
+    raise PruningError(f"layer {consumer.name!r}: cannot measure what a {type(consumer.module).__name__} reads")
 
 
 @dataclass

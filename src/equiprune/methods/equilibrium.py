@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from equiprune.core.compact import PruneResult, compact, keep_masks
+from equiprune.core.compact import PruneResult, compact, contributions, keep_masks
 from equiprune.core.measure import macs_per_player
 from equiprune.core.players import STRUCTURED_KINDS, GatedModel, PerExampleGateGrads, grad_or_zeros
 from equiprune.core.selection import alive_metrics
@@ -51,6 +51,11 @@ class EquilibriumPruner(Method):
 
     def prepare(self, model: nn.Module) -> GatedModel | WeightGatedModel:
         if self.players == "weight":
+            if self.settings.decision == "contribution":
+                raise ConfigError(
+                    "method.decision = 'contribution' needs structured players (it reads a player's inputs and "
+                    "consumers); use decision = 'participation' with players = 'weight'"
+                )
             if self.settings.update == "newton":
                 raise ConfigError(
                     "method.update = 'newton' needs structured players; use update = 'ascent' with players = 'weight'"
@@ -221,7 +226,11 @@ class EquilibriumPruner(Method):
     def finish(self, trained: GatedModel, calibration=None) -> PruneResult:
         if isinstance(trained, WeightGatedModel):
             return trained.compact(self.settings.epsilon)
-        masks = keep_masks(trained, self.settings.epsilon)
+        if self.settings.decision == "contribution":
+            masks = keep_masks(trained, self.settings.contribution_threshold, contributions(trained),
+                               rule="contribution_threshold")  # fmt: skip
+        else:
+            masks = keep_masks(trained, self.settings.epsilon)
         if self.settings.rewind:
             # The game chose who stays; the survivors restart from their initial weights, ungated.
             with torch.no_grad():

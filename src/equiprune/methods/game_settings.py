@@ -19,7 +19,12 @@ class GameSettings:
 
     - ``alpha``, ``beta``, ``gamma``, ``eta``: benefit weight, L2, L1 and competition costs.
     - ``lr_s``: step size of projected gradient ascent on the participations.
-    - ``epsilon``: players with s_i < epsilon are removed at the end.
+    - ``epsilon``: players with s_i < epsilon are removed at the end (``decision = "participation"``).
+    - ``decision``: how the end decides who is removed. ``"participation"`` (the paper's rule, its
+      presets' too): s_i < epsilon. ``"contribution"``: a player's effective contribution
+      s_i·‖what it reads‖·‖what reads it‖, relative to its layer's largest, below
+      ``contribution_threshold`` (``core.compact.contributions``); it sees through the scale a
+      player's weights can take over from a small participation, which the paper's rule cuts.
     - ``benefit_sign``: ``"loss_reduction"`` (default) rewards a player whose growth lowers the loss,
       B_i = −α·s_i·g_i; ``"as_written"`` uses the paper's printed +α·s_i·g_i.
     - ``benefit_grad``: ``"gated"`` (default) takes g_i = ⟨∇_{s_iθ_i}L, θ_i⟩ = ∂L/∂s_i, the gradient
@@ -85,6 +90,8 @@ class GameSettings:
     rewind: bool = False
     cost_taper: float = 0.0
     anchored: bool = False
+    decision: Literal["participation", "contribution"] = "participation"
+    contribution_threshold: float = 0.01
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
@@ -97,6 +104,11 @@ class GameSettings:
             raise ConfigError(f"method.cost_ramp: must lie in [0, 1], got {self.cost_ramp!r}")
         if not (0 <= self.start < 1):
             raise ConfigError(f"method.start: must lie in [0, 1), got {self.start!r}")
+        if not (0 < self.contribution_threshold < 1):
+            raise ConfigError(
+                "method.contribution_threshold: a contribution relative to the layer's largest, in (0, 1), "
+                f"got {self.contribution_threshold!r}"
+            )
         if not (0 <= self.epsilon <= 1):
             raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
         if self.update in ("best_response", "newton") and self.lr_s > 1:
@@ -117,6 +129,7 @@ class GameSettings:
             ("update", ("ascent", "best_response", "newton")),
             ("fold", ("consumer", "balanced")),
             ("cost_weighting", ("uniform", "macs", "width")),
+            ("decision", ("participation", "contribution")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
@@ -127,9 +140,23 @@ class GameSettings:
 
 
 #: The paper's four Table 2 configurations (α = 1, lr_s = 0.001, η = 0 in all of them).
-PRESETS: dict[str, dict[str, float]] = {
-    "very-high-beta": {"alpha": 1.0, "beta": 0.1, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
-    "extreme-beta": {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001},
-    "l1-sparsity-strong": {"alpha": 1.0, "beta": 0.001, "gamma": 0.1, "eta": 0.0, "lr_s": 0.001},
-    "l1-l2-combined": {"alpha": 1.0, "beta": 0.05, "gamma": 0.05, "eta": 0.0, "lr_s": 0.001},
+PRESETS: dict[str, dict[str, float | str]] = {
+    "very-high-beta": {"alpha": 1.0, "beta": 0.1, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001, "decision": "participation"},
+    "extreme-beta": {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "eta": 0.0, "lr_s": 0.001, "decision": "participation"},
+    "l1-sparsity-strong": {
+        "alpha": 1.0,
+        "beta": 0.001,
+        "gamma": 0.1,
+        "eta": 0.0,
+        "lr_s": 0.001,
+        "decision": "participation",
+    },
+    "l1-l2-combined": {
+        "alpha": 1.0,
+        "beta": 0.05,
+        "gamma": 0.05,
+        "eta": 0.0,
+        "lr_s": 0.001,
+        "decision": "participation",
+    },
 }
