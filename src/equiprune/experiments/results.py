@@ -66,8 +66,7 @@ class RunResults:
         """Results as written by this or an earlier equiprune (0.1's names read here, once)."""
         data = {LEGACY_NAMES.get(k, k): v for k, v in data.items()}
         if "kept_by_kind" not in data:
-            kinds = data.get("players", "unknown")
-            kind = kinds if "+" not in kinds else "+".join(sorted(kinds.split("+")))
+            kind = data.get("players", "unknown")  # 0.1 wrote the kinds already sorted and joined
             data["kept_by_kind"] = {kind: {"kept": sum(data["kept"].values()), "total": sum(data["total"].values())}}
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
