@@ -21,3 +21,19 @@ def test_undecided_is_counted_over_all_players_and_among_the_survivors():
     assert metrics["players_alive"] == len(survivors) == 7
     assert abs(metrics["undecided_fraction"] - undecided(flat)) < 1e-7 and undecided(flat) == 3 / 10
     assert abs(metrics["undecided_among_survivors"] - undecided(survivors)) < 1e-7  # 3 of 7
+
+
+def test_the_histogram_shows_the_first_the_last_and_evenly_spread_pruning_epochs(tmp_path):
+    from PIL import Image
+
+    from equiprune.experiments.run_plots import histogram_epochs, plot_participation_histogram
+
+    rows = [{"epoch": e, "players": 8, "players_alive": 8 - e // 2, "participation_histogram": [e, 8 - e]}
+            for e in range(10)]  # fmt: skip
+    assert [r["epoch"] for r in histogram_epochs(rows)] == [0, 3, 6, 9]
+    assert [r["epoch"] for r in histogram_epochs(rows[:3])] == [0, 1, 2]
+    assert [r["epoch"] for r in histogram_epochs(rows, panels=2)] == [0, 9]
+    path = tmp_path / "h.png"
+    plot_participation_histogram(path, histogram_epochs(rows), 0.01, "t")
+    width, height = Image.open(path).size
+    assert width > 2 * height  # four panels side by side

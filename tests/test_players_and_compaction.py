@@ -70,12 +70,22 @@ def test_compaction_leaves_the_gated_model_working():
     torch.testing.assert_close(gated(x), before)
 
 
-def test_a_layer_losing_every_player_is_refused_clearly():
+def test_a_layer_losing_every_player_keeps_its_best_one_and_says_so(caplog):
     gated = attach(mlp(hidden=(8, 4)))
     with torch.no_grad():
-        gated.gates[1].zero_()
-    with pytest.raises(PruningError, match="every player of layer '3' dropped out"):
-        compact(gated, keep_masks(gated, 0.01))
+        gated.gates[1].copy_(torch.tensor([0.001, 0.004, 0.002, 0.003]))
+    notes = []
+    with caplog.at_level("WARNING", logger="equiprune"):
+        masks = keep_masks(gated, 0.01, notes=notes)
+    assert masks["3"].tolist() == [False, True, False, False]
+    assert len(notes) == 1 and "every player would leave layer '3'" in notes[0] and "0.004 < epsilon=0.01" in notes[0]
+    assert notes[0] in caplog.text
+    result = compact(gated, masks)
+    assert result.kept["3"] == 1 and result.kept["1"] == 8
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        gated.gates[1].mul_(masks["3"])  # what the kept player computes: the gated model, the others at 0
+    torch.testing.assert_close(result.model(x), gated(x))
 
 
 def test_excluded_layers_keep_all_their_neurons():

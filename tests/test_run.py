@@ -207,10 +207,14 @@ def test_the_chance_check_ignores_a_methods_penalty(tmp_path, data_root):
     assert results["warnings"] == []
 
 
-def test_layer_losing_every_player_is_reported(tmp_path, data_root):
+def test_a_layer_losing_every_player_keeps_one_and_the_run_says_which(tmp_path, data_root, caplog):
     cfg = parse_config(small_config(data_root, epochs=1, finetune=0, train_subset=2000, gamma=50.0, lr_s=1.0))
-    with pytest.raises(Exception, match="every player of layer '1' dropped out"):
-        run(cfg, tmp_path / "r", quiet=True)
+    with caplog.at_level("WARNING", logger="equiprune"):
+        results = run(cfg, tmp_path / "r", quiet=True)
+    assert results["kept"] == {"1": 1, "3": 1}
+    said = [w for w in results["warnings"] if w.startswith("every player would leave layer")]
+    assert [w.split("'")[1] for w in said] == ["1", "3"] and said[0] in caplog.text
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["warnings"] == results["warnings"]
 
 
 def test_cli_rejects_bad_config_before_training(tmp_path):

@@ -155,22 +155,28 @@ def test_a_parallel_sweep_stores_the_same_results_as_one_run_after_another(tmp_p
         run_sweep(sweep, tmp_path / "two", quiet=True, jobs=0)
 
 
-def test_a_collapsing_setting_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_root):
+def test_a_diverging_setting_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_root):
     methods = """
 [[methods]]
 name = "game"
 lr_s = 0.5
-points = [{ gamma = 50.0 }, { gamma = 0.0 }]
+points = [{ gamma = 0.0 }]
+[[methods]]
+name = "game"
+label = "game-exploding"
+train = { lr = 1e12 }
+points = [{ gamma = 0.0 }]
 """
     out = tmp_path / "out"
     sweep = load_sweep(_write(tmp_path, _sweep_text(data_root, methods)))
     assert run_sweep(sweep, out, quiet=True) == {"ran": 2, "resumed": 0, "skipped": 0, "failed": 1}
     with ResultStore(out / "results.sqlite") as store:
-        status = {r["point"]: r["status"] for r in store.rows()}
-    assert status == {"gamma=50.0": "failed", "gamma=0.0": "finished"}
+        status = {r["label"]: r["status"] for r in store.rows()}
+    assert status == {"game-exploding": "failed", "game": "finished"}
     text = write_report(out).read_text()
-    assert "## Failed runs" in text and "game/gamma=50.0/seed0" in text and "dropped out" in text
-    assert [r["point"] for r in json.loads((out / "frontier.json").read_text())] == ["gamma=0.0"]
+    assert "## Failed runs" in text and "game-exploding/gamma=0.0/seed0" in text and "training loss became" in text
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert [(r["method"], r["point"]) for r in frontier] == [("game", "gamma=0.0")]
     # a failure is an outcome: started again, the sweep does not retry it
     assert run_sweep(sweep, out, quiet=True)["skipped"] == 2
 

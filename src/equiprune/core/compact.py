@@ -10,13 +10,19 @@ zero, for any activation, across BatchNorm and residual sums.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from equiprune.core.players import GatedModel
 from equiprune.errors import PruningError
+
+logger = logging.getLogger("equiprune")
+
+#: How the warning begins when a layer's decision would remove every player (see :func:`keep_masks`).
+EMPTIED_LAYER_WARNING = "every player would leave layer"
 
 
 @dataclass
@@ -31,6 +37,8 @@ class PruneResult:
     weight_masks: dict[str, torch.Tensor] | None = None
     #: player group name -> the kind of its players ("neuron", "filter", "head" or "weight")
     kinds: dict[str, str] | None = None
+    #: what the decision had to overrule (a layer kept at one player), for results.json's warnings
+    notes: list[str] = field(default_factory=list)
 
     @property
     def kept_fraction(self) -> float:
@@ -49,24 +57,35 @@ class PruneResult:
 
 
 def keep_masks(
-    gated: GatedModel, threshold: float, scores: list[torch.Tensor] | None = None, rule: str = "epsilon"
+    gated: GatedModel,
+    threshold: float,
+    scores: list[torch.Tensor] | None = None,
+    rule: str = "epsilon",
+    notes: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Which players survive, per group: ``score >= threshold``, the score being the participation
     (the paper's rule, ``rule = "epsilon"``) or what ``scores`` gives (e.g. :func:`contributions`).
-    A residual branch may lose everyone (the block then adds a constant); any other group that
-    loses everyone is refused."""
+
+    A residual branch may lose everyone (the block then adds a constant). Any other group whose
+    players would all go keeps its best-scoring one, since removing them all would disconnect the
+    network; that is said through the logger and, when ``notes`` is a list, appended to it (the run
+    keeps it in results.json's ``warnings``)."""
     what = "participation" if scores is None else "contribution"
     scores = [s.detach() for s in gated.gates] if scores is None else scores
     masks = {}
     for group, s in zip(gated.groups, scores):
         keep = s >= threshold
         if not bool(keep.any()) and not group.bypassed:
-            raise PruningError(
-                f"every player of layer {group.name!r} dropped out (largest {what} "
-                f"{float(s.max()):.3g} < {rule}={threshold}): removing them would disconnect the "
-                "network. Lower the costs (beta, gamma, eta), shorten the pruning phase, or exclude "
-                "this layer."
+            keep = torch.zeros_like(keep)
+            keep[int(torch.argmax(s))] = True
+            message = (
+                f"{EMPTIED_LAYER_WARNING} {group.name!r} (largest {what} {float(s.max()):.3g} < "
+                f"{rule}={threshold}): it keeps its best player, since removing all {group.size} would "
+                "disconnect the network; lower the costs (beta, gamma, eta), set a budget, or exclude this layer"
             )
+            logger.warning(message)
+            if notes is not None:
+                notes.append(message)
         masks[group.name] = keep
     return masks
 

@@ -11,15 +11,18 @@ model's; its remaining zeros are counted by ``measure.nonzero_params``.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
-from equiprune.core.compact import PruneResult, compact
+from equiprune.core.compact import EMPTIED_LAYER_WARNING, PruneResult, compact
 from equiprune.core.players import GatedModel, find_players
 from equiprune.errors import PruningError
+
+logger = logging.getLogger("equiprune")
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -173,17 +176,24 @@ class WeightGatedModel(nn.Module):
     @torch.no_grad()
     def compact(self, epsilon: float) -> PruneResult:
         """Players with s < ``epsilon`` removed, the survivors' participations folded into W, and
-        the neurons the removals cut off taken out (:func:`compact_unstructured`)."""
+        the neurons the removals cut off taken out (:func:`compact_unstructured`). A layer whose
+        every weight would go keeps its largest-participation one (said in the result's notes)."""
+        keep, notes = {}, []
         for name, gate in zip(self.names, self.gates):
-            if not bool((gate >= epsilon).any()):
-                raise PruningError(
-                    f"every weight of layer {name!r} dropped out (largest participation {float(gate.max()):.3g} < "
-                    f"epsilon={epsilon}): the network would be disconnected. Lower the costs (beta, gamma, eta), "
-                    "shorten the pruning phase, or exclude this layer."
+            keep[name] = gate >= epsilon
+            if not bool(keep[name].any()):
+                keep[name].view(-1)[int(torch.argmax(gate))] = True
+                notes.append(
+                    f"{EMPTIED_LAYER_WARNING} {name!r} (largest participation {float(gate.max()):.3g} < "
+                    f"epsilon={epsilon}): it keeps its best weight, since removing all {gate.numel()} would "
+                    "disconnect the network; lower the costs (beta, gamma, eta), set a budget, or exclude this layer"
                 )
+                logger.warning(notes[-1])
         plain = self.plain_copy()
         for name, gate in zip(self.names, self.gates):
             plain.get_submodule(name).weight.mul_(gate)
         masks = WeightMasks(plain, self.exclude)
-        masks.set({name: gate >= epsilon for name, gate in zip(self.names, self.gates)})
-        return compact_unstructured(plain, masks)
+        masks.set(keep)
+        result = compact_unstructured(plain, masks)
+        result.notes = notes
+        return result

@@ -299,6 +299,7 @@ class Trainer:
             io.torch_save(self.run_dir.trained_state, self._plain().state_dict())
         st.gated_test_accuracy = evaluate(self.trained, self.test_split, self.cfg.data.eval_batch_size)[0]
         st.result = self.method.finish(self.trained, self.calibration)
+        st.run_warnings.extend(st.result.notes)
         st.compacted_test_accuracy = evaluate(st.result.model, self.test_split, self.cfg.data.eval_batch_size)[0]
         for hook in self.hooks:
             hook.on_compacted(self, st)

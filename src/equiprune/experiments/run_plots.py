@@ -1,4 +1,4 @@
-"""Plots of a run: the participation histogram at the end of pruning, and the pruning dynamics."""
+"""Plots of a run: the participation histograms over the pruning epochs, and the pruning dynamics."""
 
 from __future__ import annotations
 
@@ -8,20 +8,37 @@ from matplotlib.ticker import MaxNLocator
 
 from equiprune.experiments.figures import save_png, subplots
 
+#: At most this many pruning epochs get a panel in the participation histogram.
+HISTOGRAM_PANELS = 4
 
-def plot_participation_histogram(path, counts: list[int], epsilon: float | None, title: str) -> None:
-    bins = len(counts)
-    edges = [i / bins for i in range(bins + 1)]
-    fig, ax = subplots(figsize=(6, 3.6))
-    ax.bar(edges[:-1], [max(c, 0) for c in counts], width=1 / bins, align="edge", color="#3b6ea8", edgecolor="white")
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("participation $s_i$")
-    ax.set_ylabel("players (symlog)")
+
+def histogram_epochs(pruning: list[dict[str, Any]], panels: int = HISTOGRAM_PANELS) -> list[dict[str, Any]]:
+    """Up to ``panels`` rows of ``pruning``, evenly spread, always the first and the last: how the
+    participations move, not only where they end."""
+    if len(pruning) <= panels:
+        return pruning
+    picks = sorted({round(i * (len(pruning) - 1) / (panels - 1)) for i in range(panels)})
+    return [pruning[i] for i in picks]
+
+
+def plot_participation_histogram(path, rows: list[dict[str, Any]], epsilon: float | None, title: str) -> None:
+    """One panel per row (an epoch's metrics with ``participation_histogram``), sharing the axes."""
+    fig, axes = subplots(1, len(rows), figsize=(2.6 * len(rows) + 0.8, 3.2), sharey=True, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        counts = row["participation_histogram"]
+        bins = len(counts)
+        edges = [i / bins for i in range(bins + 1)]
+        ax.bar(edges[:-1], counts, width=1 / bins, align="edge", color="#3b6ea8", edgecolor="white")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("participation $s_i$")
+        ax.set_title(f"epoch {row['epoch']}: {row['players_alive']}/{row['players']} alive", fontsize=9)
+        if epsilon is not None:
+            ax.axvline(epsilon, color="#c0392b", linestyle="--", linewidth=1, label=f"ε = {epsilon:g}")
+    axes[0][0].set_ylabel("players (symlog)")
     if epsilon is not None:
-        ax.axvline(epsilon, color="#c0392b", linestyle="--", linewidth=1, label=f"ε = {epsilon:g} (removal threshold)")
-        ax.legend(loc="upper center", frameon=False)
-    ax.set_title(title)
+        axes[0][-1].legend(loc="upper center", frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     save_png(fig, path)
 
 
@@ -35,8 +52,9 @@ def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
     lines = acc
     if all("players_alive" in r for r in metrics):
         ax2 = ax.twinx()
-        lines += ax2.plot(epochs, [r["players_alive"] for r in metrics], "s-", color="#3b6ea8", label="players alive")
-        ax2.set_yscale("log")
+        alive = [r["players_alive"] for r in metrics]
+        lines += ax2.plot(epochs, alive, "s-", color="#3b6ea8", label="players alive")
+        ax2.set_yscale("log" if min(alive) > 0 else "symlog")
         ax2.set_ylabel("players alive (log)", color="#3b6ea8")
     finetune = [r["epoch"] for r in metrics if r.get("phase") == "finetune"]
     if finetune:
@@ -52,10 +70,10 @@ def plot_run(run_dir, metrics: list[dict[str, Any]], epsilon: float | None) -> N
     plot_dynamics(run_dir.path / "dynamics.png", metrics)
     pruning = [r for r in metrics if "participation_histogram" in r]
     if pruning:
-        last = pruning[-1]
+        rule = "below the dashed line: removed" if epsilon is not None else "the decision is not by participation"
         plot_participation_histogram(
             run_dir.path / "participation_histogram.png",
-            last["participation_histogram"],
+            histogram_epochs(pruning),
             epsilon,
-            f"Participations after epoch {last['epoch']} ({last['players_alive']}/{last['players']} alive)",
+            f"Participations during pruning ({rule})",
         )

@@ -3,7 +3,7 @@
 A row is written once, in one transaction, after its run has ended; the run id is the primary
 key, so a run is never counted twice, and a sweep killed at any moment leaves only whole rows.
 ``status`` is ``"finished"`` (``results`` is the run's results.json) or ``"failed"`` (the run
-stopped with a clear error, such as a layer losing every player; ``results`` holds ``error``):
+stopped with a clear error, such as a diverged loss; ``results`` holds ``error``):
 a failure is an outcome of that configuration, reported, not retried.
 """
 

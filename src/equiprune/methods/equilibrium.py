@@ -74,7 +74,8 @@ class EquilibriumPruner(Method):
         return "+".join(sorted({g.kind for g in trained.groups}))
 
     def removal_threshold(self) -> float | None:
-        return self.settings.epsilon
+        # with decision = "contribution", no line on the participations separates who goes
+        return self.settings.epsilon if self.settings.decision == "participation" else None
 
     def before_run(self, trained: GatedModel, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         if self.settings.rewind:
@@ -226,19 +227,21 @@ class EquilibriumPruner(Method):
     def finish(self, trained: GatedModel, calibration=None) -> PruneResult:
         if isinstance(trained, WeightGatedModel):
             return trained.compact(self.settings.epsilon)
+        notes: list[str] = []
         if self.settings.decision == "contribution":
             masks = keep_masks(trained, self.settings.contribution_threshold, contributions(trained),
-                               rule="contribution_threshold")  # fmt: skip
+                               rule="contribution_threshold", notes=notes)  # fmt: skip
         else:
-            masks = keep_masks(trained, self.settings.epsilon)
+            masks = keep_masks(trained, self.settings.epsilon, notes=notes)
         if self.settings.rewind:
             # The game chose who stays; the survivors restart from their initial weights, ungated.
             with torch.no_grad():
                 trained.model.load_state_dict(self._initial)
                 for s in trained.gates:
                     s.fill_(1.0)
-            return compact(trained, masks, balance=False)
-        return compact(trained, masks, balance=self.settings.fold == "balanced")
+        result = compact(trained, masks, balance=self.settings.fold == "balanced" and not self.settings.rewind)
+        result.notes = notes
+        return result
 
 
 def _undecided_among(s: torch.Tensor) -> float | None:
