@@ -71,6 +71,10 @@ def test_the_decision_is_a_setting_the_presets_name_and_bad_values_are_refused(t
                                     extra='decision = "contribution"\ncontribution_threshold = 0.05'))  # fmt: skip
     results = run(cfg, tmp_path / "r", quiet=True)
     assert not results["compaction_flagged"] and 0 < results["kept_fraction"] <= 1
+    # the paper's rule, not played, is reported beside it from the same trained model
+    other = results["other_decisions"]["participation"]
+    assert set(other) == {"kept_fraction", "kept", "test_accuracy_after_compaction"}
+    assert sum(other["kept"].values()) / 96 == pytest.approx(other["kept_fraction"])
     for bad, message in (('contribution_threshold = 0', "method.contribution_threshold"),
                          ('contribution_threshold = 1.5', "method.contribution_threshold"),
                          ('decision = "size"', "method.decision")):  # fmt: skip
@@ -79,3 +83,16 @@ def test_the_decision_is_a_setting_the_presets_name_and_bad_values_are_refused(t
     weight_game = build_method("game", settings={"decision": "contribution"}, players="weight")
     with pytest.raises(ConfigError, match="needs structured players"):
         weight_game.prepare(create_model("mlp", input_shape=(1, 8, 8), num_classes=5, hidden=[4]))
+
+
+def test_the_game_reports_the_decision_it_did_not_play_from_the_same_trained_model():
+    gated, x, before = _gated_with_scaled_players()
+    game = build_method("game", preset="very-high-beta")  # the paper's rule: participation
+    played = game.finish(gated)
+    other = game.other_decisions(gated)
+    assert list(other) == ["contribution"]
+    assert played.kept[gated.groups[0].name] == 4 and other["contribution"].kept[gated.groups[0].name] == 8
+    assert torch.allclose(other["contribution"].model(x), before, atol=1e-4)
+    assert torch.allclose(gated(x), before, atol=1e-4)  # the trained model is left as it was
+    rewinding = build_method("game", settings={"rewind": True})
+    assert rewinding.other_decisions(gated) == {}  # a rewound network is not the one trained

@@ -43,7 +43,15 @@ def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path
         best = json.loads((tmp_path / "equiprune-best" / f"seed{seed}" / "results.json").read_text())
         dense = json.loads((tmp_path / "dense-kept-widths" / f"seed{seed}" / "results.json").read_text())
         assert list(dense["kept"].values()) == list(best["kept"].values())
+    # Each paper row under both prune decisions, taken from the same runs' results.
+    runs = [json.loads((tmp_path / "l1-l2-combined" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    decisions = paper["decisions"]
+    assert decisions["participation"]["played"] and not decisions["contribution"]["played"]
+    assert decisions["participation"]["test_accuracy_mean"] == pytest.approx(paper["test_accuracy_mean"])
+    other = [r["other_decisions"]["contribution"]["test_accuracy_after_compaction"] for r in runs]
+    assert decisions["contribution"]["test_accuracy_mean"] == pytest.approx(sum(other) / 2)
     md = (tmp_path / "summary.md").read_text()
+    assert "## The paper's rows under both prune decisions" in md and "Rows that hold" in md
     assert md == summary.markdown and "| l1-l2-combined |" in md and "91.54%" in md and "Targets for" in md
     # How each configuration plays is in its row: the paper's ascent, equiprune-best's anchored Newton steps.
     assert "| 0.001 | ascent |" in md and "| 0.01 | newton, anchored |" in md
@@ -85,3 +93,12 @@ def test_the_dense_reference_trains_with_the_best_configurations_small_network_r
     assert ref.model.hidden == [10, 5] and ref.seed == 2 and ref.method.name == "dense"
     assert (ref.train.epochs, ref.train.finetune_epochs) == (best.train.epochs, 0)
     assert (ref.train.optimizer, ref.train.lr) == (best.train.finetune_optimizer, best.train.finetune_lr)
+
+
+def test_a_row_holds_within_a_point_of_accuracy_and_a_quarter_more_of_size():
+    from equiprune.experiments.comparison import reproduces
+
+    assert reproduces(0.9610, 1.0, 0.9664, 1.0)  # 0.54 points below, the same size
+    assert not reproduces(0.9550, 1.0, 0.9664, 1.0)  # 1.14 points below
+    assert reproduces(0.92, 0.0290, 0.9154, 0.0195)  # 0.0195 × 1.25 + 0.005 = 0.0294
+    assert not reproduces(0.95, 0.0300, 0.9154, 0.0195)

@@ -24,3 +24,15 @@ def judge(mean: float, std: float, other_mean: float, other_std: float) -> Verdi
     if abs(diff) <= max(std, other_std):
         return "tie"
     return "win" if diff > 0 else "loss"
+
+
+#: When a measured row reproduces a paper's (single-run) row, in words.
+REPRODUCTION_RULE = (
+    "a row holds when our mean test accuracy is at least the paper's minus 1 point and our mean kept "
+    "fraction at most the paper's × 1.25 plus 0.5 points"
+)
+
+
+def reproduces(accuracy: float, kept: float, paper_accuracy: float, paper_kept: float) -> bool:
+    """Whether a measured (accuracy, kept fraction) reproduces a paper's: see :data:`REPRODUCTION_RULE`."""
+    return accuracy >= paper_accuracy - 0.01 and kept <= 1.25 * paper_kept + 0.005

@@ -15,6 +15,7 @@ import torch
 
 from equiprune import io
 from equiprune.experiments.run_plots import plot_run
+from equiprune.experiments.setup import evaluate
 from equiprune.progress import logger
 
 #: What the hooks are given (the loop's Trainer and its run state); named, not imported, since the
@@ -102,6 +103,24 @@ class CompactionGuard(RunHook):
             logger.warning(message)
 
 
+class CompareDecisions(RunHook):
+    """The prune decisions the method did not play (``Method.other_decisions``), each compacted
+    from the same trained model and evaluated, into results.json's ``other_decisions``: the
+    game's run under the paper's rule also says what equiprune's decision would have kept, and
+    the other way round, without training twice."""
+
+    def on_compacted(self, trainer: Trainer, st: State) -> None:
+        batch = trainer.cfg.data.eval_batch_size
+        st.other_decisions = {
+            name: {
+                "kept_fraction": result.kept_fraction,
+                "kept": result.kept,
+                "test_accuracy_after_compaction": evaluate(result.model, trainer.test_split, batch)[0],
+            }
+            for name, result in trainer.method.other_decisions(trainer.trained).items()
+        }
+
+
 class Checkpoint(RunHook):
     """After every epoch, everything needed to continue bit for bit (model, optimizer, scheduler,
     RNG state, method state, metrics so far), and metrics.jsonl; rank 0 only."""
@@ -117,6 +136,7 @@ class Checkpoint(RunHook):
             "gated_test_accuracy": st.gated_test_accuracy,
             "compacted_test_accuracy": st.compacted_test_accuracy,
             "run_warnings": st.run_warnings,
+            "other_decisions": st.other_decisions,
             "shared": st.shared,
             "optimizer": trainer.opt.state_dict(),
             "scheduler": trainer.sched.state_dict(),
@@ -159,4 +179,4 @@ class WriteOutputs(RunHook):
 
 
 def default_hooks() -> list[RunHook]:
-    return [FlagDivergence(), CompactionGuard(), Checkpoint(), EpochLine(), WriteOutputs()]
+    return [FlagDivergence(), CompactionGuard(), CompareDecisions(), Checkpoint(), EpochLine(), WriteOutputs()]

@@ -100,6 +100,7 @@ class _State:
     compacted_test_accuracy: float | None = None  # the compacted model's, before fine-tuning
     shared: bool = False  # the training phase was reused from a shared run
     run_warnings: list[str] = field(default_factory=list)  # warnings of the run, not of one epoch
+    other_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)  # see RunResults
 
 
 class Trainer:
@@ -168,6 +169,7 @@ class Trainer:
         st.metrics, st.gated_test_accuracy, st.shared = ck["metrics"], ck["gated_test_accuracy"], ck["shared"]
         st.compacted_test_accuracy = ck.get("compacted_test_accuracy")  # absent from 0.1's checkpoints
         st.run_warnings = ck.get("run_warnings", [])
+        st.other_decisions = ck.get("other_decisions", {})
         if st.phase == "prune":
             self.trained.load_state_dict(ck["trained_state"])
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
@@ -342,6 +344,7 @@ class Trainer:
             shared_training=st.shared,
             warnings=[r["warning"] for r in flagged] + st.run_warnings,
             compaction_flagged=any(w.startswith(COMPACTION_WARNING) for w in st.run_warnings),
+            other_decisions=st.other_decisions,
             # the same epochs as data, for a report that lists them without reading the messages
             diverged_epochs=[{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)

@@ -17,7 +17,7 @@ from typing import Any
 from equiprune import io
 from equiprune.config import MethodConfig, RunConfig, load_config, shipped_config
 from equiprune.errors import ConfigError
-from equiprune.experiments.comparison import TIE_RULE, judge, mean_std
+from equiprune.experiments.comparison import REPRODUCTION_RULE, TIE_RULE, judge, mean_std, reproduces
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir
@@ -107,6 +107,11 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         "seconds_mean": statistics.fmean(r["seconds"] for r in results),
     }
     row["compaction_flagged_seeds"] = sum(bool(r.get("compaction_flagged")) for r in results)
+    gated = [
+        r["test_accuracy_before_compaction"] for r in results if r.get("test_accuracy_before_compaction") is not None
+    ]
+    row["gated_test_accuracy_mean"] = statistics.fmean(gated) if gated else None
+    row["decisions"] = _decisions(cfg, results)
     for key in ("undecided_fraction", "undecided_among_survivors"):
         values = [r[key] for r in results if r.get(key) is not None]
         row[f"{key}_mean"] = statistics.fmean(values) if values else None
@@ -114,6 +119,24 @@ def _row(name: str, cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, 
         row["paper_test_accuracy"] = PAPER_TABLE2[name]["test_accuracy"]
         row["paper_kept_fraction"] = PAPER_TABLE2[name]["kept_fraction"]
     return row
+
+
+def _decisions(cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each prune decision's figures over the seeds: the one played (after fine-tuning, if any)
+    and those reported beside it (``other_decisions``, compacted before fine-tuning)."""
+    played = getattr(cfg.method.settings, "decision", None)
+    if played is None:
+        return {}
+    out = {played: {"played": True, "test_accuracy": [r["test_accuracy"] for r in results],
+                    "kept_fraction": [r["kept_fraction"] for r in results]}}  # fmt: skip
+    for name in results[0].get("other_decisions", {}):
+        figures = [r["other_decisions"][name] for r in results]
+        out[name] = {"played": False, "test_accuracy": [f["test_accuracy_after_compaction"] for f in figures],
+                     "kept_fraction": [f["kept_fraction"] for f in figures]}  # fmt: skip
+    for figures in out.values():
+        for key in ("test_accuracy", "kept_fraction"):
+            figures[f"{key}_mean"], figures[f"{key}_std"] = mean_std(figures.pop(key))
+    return out
 
 
 @dataclass
@@ -158,6 +181,7 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
                   "accuracy: the prune decision removed players the network used (each run's results.json "
                   "has the figures):", ""]  # fmt: skip
         lines += [f"- `{r['config']}`: on {r['compaction_flagged_seeds']} of {len(r['seeds'])} seeds" for r in flagged]
+    lines += _decision_lines(rows)
     best = next(r for r in rows if r["config"] == suite.best)
     t = suite.targets
     checks = [
@@ -183,6 +207,38 @@ def _markdown(suite: Suite, rows: list[dict[str, Any]], seeds: int) -> str:
             f"difference {100 * diff:+.2f} points; {TIE_RULE})"
         )
     return "\n".join(lines) + "\n"
+
+
+def _decision_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The paper's rows under both prune decisions, beside the paper's figures, and which hold."""
+    paper_rows = [r for r in rows if "paper_test_accuracy" in r and len(r["decisions"]) > 1]
+    if not paper_rows:
+        return []
+    lines = ["", "## The paper's rows under both prune decisions", "",
+             "The paper's rule removes a player whose participation s_i < ε; equiprune's (`decision = "
+             "\"contribution\"`) removes one whose s_i·‖what it reads‖·‖what reads it‖ is below 1% of its "
+             "layer's largest. Both are taken from the same trained networks. Gated: the trained network "
+             "before anything is removed.", "",
+             "| configuration | gated | paper's rule: accuracy | kept | contribution: accuracy | kept "
+             "| paper: accuracy | kept |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    held: dict[str, list[str]] = {"participation": [], "contribution": []}
+    for r in paper_rows:
+        cells = []
+        for name in ("participation", "contribution"):
+            d = r["decisions"][name]
+            cells.append(
+                f"{_pct(d['test_accuracy_mean'])} ± {_pct(d['test_accuracy_std'])} | {_pct(d['kept_fraction_mean'])}"
+            )
+            if reproduces(
+                d["test_accuracy_mean"], d["kept_fraction_mean"], r["paper_test_accuracy"], r["paper_kept_fraction"]
+            ):
+                held[name].append(f"`{r['config']}`")
+        lines.append(f"| {r['config']} | {_pct(r['gated_test_accuracy_mean'])} | {cells[0]} | {cells[1]} "
+                     f"| {_pct(r['paper_test_accuracy'])} | {_pct(r['paper_kept_fraction'])} |")  # fmt: skip
+    words = lambda names: ", ".join(names) if names else "none"  # noqa: E731
+    lines += ["", f"Rows that hold ({REPRODUCTION_RULE}): with the paper's rule, {words(held['participation'])}; "
+              f"with equiprune's decision, {words(held['contribution'])}, of {len(paper_rows)}."]  # fmt: skip
+    return lines
 
 
 SUITE_TITLES = {"game_mnist": "Pruning as a Game (arXiv 2512.22106), Table 2 on MNIST, reproduced"}

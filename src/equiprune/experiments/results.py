@@ -48,6 +48,9 @@ class RunResults:
     seconds: float  # wall time of the run's epochs
     test_accuracy_after_compaction: float | None = None  # of the compacted model before fine-tuning
     compaction_flagged: bool = False  # compaction cost more than train.compaction_tolerance (see warnings)
+    #: the prune decisions the method did not play, on the same trained model, before fine-tuning:
+    #: {decision: {"kept_fraction", "kept", "test_accuracy_after_compaction"}} (the game's two rules)
+    other_decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     undecided_fraction: float | None = None  # participations strictly inside (0.05, 0.95) at the end
     undecided_among_survivors: float | None = None  # the same among the players kept
     budget: float | None = None  # a budgeted method's fraction of players to keep

@@ -178,6 +178,12 @@ class Method:
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         raise NotImplementedError
 
+    def other_decisions(self, trained: nn.Module) -> dict[str, PruneResult]:
+        """The prune decisions the method can make but did not play, each as the result it would
+        give on the same trained model (for comparison, e.g. the paper's rule beside equiprune's);
+        ``trained`` is left unchanged. None by default."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """State a checkpoint must keep besides the model's (step counters, schedules)."""
         return {}

@@ -15,7 +15,7 @@ from equiprune.core.weight_players import WeightGatedModel
 from equiprune.errors import ConfigError
 from equiprune.methods import game_math as game
 from equiprune.methods.base import METHODS, Method
-from equiprune.methods.game_settings import PRESETS, GameSettings
+from equiprune.methods.game_settings import DECISIONS, PRESETS, GameSettings
 
 #: Bin edges of the participation histogram written each epoch.
 HISTOGRAM_BINS = 20
@@ -228,11 +228,7 @@ class EquilibriumPruner(Method):
         if isinstance(trained, WeightGatedModel):
             return trained.compact(self.settings.epsilon)
         notes: list[str] = []
-        if self.settings.decision == "contribution":
-            masks = keep_masks(trained, self.settings.contribution_threshold, contributions(trained),
-                               rule="contribution_threshold", notes=notes)  # fmt: skip
-        else:
-            masks = keep_masks(trained, self.settings.epsilon, notes=notes)
+        masks = self._keep_masks(trained, self.settings.decision, notes)
         if self.settings.rewind:
             # The game chose who stays; the survivors restart from their initial weights, ungated.
             with torch.no_grad():
@@ -242,6 +238,21 @@ class EquilibriumPruner(Method):
         result = compact(trained, masks, balance=self.settings.fold == "balanced" and not self.settings.rewind)
         result.notes = notes
         return result
+
+    def other_decisions(self, trained: GatedModel) -> dict[str, PruneResult]:
+        # A rewound network forgets what the game trained, so another decision's result would
+        # not be the one the run would have had.
+        if isinstance(trained, WeightGatedModel) or self.settings.rewind:
+            return {}
+        others = [d for d in DECISIONS if d != self.settings.decision]
+        return {d: compact(trained, self._keep_masks(trained, d, []), balance=self.settings.fold == "balanced")
+                for d in others}  # fmt: skip
+
+    def _keep_masks(self, trained: GatedModel, decision: str, notes: list[str]) -> dict[str, torch.Tensor]:
+        if decision == "contribution":
+            return keep_masks(trained, self.settings.contribution_threshold, contributions(trained),
+                              rule="contribution_threshold", notes=notes)  # fmt: skip
+        return keep_masks(trained, self.settings.epsilon, notes=notes)
 
 
 def _undecided_among(s: torch.Tensor) -> float | None:

@@ -11,6 +11,9 @@ from equiprune.errors import ConfigError
 BenefitSign = Literal["loss_reduction", "as_written"]
 BenefitGrad = Literal["gated", "theta"]
 Update = Literal["ascent", "best_response", "newton"]
+Decision = Literal["participation", "contribution"]
+#: The prune decisions the game can make (``decision``); runs report the one not played beside it.
+DECISIONS: tuple[str, ...] = ("participation", "contribution")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class GameSettings:
     rewind: bool = False
     cost_taper: float = 0.0
     anchored: bool = False
-    decision: Literal["participation", "contribution"] = "participation"
+    decision: Decision = "participation"
     contribution_threshold: float = 0.01
 
     def __post_init__(self):
@@ -129,7 +132,7 @@ class GameSettings:
             ("update", ("ascent", "best_response", "newton")),
             ("fold", ("consumer", "balanced")),
             ("cost_weighting", ("uniform", "macs", "width")),
-            ("decision", ("participation", "contribution")),
+            ("decision", DECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
