@@ -1,3 +1,4 @@
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -39,3 +40,23 @@ def data_root() -> Path:
     for images, labels in ds.files.values():
         resolve_file(ds, images), resolve_file(ds, labels)
     return cache_dir()
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch, data_root):
+    """game-mnist with two of its configurations, each shrunk to seconds of training."""
+    from equiprune.config import parse_config
+    from equiprune.experiments import reproduce as rep
+
+    from .helpers import small_config
+
+    suite = dataclasses.replace(rep.SUITES["game-mnist"], configs=("l1-l2-combined", "equiprune-best"))
+    monkeypatch.setitem(rep.SUITES, "game-mnist", suite)
+    real = rep.bundled_config
+
+    def tiny(suite_name, name):
+        full = real(suite_name, name)  # the shipped file must parse and validate
+        small = parse_config(small_config(data_root, epochs=2, finetune=1, train_subset=2000, gamma=0.05))
+        return dataclasses.replace(small, method=full.method, threads=full.threads)
+
+    monkeypatch.setattr(rep, "bundled_config", tiny)

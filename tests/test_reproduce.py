@@ -1,31 +1,12 @@
 """`reproduce` runs every configuration over seeds, adds the dense reference, and summarises."""
 
-import dataclasses
 import json
 
 import pytest
 
 from equiprune.cli import main
-from equiprune.config import parse_config
 from equiprune.errors import ConfigError
 from equiprune.experiments import reproduce as rep
-
-from .helpers import small_config
-
-
-@pytest.fixture
-def tiny_suite(monkeypatch, data_root):
-    """game-mnist with two of its configurations, each shrunk to seconds of training."""
-    suite = dataclasses.replace(rep.SUITES["game-mnist"], configs=("l1-l2-combined", "equiprune-best"))
-    monkeypatch.setitem(rep.SUITES, "game-mnist", suite)
-    real = rep.bundled_config
-
-    def tiny(suite_name, name):
-        full = real(suite_name, name)  # the shipped file must parse and validate
-        small = parse_config(small_config(data_root, epochs=2, finetune=1, train_subset=2000, gamma=0.05))
-        return dataclasses.replace(small, method=full.method, threads=full.threads)
-
-    monkeypatch.setattr(rep, "bundled_config", tiny)
 
 
 def test_reproduce_writes_summary_beside_the_papers_figures(tiny_suite, tmp_path):

@@ -223,6 +223,7 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
     result = analyse(model, train, test, settings, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
                      l1=l1, quiet=quiet)  # fmt: skip
     result["source"] = str(target)
+    result["case"] = {"dataset": d.dataset, "model": dataclasses.asdict(cfg.model), "method": cfg.method.name}
     out.mkdir(parents=True, exist_ok=True)
     plot_limit(out, result)
     io.write_json(out / "limit.json", result)

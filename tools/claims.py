@@ -1,0 +1,305 @@
+"""Write docs/claims.md: each headline claim of the five source papers, the figure we measured, the
+command that measured it, and a verdict, read from the run directories, so the page cannot drift
+from the runs.
+
+    python tools/claims.py --reproduce runs/game-mnist --limit runs/limit-fc-mnist [--limit DIR ...]
+
+``--reproduce``: a directory written by ``equiprune reproduce game-mnist`` (``make reproduce``);
+``--limit``: directories written by ``equiprune limit``. A claim whose runs are not given, or not yet
+built, is listed as not measured, with the reason. The issues that build papers 001, 003 and 004
+add their rows here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from equiprune import io
+from equiprune.experiments.comparison import REPRODUCTION_RULE, reproduces
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "claims.md"
+
+PAPERS = {
+    "000": "Pruning as a Game: Equilibrium-Driven Sparsification of Neural Networks (arXiv 2512.22106)",
+    "001": "Lottery tickets with concave mask regularisers (issue #31 builds it)",
+    "002": "How Sparse Can We Prune a Deep Network: A Fundamental Limit Perspective (arXiv 2306.05857)",
+    "003": "PILoT and continuous sparsification (issue #32 builds it)",
+    "004": "The selection plateau of one-shot scorers (issue #33 builds it)",
+}
+
+#: Participations strictly inside (0.05, 0.95) at the end of pruning, at most this share: bimodal.
+BIMODAL_MAX_UNDECIDED = 0.05
+#: The gated network's test accuracy may fall at most this much from one pruning epoch to the next.
+SMOOTH_MAX_FALL = 0.01
+#: |predicted − measured| pruning limit, at most this: the prediction holds.
+LIMIT_MAX_ERROR = 0.02
+
+
+@dataclass
+class Claim:
+    paper: str  # a key of PAPERS
+    claim: str  # the paper's claim, in its words or close to them
+    figure: str  # what we measured
+    command: str  # what measured it
+    verdict: str  # "holds", "does not hold", "not measured yet", "not a measurable claim"
+    why: str = ""  # what decides the verdict, or why there is none
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _mean_pm(d: dict[str, Any], key: str) -> str:
+    return f"{_pct(d[f'{key}_mean'])} ± {_pct(d[f'{key}_std'])}"
+
+
+def _holds(ok: bool) -> str:
+    return "holds" if ok else "does not hold"
+
+
+# --- paper 000, from `equiprune reproduce game-mnist` ----------------------------------------------
+
+
+def _largest_fall(run_dir: Path) -> float:
+    """The largest fall of the gated network's test accuracy between consecutive pruning epochs."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    accs = [r["test_accuracy"] for r in rows if r.get("phase") == "prune"]
+    return max((a - b for a, b in zip(accs, accs[1:])), default=0.0)
+
+
+def game_claims(reproduce_dir: Path) -> list[Claim]:
+    rows = {r["config"]: r for r in json.loads((reproduce_dir / "summary.json").read_text())}
+    seeds = len(next(iter(rows.values()))["seeds"])
+    command = f"`equiprune reproduce game-mnist --out {reproduce_dir} --seeds {seeds}` (`make reproduce`)"
+    claims = []
+    for name, r in rows.items():
+        if "paper_test_accuracy" not in r:
+            continue
+        paper = (r["paper_test_accuracy"], r["paper_kept_fraction"])
+        rule = r["decisions"].get("participation") or {
+            "test_accuracy_mean": r["test_accuracy_mean"],
+            "test_accuracy_std": r["test_accuracy_std"],
+            "kept_fraction_mean": r["kept_fraction_mean"],
+        }
+        ours = r["decisions"].get("contribution")
+        figure = f"paper's rule: {_mean_pm(rule, 'test_accuracy')} at {_pct(rule['kept_fraction_mean'])} kept"
+        if ours:
+            figure += f"; equiprune's decision: {_mean_pm(ours, 'test_accuracy')} at {_pct(ours['kept_fraction_mean'])}"
+        held = reproduces(rule["test_accuracy_mean"], rule["kept_fraction_mean"], *paper)
+        held_ours = ours is not None and reproduces(ours["test_accuracy_mean"], ours["kept_fraction_mean"], *paper)
+        claims.append(
+            Claim(
+                "000",
+                f"Table 2, `{name}`: {_pct(paper[0])} test accuracy with {_pct(paper[1])} of the neurons kept",
+                figure,
+                command,
+                _holds(held),
+                f"{REPRODUCTION_RULE}; with equiprune's decision it {'holds' if held_ours else 'does not hold either'}",
+            )
+        )
+    claims.append(_headline(rows, command))
+    claims.append(_bimodal(rows, command))
+    claims.append(_smooth(reproduce_dir, rows, command))
+    claims.append(
+        Claim(
+            "000",
+            "pruning happens without explicit importance scores or a separate pruning stage",
+            "–",
+            "–",
+            "not a measurable claim",
+            "a property of the algorithm, which equiprune's `game` has; the Table 2 rows above show "
+            "what the score-free rule s < ε costs",
+        )
+    )
+    return claims
+
+
+def _headline(rows: dict[str, dict[str, Any]], command: str) -> Claim:
+    """> 91% test accuracy with < 2% of the neurons, by any configuration the paper ran, or ours."""
+
+    def meets(acc: float, kept: float) -> bool:
+        return acc > 0.91 and kept < 0.02
+
+    paper_rows = [(n, d) for n, r in rows.items() if "paper_test_accuracy" in r for d in r["decisions"].values()]
+    by_paper = [n for n, d in paper_rows if meets(d["test_accuracy_mean"], d["kept_fraction_mean"])]
+    best = rows.get("equiprune-best")
+    best_meets = best is not None and meets(best["test_accuracy_mean"], best["kept_fraction_mean"])
+    figure = (
+        "best of the paper's configurations: none meets it"
+        if not by_paper
+        else f"met by {', '.join(sorted(set(by_paper)))}"
+    )
+    if best:
+        figure += (
+            f"; `equiprune-best`: {_pct(best['test_accuracy_mean'])} ± {_pct(best['test_accuracy_std'])} "
+            f"at {_pct(best['kept_fraction_mean'])}"
+        )
+    why = (
+        "with the paper's configurations and either decision"
+        if by_paper
+        else "not with the paper's configurations; "
+        + (
+            "it holds with equiprune-best's (anchored Newton play, a cost ramp, fine-tuning)"
+            if best_meets
+            else "nor with ours"
+        )
+    )
+    return Claim(
+        "000",
+        "headline: over 91% test accuracy on MNIST with under 2% of the neurons",
+        figure,
+        command,
+        _holds(bool(by_paper)),
+        why,
+    )
+
+
+def _bimodal(rows: dict[str, dict[str, Any]], command: str) -> Claim:
+    shares = {n: r["undecided_fraction_mean"] for n, r in rows.items() if r.get("undecided_fraction_mean") is not None}
+    bimodal = sorted(n for n, v in shares.items() if v <= BIMODAL_MAX_UNDECIDED)
+    figure = "; ".join(f"`{n}` {_pct(v)}" for n, v in shares.items())
+    return Claim(
+        "000",
+        "participations are bimodal at convergence (mass near 0 and 1)",
+        f"share of participations in (0.05, 0.95) at the end of pruning: {figure}",
+        command,
+        _holds(len(bimodal) == len(shares)),
+        f"bimodal: at most {_pct(BIMODAL_MAX_UNDECIDED)} undecided; bimodal rows: {', '.join(bimodal) or 'none'}",
+    )
+
+
+def _smooth(reproduce_dir: Path, rows: dict[str, dict[str, Any]], command: str) -> Claim:
+    falls = {
+        n: max(_largest_fall(reproduce_dir / n / f"seed{s}") for s in r["seeds"])
+        for n, r in rows.items()
+        if "paper_test_accuracy" in r
+    }
+    figure = "; ".join(f"`{n}` {100 * v:.2f} points" for n, v in falls.items())
+    return Claim(
+        "000",
+        "pruning dynamics are smooth, with stable accuracy throughout",
+        f"largest fall of the gated test accuracy between consecutive pruning epochs, over the seeds: {figure}",
+        command,
+        _holds(all(v <= SMOOTH_MAX_FALL for v in falls.values())),
+        f"smooth: no fall above {100 * SMOOTH_MAX_FALL:g} point in any paper row",
+    )
+
+
+# --- paper 002, from `equiprune limit` ---------------------------------------------------------------
+
+
+def _case(result: dict[str, Any]) -> str:
+    case = result.get("case")
+    if not case:
+        return Path(result["source"]).name
+    model = case["model"]
+    shape = f" {'-'.join(map(str, model['hidden']))}" if model.get("hidden") else ""
+    return f"{model['name']}{shape} on {case['dataset']}"
+
+
+def limit_claims(limit_dirs: list[Path]) -> list[Claim]:
+    results = [(d, json.loads((d / "limit.json").read_text())) for d in limit_dirs]
+    figure = "; ".join(
+        f"{_case(r)}: predicted {r['predicted_ratio']:.3f}, measured {r['measured_ratio']:.3f}" for _, r in results
+    )
+    commands = ", ".join(f"`equiprune limit {r['source']} --out {d}`" for d, r in results)
+    worst = max((r["prediction_error"] for _, r in results), default=None)
+    prediction = Claim(
+        "002",
+        "the pruning limit predicted from the Gaussian width of the loss sublevel set matches the measured one",
+        figure or "–",
+        commands or "–",
+        "not measured yet" if worst is None else _holds(worst <= LIMIT_MAX_ERROR),
+        "no `equiprune limit` directory given"
+        if worst is None
+        else f"holds when |predicted − measured| ≤ {100 * LIMIT_MAX_ERROR:g} points on every case (worst "
+        f"{100 * worst:.1f}); the paper's cases are on CIFAR-10/100, which this machine does not have",
+    )
+    return [
+        prediction,
+        Claim(
+            "002",
+            "weight magnitude and loss sharpness are what set the pruning limit",
+            "–",
+            "–",
+            "not measured yet",
+            "no study varies them one at a time yet",
+        ),
+        Claim(
+            "002",
+            "one-shot global magnitude pruning after ℓ1 training (LOMP) is competitive with or better "
+            "than iterative pruning",
+            "–",
+            "–",
+            "not measured yet",
+            "the weight sweep (`configs/sweeps/mnist_mlp_weights.toml`) has `lomp` and `imp`; its report is "
+            "not read here yet",
+        ),
+        Claim(
+            "002",
+            "the improved SLQ estimates a large Hessian's spectrum efficiently",
+            "–",
+            "–",
+            "not measured yet",
+            "`benchmarks/slq_vs_pyhessian.py` measures it; issue #36 rebuilds it to the benchmark protocol, "
+            "whose result file this page will read",
+        ),
+    ]
+
+
+def pending_claims() -> list[Claim]:
+    return [
+        Claim(key, "the paper's headline claims", "–", "–", "not measured yet", f"{PAPERS[key].split('(')[1][:-1]}")
+        for key in ("001", "003", "004")
+    ]
+
+
+def page(claims: list[Claim], sources: list[str]) -> str:
+    lines = [
+        "# The source papers' claims, against what equiprune measures",
+        "",
+        "Every headline claim of the papers equiprune grew from, the figure we measured, the command "
+        "that measured it, and a verdict. Generated by `python tools/claims.py` from the run "
+        f"directories ({', '.join(f'`{s}`' for s in sources) or 'none given'}); do not edit by hand.",
+        "",
+    ]
+    for key, title in PAPERS.items():
+        mine = [c for c in claims if c.paper == key]
+        if not mine:
+            continue
+        lines += [f"## {key}: {title}", "", "| claim | our figure | command | verdict | why |", "|---|---|---|---|---|"]
+        lines += [f"| {c.claim} | {c.figure} | {c.command} | **{c.verdict}** | {c.why} |" for c in mine]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reproduce", type=Path, help="a directory of `equiprune reproduce game-mnist`")
+    p.add_argument("--limit", type=Path, action="append", default=[], help="a directory of `equiprune limit`")
+    p.add_argument("--out", type=Path, default=PAGE)
+    args = p.parse_args(argv)
+    for d, name in [(args.reproduce, "summary.json")] + [(d, "limit.json") for d in args.limit]:
+        if d is not None and not (d / name).is_file():
+            print(f"claims: {d} has no {name}; give a finished run directory", file=sys.stderr)
+            return 2
+    game = (
+        game_claims(args.reproduce)
+        if args.reproduce
+        else [Claim("000", "Table 2 and the headline", "–", "–", "not measured yet", "no reproduce directory given")]
+    )
+    claims = game + limit_claims(args.limit) + pending_claims()
+    sources = ([str(args.reproduce)] if args.reproduce else []) + [str(d) for d in args.limit]
+    io.write_text(args.out, page(claims, sources) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
