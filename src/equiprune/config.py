@@ -221,7 +221,7 @@ class RunConfig:
         d = {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
              for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}  # fmt: skip
         m = self.method
-        d["method"] = {"name": m.name, **dataclasses.asdict(m.settings)}
+        d["method"] = {"name": m.name, **m.method_type.written_settings(m.settings)}
         if m.exclude:
             d["method"]["exclude"] = list(m.exclude)
         if m.players is not None:

@@ -39,6 +39,8 @@ class PruneResult:
     kinds: dict[str, str] | None = None
     #: what the decision had to overrule (a layer kept at one player), for results.json's warnings
     notes: list[str] = field(default_factory=list)
+    #: a budgeted game's fit of its decision to the budget (see ``methods.game_budget.fit``)
+    budget_fit: dict | None = None
 
     @property
     def kept_fraction(self) -> float:

@@ -57,9 +57,16 @@ def top_k_masks(
     if allocation == "layerwise":
         counts = layerwise_counts(budget, sizes)
     elif allocation == "global":
-        counts = _global_counts(scores, kept_total(budget, sizes))
+        return top_k_global(scores, kept_total(budget, sizes))
     else:
         raise ConfigError(f"allocation: got {allocation!r}, expected 'layerwise' or 'global'")
+    return {name: _top(scores[name], counts[name]) for name in scores}
+
+
+def top_k_global(scores: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Keep-masks of the ``k`` best players by one ranking across layers, one per layer guaranteed
+    (``len(scores) <= k <= N``)."""
+    counts = _global_counts(scores, k)
     return {name: _top(scores[name], counts[name]) for name in scores}
 
 

@@ -151,6 +151,7 @@ class Checkpoint(RunHook):
             payload["small_model"] = st.result.model
             payload["kept"], payload["total"], payload["kinds"] = st.result.kept, st.result.total, st.result.kinds
             payload["weight_masks"] = st.result.weight_masks
+            payload["budget_fit"] = st.result.budget_fit
         io.torch_save(trainer.run_dir.checkpoint, payload)
         trainer.run_dir.write_metrics(st.metrics)
 

@@ -175,7 +175,8 @@ class Trainer:
             self._new_phase_optimizer(self.method.weight_parameters(self.trained), "prune")
         else:
             masks = ck["weight_masks"] and {k: v.to(self.device) for k, v in ck["weight_masks"].items()}
-            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"], masks, ck.get("kinds"))
+            st.result = PruneResult(ck["small_model"].to(self.device), ck["kept"], ck["total"], masks, ck.get("kinds"),
+                                    budget_fit=ck.get("budget_fit"))  # fmt: skip
             self._new_phase_optimizer(st.result.model.parameters(), "finetune")
         self.method.load_state_dict(ck["method_state"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -345,6 +346,7 @@ class Trainer:
             warnings=[r["warning"] for r in flagged] + st.run_warnings,
             compaction_flagged=any(w.startswith(COMPACTION_WARNING) for w in st.run_warnings),
             other_decisions=st.other_decisions,
+            budget_fit=st.result.budget_fit,
             # the same epochs as data, for a report that lists them without reading the messages
             diverged_epochs=[{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)

@@ -54,6 +54,9 @@ class RunResults:
     undecided_fraction: float | None = None  # participations strictly inside (0.05, 0.95) at the end
     undecided_among_survivors: float | None = None  # the same among the players kept
     budget: float | None = None  # a budgeted method's fraction of players to keep
+    #: a budgeted game: {"unit", "budget", "kept", "decided", "removed_by_fit", "restored_by_fit", "price"}:
+    #: the game decided ``decided`` players, the fit to the budget removed or restored the rest
+    budget_fit: dict[str, Any] | None = None
     nonzero_params_after: int | None = None  # unstructured results keep zeros
     shared_training: bool = False  # the training phase was reused from an identical run of a sweep
     warnings: list[str] = field(default_factory=list)  # per epoch worse than a uniform guess

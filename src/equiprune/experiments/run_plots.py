@@ -43,13 +43,23 @@ def plot_participation_histogram(path, rows: list[dict[str, Any]], epsilon: floa
 
 
 def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
-    epochs = [r["epoch"] for r in metrics]
-    fig, ax = subplots(figsize=(6.5, 3.8))
-    acc = ax.plot(epochs, [100 * r["test_accuracy"] for r in metrics], "o-", color="#2c7a3f", label="test accuracy")
-    ax.set_xlabel("epoch")
+    """Test accuracy and players alive per epoch; a budgeted game adds a panel with its price and
+    its size against the target."""
+    budgeted = [r for r in metrics if "price" in r]
+    fig, axes = subplots(2 if budgeted else 1, 1, figsize=(6.5, 6.4 if budgeted else 3.8), squeeze=False, sharex=True)
+    ax = axes[0][0]
+    _accuracy_and_alive(ax, metrics)
+    if budgeted:
+        _budget_path(axes[1][0], budgeted)
+    axes[-1][0].set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    save_png(fig, path)
+
+
+def _accuracy_and_alive(ax, metrics: list[dict[str, Any]]) -> None:
+    epochs = [r["epoch"] for r in metrics]
+    lines = ax.plot(epochs, [100 * r["test_accuracy"] for r in metrics], "o-", color="#2c7a3f", label="test accuracy")
     ax.set_ylabel("test accuracy (%)", color="#2c7a3f")
-    lines = acc
     if all("players_alive" in r for r in metrics):
         ax2 = ax.twinx()
         alive = [r["players_alive"] for r in metrics]
@@ -62,7 +72,20 @@ def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
         ax.text(finetune[0] - 0.4, ax.get_ylim()[0], " compacted,\n fine-tuning", va="bottom", fontsize=8, color="0.35")
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", frameon=False)
     ax.set_title("Pruning dynamics")
-    save_png(fig, path)
+
+
+def _budget_path(ax, rows: list[dict[str, Any]]) -> None:
+    epochs = [r["epoch"] for r in rows]
+    lines = ax.plot(epochs, [100 * r["size"] for r in rows], "s-", color="#3b6ea8", label="size (end of epoch)")
+    lines += ax.plot(epochs, [100 * r["budget_target"] for r in rows], "--", color="0.4", label="target")
+    ax.set_yscale("log")
+    ax.set_ylabel("% of the model kept (log)")
+    ax2 = ax.twinx()
+    lines += ax2.plot(epochs, [r["price"] for r in rows], "^-", color="#c0392b", label="price γ")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("price γ (log)", color="#c0392b")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", frameon=False, fontsize=8)
+    ax.set_title("The budget's path", fontsize=10)
 
 
 def plot_run(run_dir, metrics: list[dict[str, Any]], epsilon: float | None) -> None:

@@ -131,7 +131,7 @@ def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[fl
         variants = [(",".join(f"{k}={v}" for k, v in p.items()) or f"p{j}", None, p) for j, p in enumerate(points)]
         if len({tag for tag, _, _ in variants}) != len(variants):
             raise ConfigError("points: two points have the same settings")
-    elif method_cls.budgeted and "budget" not in settings:
+    elif method_cls.budgeted and "budget" not in settings and method_cls.price_setting not in settings:
         if not budgets:
             raise ConfigError(f"method {name!r} takes a budget, but the sweep lists no budgets")
         variants = [(f"budget={b:g}", b, {"budget": b}) for b in budgets]

@@ -13,6 +13,7 @@ A new method is one file: a settings dataclass, a :class:`Method` subclass, and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,6 +66,9 @@ class Method:
     #: Whether the settings have a ``budget`` (the fraction of players kept): sweeps run such a
     #: method once per budget, and results.json reports it.
     budgeted: ClassVar[bool] = False
+    #: For a method whose size a setting sets when no budget is given (the game's γ): a sweep
+    #: entry that gives this setting runs it as given, not once per budget.
+    price_setting: ClassVar[str | None] = None
     #: The method's part in a sweep report unless the sweep says otherwise: a "candidate" is judged
     #: against every "baseline"; a "reference" (dense, scratch) is shown but never judged or best.
     default_role: ClassVar[str] = "baseline"
@@ -107,6 +111,11 @@ class Method:
             values.update(presets[preset])
         values.update(settings)
         return from_dict(cls.settings_type, values, "method")
+
+    @classmethod
+    def written_settings(cls, settings: Any) -> dict[str, Any]:
+        """The settings as a run's config.toml writes them: read back, they resolve to the same."""
+        return dataclasses.asdict(settings)
 
     @classmethod
     def from_config(

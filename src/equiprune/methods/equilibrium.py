@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from equiprune.core.players import STRUCTURED_KINDS, GatedModel, PerExampleGateG
 from equiprune.core.selection import alive_metrics
 from equiprune.core.weight_players import WeightGatedModel
 from equiprune.errors import ConfigError
+from equiprune.methods import game_budget as budgeting
 from equiprune.methods import game_math as game
 from equiprune.methods.base import METHODS, Method
 from equiprune.methods.game_settings import DECISIONS, PRESETS, GameSettings
@@ -33,6 +35,25 @@ class EquilibriumPruner(Method):
     default_role = "candidate"
     plays_its_decision = True
     divergence_hint = "costs and step sizes (gamma, eta, lr_s)"
+    budgeted = True  # optional: without a budget, the costs set the size
+    price_setting = "gamma"
+
+    @classmethod
+    def resolve_settings(cls, preset: str | None, settings: dict[str, Any]) -> GameSettings:
+        resolved = super().resolve_settings(preset, settings)
+        if resolved.budget is not None and "gamma" in settings:
+            raise ConfigError(
+                "method.gamma: with method.budget the game sets γ itself, as a price for reaching the budget; "
+                "remove gamma (price_start sets where the price begins), or remove budget to fix γ"
+            )
+        return resolved
+
+    @classmethod
+    def written_settings(cls, settings: GameSettings) -> dict[str, Any]:
+        written = dataclasses.asdict(settings)
+        if settings.budget is not None:  # γ is the game's price then, not a setting
+            del written["gamma"]
+        return written
 
     def __init__(self, settings: GameSettings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
@@ -44,6 +65,9 @@ class EquilibriumPruner(Method):
         self._recorder: PerExampleGateGrads | None = None  # per-example gate gradients (update = "newton")
         self._strategies: list[torch.Tensor] | None = None  # anchored: the participations; the gates play m
         self._refs: _PlayerRefs | None = None  # the trained model's gates and rows, looked up once
+        self._price: budgeting.Price | None = None  # with a budget: γ, set by the game (before_run)
+        self._units: torch.Tensor | None = None  # with a budget: what one player of each group weighs
+        self._input_shape = None  # of one example, for MACs
 
     @classmethod
     def presets(cls) -> dict[str, dict[str, Any]]:
@@ -59,6 +83,11 @@ class EquilibriumPruner(Method):
             if self.settings.update == "newton":
                 raise ConfigError(
                     "method.update = 'newton' needs structured players; use update = 'ascent' with players = 'weight'"
+                )
+            if self.settings.budget is not None:
+                raise ConfigError(
+                    "method.budget: the game's budget needs structured players (neurons, filters, heads); with "
+                    "players = 'weight' set gamma, or use a budgeted weight method (weight-magnitude, gmp, imp)"
                 )
             return WeightGatedModel(model, self.exclude)
         gated = self.attach(model)
@@ -101,7 +130,25 @@ class EquilibriumPruner(Method):
             macs = macs_per_player(trained, calibration.input_shape)
             mean = sum(m * g.size for m, g in zip(macs, trained.groups)) / sum(g.size for g in trained.groups)
             self._gamma_weights = [m / mean for m in macs]
+        self._input_shape = calibration.input_shape if calibration is not None else None
+        if self.settings.budget is not None:
+            self._start_budget(trained, total)
         self._sync_recording()
+
+    def _start_budget(self, trained: GatedModel, total_steps: int) -> None:
+        cfg = self.settings
+        budgeting.check_feasible(trained, cfg.budget, cfg.budget_unit, self._input_shape)
+        units = budgeting.unit_weights(trained, cfg.budget_unit, self._input_shape)
+        self._units = torch.tensor(units, dtype=torch.float64)
+        end = self._start_steps + (self._ramp_steps or (total_steps - self._start_steps))
+        # a resumed run replaces the price with its checkpoint's (load_state_dict comes after)
+        self._price = budgeting.Price(cfg.budget, cfg.price_rate, cfg.price_start, self._start_steps, end)
+
+    def _size(self, strategies: list[torch.Tensor]) -> float:
+        """The fraction of the model the players still at s >= epsilon make up, in budget_unit."""
+        alive = torch.stack([(s >= self.settings.epsilon).sum() for s in strategies]).cpu().double()
+        sizes = torch.tensor([float(s.numel()) for s in strategies], dtype=torch.float64)
+        return float((alive * self._units).sum() / (sizes * self._units).sum())
 
     def weight_parameters(self, trained: GatedModel) -> list[nn.Parameter]:
         return trained.weight_parameters()
@@ -112,12 +159,15 @@ class EquilibriumPruner(Method):
         return min(1.0, max(0.0, played / self._ramp_steps)) if self._ramp_steps > 0 else 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step, "initial": self._initial, "strategies": self._strategies}
+        price = self._price.value if self._price is not None else None
+        return {"step": self._step, "initial": self._initial, "strategies": self._strategies, "price": price}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = state["step"]
         self._initial = state.get("initial")
         self._strategies = state.get("strategies")
+        if self._price is not None and state.get("price") is not None:
+            self._price.value = state["price"]
         self._sync_recording()
 
     def _sync_recording(self) -> None:
@@ -135,6 +185,9 @@ class EquilibriumPruner(Method):
         if self._step <= self._start_steps:  # still training dense: participations stay at 1
             return
         scale = self.cost_scale()
+        if self._price is not None:  # γ is the price, set by how far the size is from its target
+            price = self._price.update(self._step, self._size(self._participations(trained)))
+            cfg = dataclasses.replace(cfg, gamma=price)
         gates = self._lookup(trained).gates  # what the network played: the participations, or m if anchored
         if isinstance(trained, WeightGatedModel):
             gs, sqs, comps = self._weight_terms(trained, gates)
@@ -156,6 +209,7 @@ class EquilibriumPruner(Method):
             if cfg.anchored:
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight, played=gates[i])
                 gates[i].copy_(s >= cfg.epsilon)  # the profile the next step plays
+                gates[i][s.argmax()] = 1.0  # never an empty layer: its best player stays in play
             elif fishers is not None:
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
             else:
@@ -218,6 +272,17 @@ class EquilibriumPruner(Method):
             # among the survivors alone: with 98% gone, the share over all players cannot show them
             "undecided_among_survivors": _undecided_among(s_all[s_all >= eps]),
             "participation_histogram": [int(c) for c in hist.tolist()],
+            **self._budget_metrics(strategies),
+        }
+
+    def _budget_metrics(self, strategies: list[torch.Tensor]) -> dict[str, Any]:
+        """The budget's path: the price, the target and the size now (fractions in budget_unit)."""
+        if self._price is None:
+            return {}
+        return {
+            "price": self._price.value,
+            "budget_target": self._price.target(self._step),
+            "size": self._size(strategies),
         }
 
     @staticmethod
@@ -229,6 +294,9 @@ class EquilibriumPruner(Method):
             return trained.compact(self.settings.epsilon)
         notes: list[str] = []
         masks = self._keep_masks(trained, self.settings.decision, notes)
+        fitted = None
+        if self.settings.budget is not None:
+            masks, fitted = self._fit_budget(trained, masks)
         if self.settings.rewind:
             # The game chose who stays; the survivors restart from their initial weights, ungated.
             with torch.no_grad():
@@ -236,8 +304,16 @@ class EquilibriumPruner(Method):
                 for s in trained.gates:
                     s.fill_(1.0)
         result = compact(trained, masks, balance=self.settings.fold == "balanced" and not self.settings.rewind)
-        result.notes = notes
+        result.notes, result.budget_fit = notes, fitted
         return result
+
+    def _fit_budget(self, trained: GatedModel, decided: dict[str, torch.Tensor]):
+        """The decision fitted to the budget: the game's survivors first, then by contribution."""
+        rank = budgeting.ranks([decided[g.name].float() for g in trained.groups], contributions(trained))
+        cfg = self.settings
+        masks, fitted = budgeting.fit(trained, decided, rank, cfg.budget, cfg.budget_unit, self._input_shape)
+        fitted["price"] = self._price.value if self._price is not None else None
+        return masks, fitted
 
     def other_decisions(self, trained: GatedModel) -> dict[str, PruneResult]:
         # A rewound network forgets what the game trained, so another decision's result would

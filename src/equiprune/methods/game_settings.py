@@ -12,6 +12,8 @@ BenefitSign = Literal["loss_reduction", "as_written"]
 BenefitGrad = Literal["gated", "theta"]
 Update = Literal["ascent", "best_response", "newton"]
 Decision = Literal["participation", "contribution"]
+BudgetUnit = Literal["players", "params", "macs"]
+BUDGET_UNITS: tuple[str, ...] = ("players", "params", "macs")
 #: The prune decisions the game can make (``decision``); runs report the one not played beside it.
 DECISIONS: tuple[str, ...] = ("participation", "contribution")
 
@@ -75,6 +77,16 @@ class GameSettings:
       Fisher information (so it needs ``update = "newton"``). A player then stays while what the
       examples lose without it, F_i − g_i, exceeds its costs, and the survivors keep training at
       full strength while the others leave, so they carry trained weights into fine-tuning.
+    - ``budget``: the fraction of the model to keep (in ``budget_unit``); the game then sets γ itself,
+      as a price (``methods.game_budget``): raised while more players participate than a target
+      allows, lowered when fewer do, the target falling from everyone to the budget on gradual
+      pruning's cubic schedule over ``cost_ramp`` of the game (all of it when 0). The end decision is
+      fitted to the budget exactly; results.json's ``budget_fit`` says how many survivors the fit
+      removed or restored. A budget and a ``gamma`` together are refused: the price is γ.
+    - ``budget_unit``: ``"players"`` (default), ``"params"`` or ``"macs"`` of the whole model.
+    - ``price_start``, ``price_rate``: the price's value when the game begins, and how fast it moves:
+      how far log γ travels over the whole ramp at a relative gap of 1 between the size and the
+      target (the gap, clipped to [−1, 1], scales each step's move).
     """
 
     alpha: float = 1.0
@@ -95,6 +107,10 @@ class GameSettings:
     anchored: bool = False
     decision: Decision = "participation"
     contribution_threshold: float = 0.01
+    budget: float | None = None
+    budget_unit: BudgetUnit = "players"
+    price_start: float = 0.001
+    price_rate: float = 50.0
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
@@ -112,6 +128,11 @@ class GameSettings:
                 "method.contribution_threshold: a contribution relative to the layer's largest, in (0, 1), "
                 f"got {self.contribution_threshold!r}"
             )
+        if self.budget is not None and not (0 < self.budget <= 1):
+            raise ConfigError(f"method.budget: a fraction of the model to keep, in (0, 1], got {self.budget!r}")
+        for name in ("price_start", "price_rate"):
+            if not (0 < getattr(self, name) < float("inf")):
+                raise ConfigError(f"method.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
         if not (0 <= self.epsilon <= 1):
             raise ConfigError(f"method.epsilon: must lie in [0, 1], got {self.epsilon!r}")
         if self.update in ("best_response", "newton") and self.lr_s > 1:
@@ -133,6 +154,7 @@ class GameSettings:
             ("fold", ("consumer", "balanced")),
             ("cost_weighting", ("uniform", "macs", "width")),
             ("decision", DECISIONS),
+            ("budget_unit", BUDGET_UNITS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"method.{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
