@@ -106,11 +106,11 @@ class GameSettings:
     cost_taper: float = 0.0
     anchored: bool = False
     decision: Decision = "participation"
-    contribution_threshold: float = 0.01
-    budget: float | None = None
-    budget_unit: BudgetUnit = "players"
-    price_start: float = 0.001
-    price_rate: float = 50.0
+    contribution_threshold: float = 0.01  # decision = "contribution": removed below this share of the layer's largest
+    budget: float | None = None  # fraction of the model to keep; the game then sets γ itself, as a price
+    budget_unit: BudgetUnit = "players"  # what the budget counts: players, or params or MACs of the whole model
+    price_start: float = 0.001  # with a budget: the price γ when the game begins
+    price_rate: float = 50.0  # with a budget: how far log γ may travel over the ramp (at a relative gap of 1)
 
     def __post_init__(self):
         for name in ("alpha", "beta", "gamma", "eta", "cost_taper"):
