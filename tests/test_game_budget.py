@@ -33,15 +33,18 @@ def _gated(hidden=(8, 6)):
 
 def test_the_price_rises_above_the_target_falls_below_and_moves_alike_for_any_number_of_steps():
     for steps in (100, 10_000):
-        price = budgeting.Price(budget=0.1, rate=50.0, value=1e-3, start=0, end=steps)
+        price = budgeting.Price(budget=0.1, rate=50.0, value=1e-3, scale=1e-3, start=0, end=steps)
         assert price.target(0) == 1.0 and price.target(steps) == pytest.approx(0.1)
         assert price.target(steps / 2) == pytest.approx(cubic_fraction(0.1, steps / 2, 0, steps))
         for step in range(steps):  # always twice the target: the gap is clipped at 1
             price.update(step, 2 * price.target(step))
-        assert math.log(price.value / 1e-3) == pytest.approx(50.0)
-    price = budgeting.Price(budget=0.5, rate=50.0, value=1.0, start=0, end=100)
-    assert price.update(100, 0.25) < 1.0  # half the target: lowered
-    assert budgeting.Price(0.5, 50.0, 1e-9, 0, 1).update(1, 0.0) == budgeting.PRICE_FLOOR
+        assert math.asinh(price.value / 1e-3) - math.asinh(1.0) == pytest.approx(50.0)
+        assert math.log(price.value / 1e-3) == pytest.approx(50.0 + math.asinh(1.0) - math.log(2), rel=1e-6)
+    # below the target the price falls, through zero into a subsidy where the L2 cost alone prices
+    # out more players than the target allows
+    price = budgeting.Price(budget=0.5, rate=50.0, value=1e-3, scale=1e-3, start=0, end=100)
+    values = [price.update(100, 0.25) for _ in range(20)]
+    assert values == sorted(values, reverse=True) and values[0] < 1e-3 and values[-1] < 0
 
 
 def test_ranks_order_by_the_first_key_then_the_second_as_a_naive_sort_does():

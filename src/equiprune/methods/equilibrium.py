@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -142,7 +143,9 @@ class EquilibriumPruner(Method):
         self._units = torch.tensor(units, dtype=torch.float64)
         end = self._start_steps + (self._ramp_steps or (total_steps - self._start_steps))
         # a resumed run replaces the price with its checkpoint's (load_state_dict comes after)
-        self._price = budgeting.Price(cfg.budget, cfg.price_rate, cfg.price_start, self._start_steps, end)
+        self._price = budgeting.Price(
+            cfg.budget, cfg.price_rate, cfg.price_start, cfg.price_start, self._start_steps, end
+        )
 
     def _size(self, strategies: list[torch.Tensor]) -> float:
         """The fraction of the model the players still at s >= epsilon make up, in budget_unit."""
@@ -187,7 +190,9 @@ class EquilibriumPruner(Method):
         scale = self.cost_scale()
         if self._price is not None:  # γ is the price, set by how far the size is from its target
             price = self._price.update(self._step, self._size(self._participations(trained)))
-            cfg = dataclasses.replace(cfg, gamma=price)
+            # a copy with γ set to the price, bypassing the settings' checks: a price may be negative
+            cfg = copy.copy(cfg)
+            object.__setattr__(cfg, "gamma", price)
         gates = self._lookup(trained).gates  # what the network played: the participations, or m if anchored
         if isinstance(trained, WeightGatedModel):
             gs, sqs, comps = self._weight_terms(trained, gates)

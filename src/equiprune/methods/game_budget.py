@@ -4,7 +4,9 @@ With ``budget`` the L1 cost γ is not a setting but a price, a dual variable: ra
 players participate than the target allows, lowered when fewer do. The target follows gradual
 pruning's cubic schedule from everyone down to the budget over the ramp (``cost_ramp`` of the game's
 steps, all of them when 0), so players leave a few at a time rather than in an avalanche, and the
-price may sit on each layer's own cost weighting (``cost_weighting``) as γ did. At the end the
+price may sit on each layer's own cost weighting (``cost_weighting``) as γ did. The price is
+signed: where the L2 cost alone would push out more players than the target allows, it becomes a
+subsidy for participating. At the end the
 decision is fitted to the budget to the player: where the equilibrium is off by a few, the
 lowest-ranked survivors go or the best of the removed come back, and results.json says how many.
 
@@ -27,9 +29,6 @@ from equiprune.core.measure import count_macs, count_params, macs_per_player
 from equiprune.core.players import GatedModel
 from equiprune.core.selection import cubic_fraction, top_k_global
 from equiprune.errors import ConfigError
-
-#: The price never falls below this (a multiplicative update cannot come back from 0).
-PRICE_FLOOR = 1e-8
 
 
 def unit_weights(gated: GatedModel, unit: str, input_shape) -> list[float]:
@@ -58,14 +57,17 @@ def model_size(model, unit: str, input_shape) -> float:
 
 @dataclass
 class Price:
-    """γ as a dual variable, updated once per step of the game in log space (so it finds its scale,
-    whether the utility is in loss units or, anchored, in the Fisher information's). ``rate`` is how
-    far log γ moves over the whole ramp at a relative gap of 1, so it means the same for any number
-    of steps."""
+    """γ as a dual variable of the size constraint, updated once per step of the game. It is
+    signed: where the L2 cost alone prices out more players than the target allows, the price turns
+    into a subsidy. It moves in the coordinate u = asinh(γ/scale), which is log-like for |γ| much
+    larger than ``scale`` (so the price finds its order of magnitude, whether the utility is in loss
+    units or, anchored, in the Fisher information's) and linear through 0. ``rate`` is how far u
+    moves over the whole ramp at a relative gap of 1, so it means the same for any number of steps."""
 
     budget: float
     rate: float
     value: float
+    scale: float
     start: float = 0.0  # the step the game begins
     end: float = 1.0  # the step the target reaches the budget
 
@@ -77,7 +79,7 @@ class Price:
         target = self.target(step)
         gap = max(-1.0, min(1.0, (size - target) / target))
         per_step = self.rate / max(self.end - self.start, 1.0)
-        self.value = max(PRICE_FLOOR, self.value * math.exp(per_step * gap))
+        self.value = self.scale * math.sinh(math.asinh(self.value / self.scale) + per_step * gap)
         return self.value
 
 

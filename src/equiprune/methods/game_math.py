@@ -132,7 +132,7 @@ def ascent_step_(
         torch._foreach_add_(gates, grads, alpha=lr * cfg.alpha * cfg.sign)
         if cfg.eta > 0:
             torch._foreach_add_(gates, list(comps), alpha=-cfg.eta * k)
-        if cfg.gamma > 0:
+        if cfg.gamma != 0:  # a budgeted game's price may be negative: a subsidy
             torch._foreach_add_(gates, l1)
         torch._foreach_clamp_min_(gates, 0.0)
         torch._foreach_clamp_max_(gates, 1.0)
@@ -143,7 +143,7 @@ def ascent_step_(
         s.add_(grads[i], alpha=lr * cfg.alpha * cfg.sign)
         if cfg.eta > 0:
             s.add_(comps[i], alpha=-cfg.eta * k)
-        if cfg.gamma > 0:
+        if cfg.gamma != 0:  # a budgeted game's price may be negative: a subsidy
             s.add_(l1[i] if gamma_weights is not None else l1)
         s.clamp_(0.0, 1.0)
 
