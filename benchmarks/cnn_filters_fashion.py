@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from equiprune.config import parse_config
 from equiprune.core.measure import count_macs
 from equiprune.data import Batches
-from equiprune.experiments.export import fold_batchnorm, interleaved_latency
+from equiprune.experiments.export import fold_batchnorm
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.setup import evaluate, load_run_splits
 from equiprune.experiments.sweep_report import along, bracket
+from equiprune.experiments.timing import interleaved_latency
 from equiprune.methods import build_method
 
 SHAPE = (1, 28, 28)

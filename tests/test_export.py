@@ -64,6 +64,34 @@ def test_speed_report_counts_what_compaction_removed():
     assert report["params_after"] < report["params_before"] and 0 < report["flop_ratio"] < 1
     assert [r["batch_size"] for r in report["latency"]] == [1, 4]
     assert all(r["dense_ms"] > 0 and r["pruned_ms"] > 0 for r in report["latency"])
+    assert all(len(r["dense_rounds"]) == 5 and r["dense_ms"] == sorted(r["dense_rounds"])[2] for r in report["latency"])
+    assert {"cores", "threads", "load_at_start", "torch"} <= set(report["machine"])
+    assert report["trusted"] == (not report["untrusted_because"])
+
+
+def _row(batch, dense, pruned):
+    return {"batch_size": batch, "dense_rounds": dense, "pruned_rounds": pruned}
+
+
+def test_timings_are_distrusted_for_a_busy_machine_a_wide_spread_or_a_time_slice():
+    from equiprune.experiments.export import speed_markdown
+    from equiprune.experiments.timing import distrust
+
+    idle = {"cores": 2, "load_at_start": 0.1}
+    steady = [_row(32, [2.6, 2.62, 2.64], [0.26, 0.26, 0.27])]
+    assert distrust(steady, 0.1, idle) == []
+    assert "busy at the start (load 1.80 on 2 cores)" in distrust(steady, 0.1, {"cores": 2, "load_at_start": 1.8})[0]
+    wide = distrust([_row(1, [0.7, 1.4, 0.71], [0.18, 0.18, 0.18])], 0.1, idle)
+    assert wide == ["batch 1: the dense model's rounds spread by 99%"]
+    # the 23.99 ms for a dense and a 75x smaller MLP alike: the scheduler, not the models
+    slice_ = distrust([_row(256, [23.99] * 3, [23.99] * 3)], 1 / 75, idle)
+    assert "both models took 23.99 ms" in slice_[0]
+    report = {"params_before": 10, "params_after": 1, "macs_before": 75, "macs_after": 1, "flop_ratio": 1 / 75,
+              "threads": 2, "machine": {**idle, "threads": 2}, "trusted": False, "untrusted_because": slice_,
+              "latency": [{"batch_size": 256, "dense_ms": 23.99, "pruned_ms": 23.99, "speedup": 1.0,
+                           "dense_rounds": [23.99] * 3, "pruned_rounds": [23.99] * 3}]}  # fmt: skip
+    text = speed_markdown(report)
+    assert "cannot be trusted" in text and "speed-up ×" not in text and "– (not trusted)" in text
 
 
 def test_export_command_writes_deployable_files_and_the_speed_report(tmp_path, data_root, capsys):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
-import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from equiprune.core.tracing import trace
 from equiprune.data import DATASETS
 from equiprune.errors import EquipruneError
 from equiprune.experiments.rundir import RunDir, load_trained
+from equiprune.experiments.timing import distrust, interleaved_timings, machine_state
 
 
 @torch.no_grad()
@@ -116,51 +116,27 @@ def save_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) ->
     return io.atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()), binary=True)
 
 
-@torch.inference_mode()
-def latency_ms(
-    model: nn.Module, input_shape: Sequence[int], batch_size: int, repeats: int = 20, warmup: int = 3
-) -> float:
-    """Median wall-clock milliseconds of one forward pass at ``batch_size`` (eval mode)."""
-    model.eval()
-    x = _example(model, input_shape, batch_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def interleaved_latency(
-    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
-) -> dict[str, float]:
-    """Median latency (ms) of each model, timed in alternation for ``rounds`` rounds so that machine
-    load affects all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(latency_ms(model, input_shape, batch_size, repeats))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def speed_report(
     dense: nn.Module,
     pruned: nn.Module,
     input_shape: Sequence[int],
     batch_sizes: Sequence[int] = (1, 32, 256),
     repeats: int = 20,
+    rounds: int = 5,
 ) -> dict[str, Any]:
-    """Size and measured latency of ``dense`` and ``pruned``, both with BatchNorm folded, timed
-    alternately at each batch size so that machine load affects both alike."""
+    """Size and measured latency of ``dense`` and ``pruned``, both with BatchNorm folded, timed in
+    alternation over ``rounds`` rounds at each batch size so that machine load affects both alike;
+    with the machine, the spread of the rounds and whether the figures can be trusted."""
+    machine = machine_state()
     dense_f, pruned_f = fold_batchnorm(dense), fold_batchnorm(pruned)
     rows = []
     for bs in batch_sizes:
-        ms = interleaved_latency({"dense": dense_f, "pruned": pruned_f}, input_shape, bs, repeats)
-        rows.append({"batch_size": bs, "dense_ms": ms["dense"], "pruned_ms": ms["pruned"],
-                     "speedup": ms["dense"] / ms["pruned"]})  # fmt: skip
+        t = interleaved_timings({"dense": dense_f, "pruned": pruned_f}, input_shape, bs, repeats, rounds)
+        dense_ms, pruned_ms = statistics.median(t["dense"]), statistics.median(t["pruned"])
+        rows.append({"batch_size": bs, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
+                     "dense_rounds": t["dense"], "pruned_rounds": t["pruned"]})  # fmt: skip
     macs_before, macs_after = count_macs(dense, input_shape), count_macs(pruned, input_shape)
+    reasons = distrust(rows, macs_after / macs_before, machine)
     return {
         "params_before": count_params(dense),
         "params_after": count_params(pruned),
@@ -168,11 +144,15 @@ def speed_report(
         "macs_after": macs_after,
         "flop_ratio": macs_after / macs_before,
         "latency": rows,
-        "threads": torch.get_num_threads(),
+        "threads": machine["threads"],
+        "machine": machine,
+        "trusted": not reasons,
+        "untrusted_because": reasons,
     }
 
 
 def speed_markdown(report: dict[str, Any]) -> str:
+    trusted = report.get("trusted", True)
     lines = [
         "| | dense | pruned | ratio |",
         "|---|---|---|---|",
@@ -181,13 +161,25 @@ def speed_markdown(report: dict[str, Any]) -> str:
         f"| MACs per example | {report['macs_before']:,} | {report['macs_after']:,} | {report['flop_ratio']:.3f} |",
     ]
     for row in report["latency"]:
+        ratio = f"{1 / row['speedup']:.3f} (speed-up ×{row['speedup']:.2f})" if trusted else "– (not trusted)"
         lines.append(
-            f"| latency, batch {row['batch_size']} (ms) | {row['dense_ms']:.2f} | {row['pruned_ms']:.2f} | "
-            f"{1 / row['speedup']:.3f} (speed-up ×{row['speedup']:.2f}) |"
+            f"| latency, batch {row['batch_size']} (ms) | {row['dense_ms']:.2f} {_spread(row.get('dense_rounds'))} "
+            f"| {row['pruned_ms']:.2f} {_spread(row.get('pruned_rounds'))} | {ratio} |"
         )
-    lines.append("")
-    lines.append(f"CPU, {report['threads']} threads, BatchNorm folded in both; median of interleaved timings.")
+    m = report.get("machine", {"threads": report["threads"]})
+    load = f", load {m['load_at_start']:.2f} at the start" if m.get("load_at_start") is not None else ""
+    cores = f" of {m['cores']} cores" if m.get("cores") else ""
+    lines += ["", f"CPU, {m['threads']} threads{cores}{load}; BatchNorm folded in both; median of the "
+              "interleaved rounds, [lowest – highest round] beside it."]  # fmt: skip
+    if not trusted:
+        why = "; ".join(report["untrusted_because"])
+        lines += ["", f"**These timings cannot be trusted, so no speed-up is claimed:** {why}. "
+                  "Run `equiprune export` again on an idle machine."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _spread(rounds: list[float] | None) -> str:
+    return f"[{min(rounds):.2f} – {max(rounds):.2f}]" if rounds else ""
 
 
 def export_run(

@@ -1,0 +1,103 @@
+"""Timing models honestly: interleaved rounds, their spread, the machine they ran on, and a plain
+verdict on whether the figures can be trusted.
+
+A ratio of two timings is only a ratio when both sides saw the same machine, so models are timed in
+alternation, round after round; each round's median is kept, and the spread of those medians says
+how much the machine moved under them. On a busy machine a forward pass can take exactly the
+scheduler's time slice whatever the model does (a dense and a 75× smaller MLP both at 23.99 ms),
+which no number of repeats fixes: such figures are reported as untrustworthy, not as a speed-up.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+#: Untrusted when the 1-minute load average at the start exceeds this share of the CPU cores.
+MAX_LOAD_PER_CORE = 0.5
+#: Untrusted when a model's round medians spread (max − min) by more than this share of their median.
+MAX_RELATIVE_SPREAD = 0.25
+#: Untrusted when two models doing this share of the work or less time within this much of each
+#: other at a batch of 32 or more: the clock measured the scheduler, not the models.
+SUSPECT_FLOP_RATIO, SUSPECT_TIME_RATIO = 0.5, 0.05
+
+
+def machine_state() -> dict[str, Any]:
+    """What decides the timings besides the models: cores, threads, load at start, torch."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "load_at_start": load,
+            "torch": torch.__version__, "device": "cpu"}  # fmt: skip
+
+
+@torch.inference_mode()
+def latency_ms(
+    model: nn.Module, input_shape: Sequence[int], batch_size: int, repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median wall-clock milliseconds of one forward pass at ``batch_size`` (eval mode)."""
+    model.eval()
+    p = next(model.parameters())
+    x = torch.randn(batch_size, *input_shape, dtype=p.dtype, device=p.device)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def interleaved_timings(
+    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
+) -> dict[str, list[float]]:
+    """Each model's median latency (ms) in each of ``rounds`` rounds, the models timed in
+    alternation within a round, so that machine load affects all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(latency_ms(model, input_shape, batch_size, repeats))
+    return times
+
+
+def interleaved_latency(
+    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
+) -> dict[str, float]:
+    """The median of :func:`interleaved_timings` for each model."""
+    times = interleaved_timings(models, input_shape, batch_size, repeats, rounds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """(max − min) / median: how far the rounds of one timing disagree."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def distrust(rows: list[dict[str, Any]], flop_ratio: float, machine: dict[str, Any]) -> list[str]:
+    """Why the timings of a dense and a pruned model (``rows``: per batch size, ``dense_rounds``
+    and ``pruned_rounds``) cannot be trusted; empty when nothing speaks against them."""
+    reasons = []
+    load, cores = machine.get("load_at_start"), machine.get("cores") or 1
+    if load is not None and load > MAX_LOAD_PER_CORE * cores:
+        reasons.append(f"the machine was busy at the start (load {load:.2f} on {cores} cores)")
+    for row in rows:
+        for side in ("dense", "pruned"):
+            spread = relative_spread(row[f"{side}_rounds"])
+            if spread > MAX_RELATIVE_SPREAD:
+                reasons.append(f"batch {row['batch_size']}: the {side} model's rounds spread by {100 * spread:.0f}%")
+        dense, pruned = statistics.median(row["dense_rounds"]), statistics.median(row["pruned_rounds"])
+        if (
+            row["batch_size"] >= 32
+            and flop_ratio <= SUSPECT_FLOP_RATIO
+            and abs(pruned / dense - 1) <= SUSPECT_TIME_RATIO
+        ):
+            reasons.append(
+                f"batch {row['batch_size']}: both models took {dense:.2f} ms though the pruned one does "
+                f"{100 * flop_ratio:.0f}% of the work (the scheduler's time slice, not the models)"
+            )
+    return reasons
