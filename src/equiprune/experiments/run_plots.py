@@ -81,8 +81,12 @@ def _budget_path(ax, rows: list[dict[str, Any]]) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("% of the model kept (log)")
     ax2 = ax.twinx()
-    lines += ax2.plot(epochs, [r["price"] for r in rows], "^-", color="#c0392b", label="price γ")
-    ax2.set_yscale("log")
+    prices = [r["price"] for r in rows]
+    lines += ax2.plot(epochs, prices, "^-", color="#c0392b", label="price γ (below 0: a subsidy)")
+    if min(prices) > 0:
+        ax2.set_yscale("log")
+    else:  # a subsidy: log-like on both sides of zero
+        ax2.set_yscale("symlog", linthresh=min((abs(p) for p in prices if p), default=1e-6))
     ax2.set_ylabel("price γ (log)", color="#c0392b")
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", frameon=False, fontsize=8)
     ax.set_title("The budget's path", fontsize=10)
