@@ -43,7 +43,7 @@ def test_the_claims_page_reads_its_verdicts_from_the_runs(tiny_suite, tmp_path, 
     held = run["test_accuracy"] >= 0.9154 - 0.01 and run["kept_fraction"] <= 1.25 * 0.0195 + 0.005
     assert ("**holds**" if held else "**does not hold**") in table2
     # the bimodality verdict is the undecided share the run reported
-    bimodal = next(line for line in text.splitlines() if "bimodal at convergence" in line)
+    bimodal = next(line for line in text.splitlines() if "bimodal participations" in line)
     assert f"`l1-l2-combined` {100 * run['undecided_fraction']:.2f}%" in bimodal
     prediction = next(line for line in text.splitlines() if "Gaussian width" in line)
     assert "mlp 1000-600 on mnist: predicted 0.965, measured 0.955" in prediction and "**holds**" in prediction
