@@ -224,7 +224,8 @@ def limit_claims(limit_dirs: list[Path]) -> list[Claim]:
         "not measured yet" if worst is None else _holds(worst <= LIMIT_MAX_ERROR),
         "no `equiprune limit` directory given"
         if worst is None
-        else f"holds when |predicted − measured| ≤ {100 * LIMIT_MAX_ERROR:g} points on every case (worst "
+        else f"holds when predicted and measured differ by at most {100 * LIMIT_MAX_ERROR:g} points on every case "
+        f"(worst "
         f"{100 * worst:.1f}); the paper's cases are on CIFAR-10/100, which this machine does not have",
     )
     return [
