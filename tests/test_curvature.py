@@ -41,11 +41,11 @@ def autograd_hessian(model, data):
     return torch.autograd.functional.hessian(loss, flat)
 
 
-@pytest.mark.parametrize("batches", [1, 3])
-def test_hessian_vector_products_match_autograds_full_hessian(batches):
+@pytest.mark.parametrize("batches, cache_samples", [(1, 0), (3, 8192), (3, 0)], ids=["one", "kept", "streamed"])
+def test_hessian_vector_products_match_autograds_full_hessian(batches, cache_samples):
     model, data = small_problem(batches)
     H = autograd_hessian(model, data)
-    op = HessianOperator(model, data)
+    op = HessianOperator(model, data, cache_samples=cache_samples)
     V = torch.randn(4, op.dim, dtype=torch.float64)
     torch.testing.assert_close(op.matmat(V), V @ H.T)
     torch.testing.assert_close(op.matvec(V[0]), H @ V[0])
@@ -54,10 +54,13 @@ def test_hessian_vector_products_match_autograds_full_hessian(batches):
 
 def test_forward_over_reverse_double_backward_and_one_at_a_time_agree():
     model, data = small_problem(2)
-    op = HessianOperator(model, data)
+    op = HessianOperator(model, data, cache_samples=0)  # streamed: forward-over-reverse
     V = torch.randn(3, op.dim, dtype=torch.float64)
     forward_over_reverse = op.matmat(V)
-    assert op._functional_ok
+    assert op._functional_ok and not op._graphs
+    kept = HessianOperator(model, data)
+    torch.testing.assert_close(kept.matmat(V), forward_over_reverse)
+    assert len(kept._graphs) == 2
     op._functional_ok = False
     double_backward = op.matmat(V)
     op._batched_ok = False

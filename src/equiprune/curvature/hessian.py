@@ -69,8 +69,13 @@ class HessianOperator:
     ``loss_fn`` must average over its batch (as ``F.cross_entropy`` does). ``params``: the
     parameters H is taken over (default: every parameter that requires grad). ``train_mode``: the
     model's mode while products are taken (eval by default, as curvature at a trained point is
-    usually wanted without dropout noise or batch statistics). With a single batch, its gradient
-    graph is built once and reused for every product.
+    usually wanted without dropout noise or batch statistics).
+
+    ``cache_samples``: while the batches hold at most this many examples in all, each batch's
+    gradient graph is built once and kept, and every product is a backward through the kept graphs
+    (on CPU about 40% faster per product than forward-over-reverse, which redoes the forward and
+    backward pass each time; the graphs hold the activations, so larger data is streamed instead).
+    A single batch's graph is always kept.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class HessianOperator:
         loss_fn: LossFn = F.cross_entropy,
         params: Sequence[torch.Tensor] | None = None,
         train_mode: bool = False,
+        cache_samples: int = 8192,
     ):
         self.model, self.loss_fn, self.train_mode = model, loss_fn, train_mode
         self.batches = list(batches)
@@ -91,7 +97,8 @@ class HessianOperator:
         self.dim = sum(p.numel() for p in self.params)
         self.samples = sum(len(y) for _, y in self.batches)
         self.products = 0  # Hessian-vector products taken so far (a matmat of k vectors counts k)
-        self._cached: tuple[torch.Tensor, ...] | None = None
+        self._graphs: dict[int, tuple[torch.Tensor, ...]] = {}  # batch index -> its kept gradient graph
+        self._keep_graphs = len(self.batches) == 1 or self.samples <= cache_samples
         self._batched_ok = True
         self._functional_ok = True
         # each chosen parameter's name in the model (None: not the model's, so its rows of H are zero)
@@ -115,11 +122,11 @@ class HessianOperator:
         return tuple(g if g is not None and g.requires_grad else None for g in grads)
 
     def _batch_grads(self, i: int) -> tuple[torch.Tensor, ...]:
-        if len(self.batches) > 1:
+        if not self._keep_graphs:
             return self._grads(*self.batches[i])
-        if self._cached is None:
-            self._cached = self._grads(*self.batches[0])
-        return self._cached
+        if i not in self._graphs:
+            self._graphs[i] = self._grads(*self.batches[i])
+        return self._graphs[i]
 
     def _backward(self, grads, V: torch.Tensor, retain: bool) -> torch.Tensor:
         k = V.shape[0]
@@ -132,7 +139,9 @@ class HessianOperator:
             parts = unflatten(U, self.params)
             return [parts[i] for i in live]
 
-        if k > 1 and self._batched_ok:
+        # Batched over the vectors where it pays: on a GPU; on a CPU a loop over them was faster
+        # (0.86 against 1.0-1.2 s for 4 vectors through 4 kept graphs of 500 MNIST images).
+        if k > 1 and self._batched_ok and V.device.type != "cpu":
             try:
                 hv = torch.autograd.grad(outputs, self.params, grad_outputs=vectors(V),
                                          retain_graph=True, is_grads_batched=True, allow_unused=True)  # fmt: skip
@@ -173,22 +182,22 @@ class HessianOperator:
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H·vᵢ for every row vᵢ of ``V`` (k, D).
 
-        One batch: its gradient graph is kept and each product is one backward through it. Several:
-        forward-over-reverse per batch (cheaper than building a graph per batch each time), falling
-        back to double backward for models that torch.func cannot trace."""
+        Kept graphs (one batch, or data within ``cache_samples``): each product is one backward
+        through each. Otherwise forward-over-reverse per batch (cheaper than building a graph per
+        batch each time), falling back to double backward for models torch.func cannot trace."""
         if V.dim() != 2 or V.shape[1] != self.dim:
             raise EquipruneError(f"expected vectors of shape (k, {self.dim}), got {tuple(V.shape)}")
         V = V.to(device=self.device, dtype=self.dtype)
         out = torch.zeros_like(V)
         for i, (x, y) in enumerate(self.batches):
             part = None
-            if len(self.batches) > 1 and self._functional_ok:
+            if not self._keep_graphs and self._functional_ok:
                 try:
                     part = self._forward_over_reverse(x, y, V)
                 except (RuntimeError, NotImplementedError, TypeError):
                     self._functional_ok = False
             if part is None:
-                part = self._backward(self._batch_grads(i), V, retain=len(self.batches) == 1)
+                part = self._backward(self._batch_grads(i), V, retain=self._keep_graphs)
             out.add_(part, alpha=len(y) / self.samples)
         self.products += V.shape[0]
         return out
