@@ -163,3 +163,15 @@ def test_every_shipped_neuron_sweep_runs_the_budgeted_game_at_each_of_its_budget
         assert all(r.config.method.settings.budget == r.budget for r in runs)
         # the cost-swept games keep their points
         assert all(r.point.startswith("gamma=") for r in sweep.runs if r.method == "game" and r.label != "game-budget")
+
+
+def test_the_hold_keeps_the_fewest_best_players_that_make_up_the_target():
+    strategies = [torch.tensor([0.5, 0.001, 0.002]), torch.tensor([0.0005, 0.9])]
+    ones = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    assert budgeting.hold(strategies, ones, 0.4, 0.01) is None  # 2 of 5 alive already
+    keep = budgeting.hold(strategies, ones, 0.6, 0.01)  # 3 of 5: the best leaving one joins
+    assert [k.tolist() for k in keep] == [[True, False, True], [False, True]]
+    heavy = torch.tensor([1.0, 10.0], dtype=torch.float64)  # the second group's players weigh 10
+    assert budgeting.hold(strategies, heavy, 0.45, 0.01) is None  # 11 of 23 alive: enough for 10.35
+    keep = budgeting.hold(strategies, heavy, 0.5, 0.01)  # 11.5 of 23: the best leaving player joins
+    assert [k.tolist() for k in keep] == [[True, False, True], [False, True]]

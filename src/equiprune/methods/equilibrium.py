@@ -147,9 +147,12 @@ class EquilibriumPruner(Method):
             cfg.budget, cfg.price_rate, cfg.price_start, cfg.price_start, self._start_steps, end
         )
 
-    def _size(self, strategies: list[torch.Tensor]) -> float:
-        """The fraction of the model the players still at s >= epsilon make up, in budget_unit."""
-        alive = torch.stack([(s >= self.settings.epsilon).sum() for s in strategies]).cpu().double()
+    def _size(self, strategies: list[torch.Tensor], chosen: bool = False) -> float:
+        """The fraction of the model the players still at s >= epsilon make up, in budget_unit;
+        ``chosen``: only those above epsilon, who stay by their own choice and not by the hold (which
+        parks players at exactly epsilon): the price answers what the players choose."""
+        eps = self.settings.epsilon
+        alive = torch.stack([(s > eps if chosen else s >= eps).sum() for s in strategies]).cpu().double()
         sizes = torch.tensor([float(s.numel()) for s in strategies], dtype=torch.float64)
         return float((alive * self._units).sum() / (sizes * self._units).sum())
 
@@ -189,7 +192,7 @@ class EquilibriumPruner(Method):
             return
         scale = self.cost_scale()
         if self._price is not None:  # γ is the price, set by how far the size is from its target
-            price = self._price.update(self._step, self._size(self._participations(trained)))
+            price = self._price.update(self._step, self._size(self._participations(trained), chosen=True))
             # a copy with γ set to the price, bypassing the settings' checks: a price may be negative
             cfg = copy.copy(cfg)
             object.__setattr__(cfg, "gamma", price)
@@ -202,7 +205,13 @@ class EquilibriumPruner(Method):
         weights = self._tapered(self._gamma_weights, strategies)
         if cfg.update == "ascent":
             game.ascent_step_(gates, gs, sqs or None, comps or None, cfg, scale, weights)
-            return
+        else:
+            self._respond(strategies, gates, gs, sqs, comps, weights, cfg, scale)
+        if self._price is not None:
+            self._hold_target(strategies, gates)
+
+    def _respond(self, strategies, gates, gs, sqs, comps, weights, cfg: GameSettings, scale: float) -> None:
+        """Each group's damped best response, or its Newton form (anchored: then the profile)."""
         fishers = None
         if cfg.update == "newton":
             fishers = self._recorder.fisher()  # of this step's batch, recorded during its backward
@@ -219,6 +228,21 @@ class EquilibriumPruner(Method):
                 game.newton_step_(s, gs[i], fishers[i], sq, comp, cfg, scale, weight)
             else:
                 s.lerp_(game.best_response(gs[i], sq, comp, cfg, scale, weight), cfg.lr_s)
+
+    @torch.no_grad()
+    def _hold_target(self, strategies: list[torch.Tensor], gates: list[torch.Tensor]) -> None:
+        """Never fewer players than the target path allows: where the costs push out more than it
+        asks, the best of the leaving players (by participation) stay at ε, so the size follows the
+        target down instead of collapsing below it and taking the network's accuracy with it (the
+        price alone lags the players: LeNet-300-100 at 2% fell to one player per layer)."""
+        eps = self.settings.epsilon
+        keep = budgeting.hold(strategies, self._units, self._price.target(self._step), eps)
+        if keep is None:
+            return
+        for s, g, k in zip(strategies, gates, keep):
+            s.masked_fill_(k & (s < eps), eps)
+            if self.settings.anchored:
+                g.masked_fill_(k, 1.0)
 
     def _lookup(self, trained) -> _PlayerRefs:
         if self._refs is None or self._refs.model is not trained:

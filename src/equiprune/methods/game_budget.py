@@ -83,6 +83,23 @@ class Price:
         return self.value
 
 
+def hold(strategies: list[torch.Tensor], units: torch.Tensor, target: float, epsilon: float):
+    """Which players to keep in play so that the size is at least ``target``: None when the players
+    at s >= epsilon already make it up, else per group the masks of the fewest best players (by s,
+    across groups) that do."""
+    s = torch.cat([t.detach().flatten() for t in strategies])
+    w = torch.cat([torch.full((t.numel(),), float(u), dtype=torch.float64, device=s.device)
+                   for t, u in zip(strategies, units.tolist())])  # fmt: skip
+    total = float(w.sum())
+    if float(w[s >= epsilon].sum()) >= target * total - 1e-9:
+        return None
+    order = torch.sort(s, descending=True, stable=True).indices
+    needed = int(torch.searchsorted(torch.cumsum(w[order], 0), target * total - 1e-9)) + 1
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    keep[order[:needed]] = True
+    return list(torch.split(keep, [t.numel() for t in strategies]))
+
+
 def smallest_feasible(gated: GatedModel, unit: str, input_shape) -> float:
     """The smallest budget that keeps one player per layer, in ``unit``."""
     n = sum(g.size for g in gated.groups)
