@@ -171,7 +171,9 @@ def test_the_hold_keeps_the_fewest_best_players_that_make_up_the_target():
     assert budgeting.hold(strategies, ones, 0.4, 0.01) is None  # 2 of 5 alive already
     keep = budgeting.hold(strategies, ones, 0.6, 0.01)  # 3 of 5: the best leaving one joins
     assert [k.tolist() for k in keep] == [[True, False, True], [False, True]]
+    assert budgeting.hold(strategies, ones, 0.5, 0.01) is None  # 2.5 players: 2 is the nearest count
     heavy = torch.tensor([1.0, 10.0], dtype=torch.float64)  # the second group's players weigh 10
     assert budgeting.hold(strategies, heavy, 0.45, 0.01) is None  # 11 of 23 alive: enough for 10.35
-    keep = budgeting.hold(strategies, heavy, 0.5, 0.01)  # 11.5 of 23: the best leaving player joins
-    assert [k.tolist() for k in keep] == [[True, False, True], [False, True]]
+    assert budgeting.hold(strategies, heavy, 0.5, 0.01) is None  # 11.5: within half a player of 11
+    keep = budgeting.hold(strategies, heavy, 0.55, 0.01)  # 12.65 of 23: the two best leaving ones join
+    assert [k.tolist() for k in keep] == [[True, True, True], [False, True]]

@@ -90,11 +90,13 @@ def hold(strategies: list[torch.Tensor], units: torch.Tensor, target: float, eps
     s = torch.cat([t.detach().flatten() for t in strategies])
     w = torch.cat([torch.full((t.numel(),), float(u), dtype=torch.float64, device=s.device)
                    for t, u in zip(strategies, units.tolist())])  # fmt: skip
-    total = float(w.sum())
-    if float(w[s >= epsilon].sum()) >= target * total - 1e-9:
+    # to the nearest player, as the fit counts: holding one more than it keeps would make the fit
+    # remove a player the network plays (on MNIST at 2% that cost 0.7 points after fine-tuning)
+    goal = target * float(w.sum()) - 0.5 * float(w.min())
+    if float(w[s >= epsilon].sum()) >= goal:
         return None
     order = torch.sort(s, descending=True, stable=True).indices
-    needed = int(torch.searchsorted(torch.cumsum(w[order], 0), target * total - 1e-9)) + 1
+    needed = int(torch.searchsorted(torch.cumsum(w[order], 0), goal)) + 1
     keep = torch.zeros_like(s, dtype=torch.bool)
     keep[order[:needed]] = True
     return list(torch.split(keep, [t.numel() for t in strategies]))
