@@ -10,7 +10,6 @@ zero, for any activation, across BatchNorm and residual sums.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +17,7 @@ import torch.nn as nn
 
 from equiprune.core.players import GatedModel
 from equiprune.errors import PruningError
-
-logger = logging.getLogger("equiprune")
+from equiprune.progress import logger
 
 #: How the warning begins when a layer's decision would remove every player (see :func:`keep_masks`).
 EMPTIED_LAYER_WARNING = "every player would leave layer"
@@ -80,16 +78,24 @@ def keep_masks(
         if not bool(keep.any()) and not group.bypassed:
             keep = torch.zeros_like(keep)
             keep[int(torch.argmax(s))] = True
-            message = (
-                f"{EMPTIED_LAYER_WARNING} {group.name!r} (largest {what} {float(s.max()):.3g} < "
-                f"{rule}={threshold}): it keeps its best player, since removing all {group.size} would "
-                "disconnect the network; lower the costs (beta, gamma, eta), set a budget, or exclude this layer"
-            )
-            logger.warning(message)
-            if notes is not None:
-                notes.append(message)
+            note_emptied_layer(group.name, what, float(s.max()), f"{rule}={threshold}", group.size, "player", notes)
         masks[group.name] = keep
     return masks
+
+
+def note_emptied_layer(
+    layer: str, what: str, largest: float, rule: str, size: int, player: str, notes: list[str] | None
+) -> None:
+    """Say (logger, and ``notes`` when a list) that a decision would have removed all ``size``
+    players of ``layer`` and that it keeps its best one instead."""
+    message = (
+        f"{EMPTIED_LAYER_WARNING} {layer!r} (largest {what} {largest:.3g} < {rule}): it keeps its best "
+        f"{player}, since removing all {size} would disconnect the network; lower the costs (beta, gamma, "
+        "eta), set a budget, or exclude this layer"
+    )
+    logger.warning(message)
+    if notes is not None:
+        notes.append(message)
 
 
 @torch.no_grad()

@@ -11,18 +11,15 @@ model's; its remaining zeros are counted by ``measure.nonzero_params``.
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
-from equiprune.core.compact import EMPTIED_LAYER_WARNING, PruneResult, compact
+from equiprune.core.compact import PruneResult, compact, note_emptied_layer
 from equiprune.core.players import GatedModel, find_players
 from equiprune.errors import PruningError
-
-logger = logging.getLogger("equiprune")
 
 PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -183,12 +180,8 @@ class WeightGatedModel(nn.Module):
             keep[name] = gate >= epsilon
             if not bool(keep[name].any()):
                 keep[name].view(-1)[int(torch.argmax(gate))] = True
-                notes.append(
-                    f"{EMPTIED_LAYER_WARNING} {name!r} (largest participation {float(gate.max()):.3g} < "
-                    f"epsilon={epsilon}): it keeps its best weight, since removing all {gate.numel()} would "
-                    "disconnect the network; lower the costs (beta, gamma, eta), set a budget, or exclude this layer"
-                )
-                logger.warning(notes[-1])
+                note_emptied_layer(name, "participation", float(gate.max()), f"epsilon={epsilon}", gate.numel(),
+                                   "weight", notes)  # fmt: skip
         plain = self.plain_copy()
         for name, gate in zip(self.names, self.gates):
             plain.get_submodule(name).weight.mul_(gate)

@@ -30,7 +30,7 @@ from equiprune.core.tracing import trace
 from equiprune.data import DATASETS
 from equiprune.errors import EquipruneError
 from equiprune.experiments.rundir import RunDir, load_trained
-from equiprune.experiments.timing import distrust, interleaved_timings, machine_state
+from equiprune.experiments.timing import distrust, example_input, interleaved_timings, machine_state
 
 
 @torch.no_grad()
@@ -66,14 +66,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return gm
 
 
-def _example(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
-    p = next(model.parameters())
-    return torch.randn(batch, *input_shape, dtype=p.dtype, device=p.device)
-
-
 def _export_program(model: nn.Module, input_shape: Sequence[int]):
     batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(model.eval(), (_example(model, input_shape),), dynamic_shapes=({0: batch},))
+    return torch.export.export(model.eval(), (example_input(model, input_shape),), dynamic_shapes=({0: batch},))
 
 
 def save_exported(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
@@ -110,7 +105,7 @@ def save_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) ->
     batch = torch.export.Dim("batch", min=1)
     with _quiet_onnx():
         program = torch.onnx.export(
-            model.eval(), (_example(model, input_shape),), input_names=["input"], output_names=["logits"],
+            model.eval(), (example_input(model, input_shape),), input_names=["input"], output_names=["logits"],
             dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
         )  # fmt: skip
     return io.atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()), binary=True)

@@ -35,14 +35,19 @@ def machine_state() -> dict[str, Any]:
             "torch": torch.__version__, "device": "cpu"}  # fmt: skip
 
 
+def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
+    """A random batch of ``input_shape`` inputs on the model's device and in its dtype."""
+    p = next(model.parameters())
+    return torch.randn(batch, *input_shape, dtype=p.dtype, device=p.device)
+
+
 @torch.inference_mode()
 def latency_ms(
     model: nn.Module, input_shape: Sequence[int], batch_size: int, repeats: int = 20, warmup: int = 3
 ) -> float:
     """Median wall-clock milliseconds of one forward pass at ``batch_size`` (eval mode)."""
     model.eval()
-    p = next(model.parameters())
-    x = torch.randn(batch_size, *input_shape, dtype=p.dtype, device=p.device)
+    x = example_input(model, input_shape, batch_size)
     for _ in range(warmup):
         model(x)
     times = []
