@@ -117,6 +117,29 @@ def test_extreme_eigenvalues_converge_long_before_the_full_space():
     assert spectrum.summary()["lambda_max"] == pytest.approx(float(exact.max()), rel=1e-6)
 
 
+def test_long_float32_lanczos_finds_no_ghost_copies_of_converged_eigenvalues():
+    # Well-separated top eigenvalues converge within a few steps; without re-orthogonalisation
+    # float32 Lanczos then finds them again and again (ghosts). Each must appear once, and the
+    # quadrature must stay exact for the first moments.
+    torch.manual_seed(0)
+    eigenvalues = torch.cat([torch.tensor([100.0, 50.0, 20.0]), torch.linspace(-1, 1, 397)])
+    basis = torch.linalg.qr(torch.randn(400, 400, dtype=torch.float64))[0]
+    H = (basis * eigenvalues.double()) @ basis.T
+
+    def matmat(V):
+        return (V.double() @ H).float()
+
+    probes = torch.randn(2, 400)
+    alpha, beta, steps = lanczos(matmat, probes, iters=120)
+    nodes, weights = ritz(alpha, beta, steps)
+    for top in (100.0, 50.0, 20.0):
+        assert int(((nodes - top).abs() < 1e-2).sum(dim=1).max()) == 1
+    q = probes / probes.norm(dim=1, keepdim=True)
+    for power in (1, 2):
+        exact = ((q.double() @ torch.linalg.matrix_power(H, power)) * q.double()).sum(dim=1)
+        torch.testing.assert_close((weights * nodes**power).sum(dim=1), exact, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("power", [0, 1, 2, 3])
 def test_quadrature_is_exact_for_low_degree_moments_of_each_probe(power):
     # Gauss quadrature with m nodes integrates polynomials of degree <= 2m - 1 exactly:

@@ -128,34 +128,40 @@ class HessianOperator:
             self._graphs[i] = self._grads(*self.batches[i])
         return self._graphs[i]
 
-    def _backward(self, grads, V: torch.Tensor, retain: bool) -> torch.Tensor:
+    def _backward(self, grads, V: torch.Tensor, out: torch.Tensor, scale: float, retain: bool) -> None:
+        """out += scale·H_b·V for the batch whose gradient graph is ``grads``, each product added
+        where it belongs in ``out`` (no flattened copy of every product)."""
         k = V.shape[0]
         live = [i for i, g in enumerate(grads) if g is not None]
         if not live:
-            return torch.zeros_like(V)
+            return
         outputs = [grads[i] for i in live]
 
         def vectors(U):
             parts = unflatten(U, self.params)
             return [parts[i] for i in live]
 
-        # Batched over the vectors where it pays: on a GPU; on a CPU a loop over them was faster
-        # (0.86 against 1.0-1.2 s for 4 vectors through 4 kept graphs of 500 MNIST images).
+        def accumulate(hv, target):
+            for h, part in zip(hv, unflatten(target, self.params)):
+                if h is not None:
+                    part.add_(h, alpha=scale)
+
+        # Batched over the vectors where it pays: on a GPU; on a CPU a loop over them was as fast
+        # or faster (4 vectors through 4 kept graphs of 500 MNIST images: 0.24-0.30 s either way).
         if k > 1 and self._batched_ok and V.device.type != "cpu":
             try:
                 hv = torch.autograd.grad(outputs, self.params, grad_outputs=vectors(V),
                                          retain_graph=True, is_grads_batched=True, allow_unused=True)  # fmt: skip
-                return torch.cat([_or_zeros(h, p, k).reshape(k, -1) for h, p in zip(hv, self.params)], dim=1)
+                accumulate(hv, out)
+                return
             except RuntimeError:
                 # Some operations have no batching rule for their double backward: one vector at a time.
                 self._batched_ok = False
-        rows = []
         for j in range(k):
             last = j == k - 1 and not retain
             hv = torch.autograd.grad(outputs, self.params, grad_outputs=vectors(V[j]),
                                      retain_graph=not last, allow_unused=True)  # fmt: skip
-            rows.append(flatten(_or_zeros(h, p) for h, p in zip(hv, self.params)))
-        return torch.stack(rows)
+            accumulate(hv, out[j])
 
     def _forward_over_reverse(self, x, y, V: torch.Tensor) -> torch.Tensor:
         """H·V on one batch as the directional derivative of the gradient (a jvp of grad), vmapped
@@ -197,8 +203,9 @@ class HessianOperator:
                 except (RuntimeError, NotImplementedError, TypeError):
                     self._functional_ok = False
             if part is None:
-                part = self._backward(self._batch_grads(i), V, retain=self._keep_graphs)
-            out.add_(part, alpha=len(y) / self.samples)
+                self._backward(self._batch_grads(i), V, out, len(y) / self.samples, retain=self._keep_graphs)
+            else:
+                out.add_(part, alpha=len(y) / self.samples)
         self.products += V.shape[0]
         return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -76,6 +76,28 @@ def interleaved_latency(
     """The median of :func:`interleaved_timings` for each model."""
     times = interleaved_timings(models, input_shape, batch_size, repeats, rounds)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def interleave(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each side's call in each of ``repeats`` rounds, the sides called in alternation
+    and the order reversed every other round (A B, B A, A B …), so that neither side always runs
+    first, after the other's caches or during its after-effects."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    names = list(sides)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """The ratio of two interleaved timings round by round: its median, lowest and highest."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
 
 def relative_spread(values: Sequence[float]) -> float:

@@ -1,0 +1,44 @@
+"""The benchmark protocol: sides timed in alternation with the order reversed every other round,
+ratios taken round by round, and results appended as whole JSON lines."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from equiprune.experiments.timing import interleave, paired_ratios
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import protocol  # noqa: E402  (the benchmarks' shared module, not a package)
+
+
+def test_sides_alternate_and_the_order_flips_every_round():
+    calls = []
+    times = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4}
+    assert all(t >= 0 for ts in times.values() for t in ts)
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        interleave({"a": lambda: None}, repeats=0)
+
+
+def test_ratios_are_taken_round_by_round():
+    summary = paired_ratios([1.0, 3.0, 2.0], [2.0, 2.0, 1.0])
+    assert summary == {"median": 1.5, "min": 0.5, "max": 2.0, "rounds": 3}
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_records_are_appended_as_one_json_line_each(tmp_path, capsys):
+    path = tmp_path / "bench" / "results.jsonl"
+    machine = protocol.print_machine()
+    assert "torch threads" in capsys.readouterr().out
+    protocol.record(path, "first", machine, {"ratio": 0.5})
+    protocol.record(path, "second", machine, {"ratio": 0.7})
+    protocol.record(None, "not written", machine, {})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["benchmark"] for line in lines] == ["first", "second"]
+    entry = json.loads(lines[1])
+    assert entry["figures"] == {"ratio": 0.7}
+    assert entry["machine"]["cores"] == machine["cores"]
