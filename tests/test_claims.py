@@ -59,3 +59,65 @@ def test_a_prediction_off_by_more_than_two_points_does_not_hold(tmp_path, claims
 def test_a_directory_without_its_results_is_refused(tmp_path, claims, capsys):
     assert claims["main"](["--limit", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 2
     assert "has no limit.json" in capsys.readouterr().err and not (tmp_path / "c.md").exists()
+
+
+def _factors_dir(path: Path, rows: list[tuple[float, float, float, float]]) -> Path:
+    """A factors.json as tools/limit_factors.py writes it: (l1, mean |w|, λ_max, measured ratio) per case."""
+    lf = runpy.run_path(str(ROOT / "tools" / "limit_factors.py"))
+    cases = [
+        {"l1": l1, "mean_abs_weight": w, "lambda_max": lam, "mean_eigenvalue": lam / 100, "predicted_ratio": m,
+         "measured_ratio": m, "dense_test_accuracy": 0.97}
+        for l1, w, lam, m in rows
+    ]  # fmt: skip
+    measured = [c["measured_ratio"] for c in cases]
+    rho = {
+        k: lf["spearman"]([c[k] for c in cases], measured) for k in ("mean_abs_weight", "lambda_max", "mean_eigenvalue")
+    }
+    path.mkdir(parents=True)
+    (path / "factors.json").write_text(
+        json.dumps({"base": "base.toml", "rows": cases, "spearman_with_measured_ratio": rho})
+    )
+    return path
+
+
+def test_the_factors_claim_holds_only_when_both_factors_fall_as_the_limit_rises(tmp_path, claims):
+    both = _factors_dir(tmp_path / "both", [(0, 0.05, 20, 0.80), (1e-5, 0.03, 15, 0.85), (1e-4, 0.01, 9, 0.95)])
+    held = claims["factors_claim"](both)
+    assert held.verdict == "holds" and "mean_abs_weight -1.00" in held.figure and "--l1 0 1e-05 0.0001" in held.command
+    # sharper loss with a higher limit: magnitude alone goes with it, so the claim as stated does not hold
+    one = _factors_dir(tmp_path / "one", [(0, 0.05, 9, 0.80), (1e-5, 0.03, 15, 0.85), (1e-4, 0.01, 20, 0.95)])
+    partial = claims["factors_claim"](one)
+    assert partial.verdict == "does not hold" and "magnitude does" in partial.why
+    assert claims["factors_claim"](None).verdict == "not measured yet"
+
+
+def test_lomp_is_judged_against_imp_budget_by_budget_by_the_tie_rule(tmp_path, claims):
+    def row(method, budget, acc, std):
+        return {"method": method, "budget": budget, "test_accuracy_mean": acc, "test_accuracy_std": std}
+
+    rows = [row("imp", 0.01, 0.90, 0.002), row("imp", 0.1, 0.97, 0.001), row("dense", None, 0.98, 0.001),
+            row("lomp-one-shot", 0.01, 0.905, 0.002), row("lomp-one-shot", 0.1, 0.969, 0.002),
+            row("lomp", 0.01, 0.92, 0.001), row("lomp", 0.1, 0.95, 0.001)]  # fmt: skip
+    (tmp_path / "frontier.json").write_text(json.dumps(rows))
+    claim = claims["lomp_claim"](tmp_path)
+    # one-shot: 0.905 vs 0.900 (5 points of 0.1% apart > 0.2 std: win), 0.969 vs 0.970 (tie)
+    assert claim.verdict == "holds" and "1 wins, 1 ties, 0 losses over 2 budgets" in claim.why
+    assert "fine-tuning: win, loss" in claim.why
+    rows[4] = row("lomp-one-shot", 0.1, 0.90, 0.001)
+    (tmp_path / "frontier.json").write_text(json.dumps(rows))
+    assert claims["lomp_claim"](tmp_path).verdict == "does not hold"
+
+
+def test_the_slq_claim_reads_every_benchmark_record(tmp_path, claims):
+    results = tmp_path / "results.jsonl"
+
+    def rec(name, ratio, l1):
+        return json.dumps({"benchmark": name, "figures": {"time_ratio": {"median": ratio}, "density_l1": l1}})
+
+    lines = [rec("slq_vs_pyhessian", 0.6, 0.0), rec("step_overhead", 9.0, 9.0), rec("slq_vs_pyhessian", 0.7, 0.001),
+             rec("slq_vs_pyhessian", 0.65, 0.0)]  # fmt: skip
+    results.write_text("\n".join(lines) + "\n")
+    claim = claims["slq_claim"](results)
+    assert claim.verdict == "holds" and "median 0.650 over 3 runs (range 0.600-0.700)" in claim.figure
+    results.write_text(rec("slq_vs_pyhessian", 1.1, 0.0) + "\n")
+    assert claims["slq_claim"](results).verdict == "does not hold"

@@ -231,6 +231,11 @@ def test_limit_command_end_to_end(tmp_path, data_root, capsys):
     assert result["measured_ratio"] == max(ok)
     assert (out / "spectral_density.png").stat().st_size > 0 and (out / "pruning_limit.png").stat().st_size > 0
     assert (out / "run" / "trained_state.pt").is_file()
+    # the weights' magnitude: every Linear weight and bias of the trained state (biases included)
+    state = torch.load(out / "run" / "trained_state.pt")
+    flat = torch.cat([v.reshape(-1).double() for v in state.values()])
+    assert result["weight_magnitude"]["mean_abs"] == pytest.approx(float(flat.abs().mean()))
+    assert result["weight_magnitude"]["rms"] == pytest.approx(float(flat.pow(2).mean().sqrt()))
 
     # The run directory itself is a target too, and CLI flags override [limit].
     again = tmp_path / "again"

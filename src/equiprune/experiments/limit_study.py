@@ -2,7 +2,8 @@
 measure it by scanning global magnitude pruning, and write both with plots.
 
     DIR/limit.json          predicted_ratio, measured_ratio, both distances' predictions, the
-                            spectrum summary (Ritz values and weights included), the scan, the curves
+                            weights' magnitude, the spectrum summary (Ritz values and weights
+                            included), the scan, the curves
     DIR/spectral_density.png
     DIR/pruning_limit.png   test accuracy against pruning ratio, the limits marked, and pred(R(ρ))
 
@@ -96,11 +97,20 @@ def analyse(
         "epsilon": epsilon,
         "train_loss_mean": loss_mean,
         "parameters": op.dim,
+        "weight_magnitude": weight_magnitude(params),
         "spectrum": summary,
         "scan": {"ratio": scanned, "test_accuracy": accs},
         "settings": dataclasses.asdict(s),
         "seconds": clock,
     }
+
+
+def weight_magnitude(params) -> dict[str, float]:
+    """How large the analysed weights are, one of the two factors the paper names (with sharpness):
+    their mean absolute value and their root mean square."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1).double() for p in params])
+    return {"mean_abs": float(flat.abs().mean()), "rms": float(flat.square().mean().sqrt())}
 
 
 def _spectrum(model, train: Split, params, s: LimitConfig, quiet: bool):
