@@ -8,6 +8,7 @@ OUT ?= runs/game-mnist
 SEEDS ?= 3
 # Runs at once; the bundled configurations pin one CPU thread each, so the results do not depend on it.
 JOBS ?= 2
+BENCH_RESULTS ?= runs/bench/results.jsonl
 
 .PHONY: setup reproduce test lint bench clean
 
@@ -30,13 +31,15 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/lint-imports
 
+# Every benchmark appends its figures (and the machine it ran on) to one JSON-lines file.
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/python benchmarks/step_overhead.py
-	$(BIN)/python benchmarks/slq_vs_pyhessian.py
-	$(BIN)/python benchmarks/pruning_limit.py
-	$(BIN)/python benchmarks/compaction_speed.py
-	$(BIN)/python benchmarks/cnn_filters_fashion.py
+	$(BIN)/python benchmarks/step_overhead.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/slq_vs_pyhessian.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/pruning_limit.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/compaction_speed.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/cnn_filters_fashion.py --results $(BENCH_RESULTS)
+	@echo "results appended to $(BENCH_RESULTS)"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

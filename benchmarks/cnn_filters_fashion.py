@@ -45,6 +45,7 @@ from equiprune.experiments.setup import evaluate, load_run_splits
 from equiprune.experiments.sweep_report import along, bracket
 from equiprune.experiments.timing import interleaved_latency
 from equiprune.methods import build_method
+from protocol import add_results_argument, print_machine, record
 
 SHAPE = (1, 28, 28)
 
@@ -189,10 +190,12 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam's decay before pruning (dense and game)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--data", help="directory with fashion-mnist/ (default: $EQUIPRUNE_DATA or the cache)")
+    add_results_argument(p)
     args = p.parse_args()
     import torch_pruning
 
-    print(f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, {torch.get_num_threads()} threads")
+    machine = print_machine()
+    print(f"torch-pruning {torch_pruning.__version__}")
     print(f"LeNet-5, Fashion-MNIST, {args.prune_epochs} + {args.finetune_epochs} epochs; game beta {args.beta}, "
           f"gamma {args.gamma}, lr_s {args.lr_s}, cost_weighting {args.cost_weighting}, "
           f"start {args.start}, update {args.update}, fold {args.fold}, "
@@ -228,7 +231,13 @@ def main() -> None:
     # three decimals: the five-seed difference was -0.004, which two decimals print as -0.00
     print(f"game_minus_l1_filter_points={diff_l1:.3f}")
     print(f"game_minus_torch_pruning_points={diff_tp:.3f}")
-    print(f"latency_ratio_game_over_torch_pruning={mean('game', 'ms') / mean('torch-pruning', 'ms'):.3f}")
+    latency_ratio = mean("game", "ms") / mean("torch-pruning", "ms")
+    record(args.results, "cnn_filters_fashion", machine,
+           {"game_minus_l1_filter_points": diff_l1, "game_minus_torch_pruning_points": diff_tp,
+            "game_minus_torch_pruning_per_seed": per_seed, "latency_ratio_game_over_torch_pruning": latency_ratio,
+            "methods": {name: {"accuracy": [r["accuracy"] for r in rs], "flop_ratio": [r["flop_ratio"] for r in rs],
+                               "ms": [r["ms"] for r in rs]} for name, rs in results.items()}})  # fmt: skip
+    print(f"latency_ratio_game_over_torch_pruning={latency_ratio:.3f}")
 
 
 if __name__ == "__main__":

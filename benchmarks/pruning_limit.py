@@ -20,6 +20,7 @@ from pathlib import Path
 
 from equiprune.config import LimitConfig, shipped_config
 from equiprune.experiments.limit_study import limit
+from protocol import add_results_argument, print_machine, record
 
 CASES = ("fc_mnist", "fc_fashion", "lenet5_fashion")
 DEFAULT_FORM = LimitConfig().spectrum
@@ -30,7 +31,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-limit")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--quiet", action="store_true")
+    add_results_argument(p)
     args = p.parse_args()
+    machine = print_machine()
     rows = []
     for case in args.cases.split(","):
         out = Path(args.out) / case
@@ -57,6 +60,10 @@ def main() -> None:
               f"| {r['seconds']['spectrum']:.0f}, {r['seconds']['scan']:.0f} |")  # fmt: skip
     print(f"(error: the default prediction, global distance and {DEFAULT_FORM} spectrum, against the measured "
           f"limit; tolerance {rows[0][1]['tolerance']} accuracy)")  # fmt: skip
+    record(args.results, "pruning_limit", machine,
+           {"worst_prediction_error_points": worst,
+            "cases": {case: {k: r[k] for k in ("predicted_ratio", "measured_ratio", "dense_test_accuracy")}
+                      for case, r, _ in rows}})  # fmt: skip
     print(f"worst_prediction_error_points={worst:.2f}")
 
 

@@ -33,6 +33,7 @@ from equiprune.experiments.reproduce import bundled_config
 from equiprune.experiments.sweep import load_sweep
 from equiprune.methods import build_method
 from equiprune.models import mlp
+from protocol import add_results_argument, print_machine, record
 
 PAPER = "game (l1-l2-combined, eta=0)"
 BEST = "game (equiprune-best)"
@@ -82,9 +83,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--block", type=int, default=20, help="steps per timed block")
     ap.add_argument("--copies", type=int, default=2, help="instances of every variant")
+    add_results_argument(ap)
     args = ap.parse_args()
     if args.rounds < 1 or args.block < 1 or args.copies < 2:
         ap.error("--rounds and --block must be >= 1 and --copies >= 2 (noise= compares two plain instances)")
+    machine = print_machine()
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     settings = {
         "plain": None,
@@ -108,12 +111,17 @@ def main() -> None:
     ratios = {name: statistics.median(r) for name, r in per_round.items()}
     noise = statistics.median(ts[1] / ts[0] for ts in times["plain"])
     plain_ms = 1e3 * statistics.median(statistics.fmean(ts) for ts in times["plain"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MLP 784-512-256-10, batch 128, "
+    print(f"MLP 784-512-256-10, batch 128, "
           f"{args.rounds} rounds x {args.block} steps x {args.copies} instances; plain step {plain_ms:.3f} ms; "
           "median over rounds of each round's ratio to the plain step:")  # fmt: skip
+    spread = {}
     for name in settings:
         q = statistics.quantiles(per_round[name], n=4) if args.rounds > 1 else [ratios[name]] * 3
+        spread[name] = {"median": ratios[name], "quartiles": [q[0], q[2]], "rounds": per_round[name]}
         print(f"  {name:<36} x{ratios[name]:.3f}   (rounds' quartiles {q[0]:.3f}-{q[2]:.3f})")
+    record(args.results, "step_overhead", machine,
+           {"ratio": ratios[PAPER], "ratio_best": ratios[BEST], "ratio_newton": ratios[NEWTON], "noise": noise,
+            "plain_step_ms": plain_ms, "variants": spread})  # fmt: skip
     print(f"noise={noise:.3f}")
     print(f"ratio_newton={ratios[NEWTON]:.3f}")
     print(f"ratio_best={ratios[BEST]:.3f}")

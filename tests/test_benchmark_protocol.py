@@ -42,3 +42,23 @@ def test_records_are_appended_as_one_json_line_each(tmp_path, capsys):
     entry = json.loads(lines[1])
     assert entry["figures"] == {"ratio": 0.7}
     assert entry["machine"]["cores"] == machine["cores"]
+
+
+def test_models_are_timed_in_alternating_order_round_by_round():
+    from torch import nn
+
+    from equiprune.experiments.timing import interleaved_timings
+
+    order = []
+
+    class Probe(nn.Linear):
+        def forward(self, x):
+            order.append(self.tag)
+            return super().forward(x)
+
+    a, b = Probe(3, 2), Probe(3, 2)
+    a.tag, b.tag = "a", "b"
+    times = interleaved_timings({"a": a, "b": b}, (3,), batch_size=2, repeats=1, rounds=3)
+    # each latency_ms call runs 3 warm-up passes and 1 timed one
+    assert order == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4 + ["a"] * 4 + ["b"] * 4
+    assert [len(t) for t in times.values()] == [3, 3]

@@ -62,11 +62,13 @@ def interleaved_timings(
     models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
 ) -> dict[str, list[float]]:
     """Each model's median latency (ms) in each of ``rounds`` rounds, the models timed in
-    alternation within a round, so that machine load affects all of them alike."""
+    alternation within a round (the order reversed every other round), so that machine load affects
+    all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(latency_ms(model, input_shape, batch_size, repeats))
+    names = list(models)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:  # neither model always first
+            times[name].append(latency_ms(models[name], input_shape, batch_size, repeats))
     return times
 
 
