@@ -121,3 +121,29 @@ def test_the_slq_claim_reads_every_benchmark_record(tmp_path, claims):
     assert claim.verdict == "holds" and "median 0.650 over 3 runs (range 0.600-0.700)" in claim.figure
     results.write_text(rec("slq_vs_pyhessian", 1.1, 0.0) + "\n")
     assert claims["slq_claim"](results).verdict == "does not hold"
+
+
+def test_the_plateau_claims_follow_the_studys_table(tmp_path, claims):
+    def entry(scorer, kappa, sparsity, mean, std, escape=None, verdict=None, players="weight"):
+        e = {"players": players, "scorer": scorer, "kappa": kappa, "sparsity": sparsity,
+             "test_accuracy_finetuned_mean": mean, "test_accuracy_finetuned_std": std}  # fmt: skip
+        if escape is not None:
+            e.update(test_accuracy_finetuned_escape=escape, test_accuracy_finetuned_verdict=verdict)
+        return e
+
+    table = [entry("magnitude", 0, 0.7, 0.80, 0.01), entry("squared", 0, 0.7, 0.80, 0.01),
+             entry("magnitude", 0, 0.8, 0.70, 0.01), entry("squared", 0, 0.8, 0.70, 0.01),
+             entry("bump", 1, 0.7, 0.83, 0.01, 0.03, "win"), entry("bump", 1, 0.8, 0.70, 0.01, 0.0, "tie"),
+             entry("chaos", 2, 0.7, 0.80, 0.01, 0.0, "tie"), entry("chaos", 2, 0.8, 0.75, 0.01, 0.05, "win"),
+             entry("fake-control", "control", 0.8, 0.69, 0.01, -0.01, "tie")]  # fmt: skip
+    study = tmp_path / "study"
+    study.mkdir()
+    result = {"source": "configs/plateau/vit_fashion.toml", "rank_monotone_min_overlap": 1.0, "table": table}
+    (study / "plateau.json").write_text(json.dumps(result))
+    rows = claims["plateau_claims"]([study])
+    assert [c.verdict for c in rows] == ["holds", "holds", "holds", "holds", "does not hold"]  # chaos < bump at 0.7
+    assert "bump (weight) +3.00 (win)" in rows[1].figure
+    result["rank_monotone_min_overlap"] = 0.98
+    (study / "plateau.json").write_text(json.dumps(result))
+    assert claims["plateau_claims"]([study])[0].verdict == "does not hold"
+    assert claims["plateau_claims"]([])[0].verdict == "not measured yet"

@@ -9,22 +9,31 @@ from the runs.
 ``--limit``: directories written by ``equiprune limit``; ``--factors``: one written by
 ``tools/limit_factors.py``; ``--sweep``: a weight sweep with ``imp``, ``lomp`` and ``lomp-one-shot``;
 ``--bench``: a benchmark results file with ``slq_vs_pyhessian`` records. A claim whose runs are not given, or not yet
-built, is listed as not measured, with the reason. The issues that build papers 001, 003 and 004
-add their rows here.
+built, is listed as not measured, with the reason. The issues that build papers 001 and 003 add
+their rows here. Papers 002 and 004 are read in ``claims_measured.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from equiprune import io
-from equiprune.experiments.comparison import REPRODUCTION_RULE, judge, reproduces
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however it is run
+
+from claims_common import Claim, _holds, _mean_pm, _pct  # noqa: E402
+from claims_measured import (  # noqa: E402, F401  (the tests reach the builders through this module)
+    factors_claim,
+    limit_claims,
+    lomp_claim,
+    plateau_claims,
+    slq_claim,
+)
+
+from equiprune import io  # noqa: E402
+from equiprune.experiments.comparison import REPRODUCTION_RULE, reproduces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "claims.md"
@@ -34,37 +43,13 @@ PAPERS = {
     "001": "Lottery tickets with concave mask regularisers (issue #31 builds it)",
     "002": "How Sparse Can We Prune a Deep Network: A Fundamental Limit Perspective (arXiv 2306.05857)",
     "003": "PILoT and continuous sparsification (issue #32 builds it)",
-    "004": "The selection plateau of one-shot scorers (issue #33 builds it)",
+    "004": "Selection Plateau and a Sparsity-Dependent Hierarchy of Pruning Features (arXiv 2605.09345)",
 }
 
 #: Participations strictly inside (0.05, 0.95) at the end of pruning, at most this share: bimodal.
 BIMODAL_MAX_UNDECIDED = 0.05
 #: The gated network's test accuracy may fall at most this much from one pruning epoch to the next.
 SMOOTH_MAX_FALL = 0.01
-#: |predicted − measured| pruning limit, at most this: the prediction holds.
-LIMIT_MAX_ERROR = 0.02
-
-
-@dataclass
-class Claim:
-    paper: str  # a key of PAPERS
-    claim: str  # the paper's claim, in its words or close to them
-    figure: str  # what we measured
-    command: str  # what measured it
-    verdict: str  # "holds", "does not hold", "not measured yet", "not a measurable claim"
-    why: str = ""  # what decides the verdict, or why there is none
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}%"
-
-
-def _mean_pm(d: dict[str, Any], key: str) -> str:
-    return f"{_pct(d[f'{key}_mean'])} ± {_pct(d[f'{key}_std'])}"
-
-
-def _holds(ok: bool) -> str:
-    return "holds" if ok else "does not hold"
 
 
 # --- paper 000, from `equiprune reproduce game-mnist` ----------------------------------------------
@@ -201,138 +186,10 @@ def _smooth(reproduce_dir: Path, rows: dict[str, dict[str, Any]], command: str) 
     )
 
 
-# --- paper 002, from `equiprune limit` ---------------------------------------------------------------
-
-
-def _case(result: dict[str, Any]) -> str:
-    case = result.get("case")
-    if not case:
-        return Path(result["source"]).name
-    model = case["model"]
-    shape = f" {'-'.join(map(str, model['hidden']))}" if model.get("hidden") else ""
-    return f"{model['name']}{shape} on {case['dataset']}"
-
-
-def limit_claims(limit_dirs: list[Path]) -> list[Claim]:
-    results = [(d, json.loads((d / "limit.json").read_text())) for d in limit_dirs]
-    figure = "; ".join(
-        f"{_case(r)}: predicted {r['predicted_ratio']:.3f}, measured {r['measured_ratio']:.3f}" for _, r in results
-    )
-    commands = ", ".join(f"`equiprune limit {r['source']} --out {d}`" for d, r in results)
-    worst = max((r["prediction_error"] for _, r in results), default=None)
-    prediction = Claim(
-        "002",
-        "the pruning limit predicted from the Gaussian width of the loss sublevel set matches the measured one",
-        figure or "–",
-        commands or "–",
-        "not measured yet" if worst is None else _holds(worst <= LIMIT_MAX_ERROR),
-        "no `equiprune limit` directory given"
-        if worst is None
-        else f"holds when predicted and measured differ by at most {100 * LIMIT_MAX_ERROR:g} points on every case "
-        f"(worst "
-        f"{100 * worst:.1f}); the paper's cases are on CIFAR-10/100, which this machine does not have",
-    )
-    return [prediction]
-
-
-#: A factor "goes with" the limit when Spearman's ρ of it against the measured limit is at most this.
-FACTOR_MIN_CORRELATION = -0.8
-
-
-def factors_claim(factors_dir: Path | None) -> Claim:
-    """Weight magnitude and sharpness against the measured limit (tools/limit_factors.py)."""
-    text = (
-        "weight magnitude and loss sharpness are what set the pruning limit: larger weights and a sharper loss, "
-        "a lower limit"
-    )
-    if factors_dir is None:
-        return Claim("002", text, "–", "–", "not measured yet", "no factors study given (`tools/limit_factors.py`)")
-    result = json.loads((factors_dir / "factors.json").read_text())
-    rows, rho = result["rows"], result["spearman_with_measured_ratio"]
-    figure = (
-        "; ".join(
-            f"λ₁ {r['l1']:g}: mean |w| {r['mean_abs_weight']:.3g}, λ_max {r['lambda_max']:.3g}, measured limit "
-            f"{r['measured_ratio']:.3f}"
-            for r in rows
-        )
-        + "; Spearman ρ with the limit: "
-        + ", ".join(f"{k} {'–' if v is None else f'{v:+.2f}'}" for k, v in rho.items())
-    )
-    l1s = " ".join(f"{r['l1']:g}" for r in rows)
-    command = f"`python tools/limit_factors.py {result['base']} --l1 {l1s} --out {factors_dir}`"
-
-    def goes_with(key: str) -> bool:
-        return rho[key] is not None and rho[key] <= FACTOR_MIN_CORRELATION
-
-    held = [name for key, name in (("mean_abs_weight", "magnitude"), ("lambda_max", "sharpness")) if goes_with(key)]
-    why = (f"holds when both mean |w| and λ_max fall in rank as the limit rises (ρ ≤ {FACTOR_MIN_CORRELATION}); "
-           f"{' and '.join(held) or 'neither'} does. ℓ1 moves both factors at once, so this is their association "
-           "with the limit, not the effect of either alone")  # fmt: skip
-    return Claim("002", text, figure, command, _holds(len(held) == 2), why)
-
-
-def lomp_claim(sweep_dir: Path | None) -> Claim:
-    """LOMP (one-shot, no retraining; and with the sweep's fine-tuning) against iterative magnitude
-    pruning, budget by budget, by the sweeps' tie rule."""
-    text = (
-        "one-shot global magnitude pruning after ℓ1 training (LOMP) is competitive with or better than iterative "
-        "pruning"
-    )
-    if sweep_dir is None:
-        return Claim("002", text, "–", "–", "not measured yet", "no weight sweep with `lomp` and `imp` given")
-    rows = {(r["method"], r["budget"]): r for r in json.loads((sweep_dir / "frontier.json").read_text())}
-    budgets = sorted(b for m, b in rows if m == "imp" and b is not None)
-    parts, verdicts = [], {}
-    for label in ("lomp-one-shot", "lomp"):
-        for b in budgets:
-            ours, imp = rows.get((label, b)), rows[("imp", b)]
-            if ours is None:
-                continue
-            v = judge(ours["test_accuracy_mean"], ours["test_accuracy_std"], imp["test_accuracy_mean"],
-                      imp["test_accuracy_std"])  # fmt: skip
-            verdicts.setdefault(label, []).append(v)
-            parts.append(f"`{label}` at {_pct(b)} of the weights: {100 * ours['test_accuracy_mean']:.2f} ± "
-                         f"{100 * ours['test_accuracy_std']:.2f} against imp {100 * imp['test_accuracy_mean']:.2f} ± "
-                         f"{100 * imp['test_accuracy_std']:.2f} ({v})")  # fmt: skip
-    if "lomp-one-shot" not in verdicts:
-        return Claim("002", text, "–", "–", "not measured yet", f"{sweep_dir} has no `lomp-one-shot` rows")
-    paper = verdicts["lomp-one-shot"]
-    why = (f"the paper's LOMP (no retraining) {paper.count('win')} wins, {paper.count('tie')} ties, "
-           f"{paper.count('loss')} losses over {len(paper)} budgets; holds with no loss. With the sweep's 8 epochs "
-           f"of fine-tuning: {', '.join(verdicts.get('lomp', [])) or 'not run'}. A tie: the means differ by at most "
-           "the larger standard deviation")  # fmt: skip
-    command = (
-        f"`equiprune sweep configs/sweeps/mnist_mlp_weights.toml --out {sweep_dir}` (labels imp, lomp, lomp-one-shot)"
-    )
-    return Claim("002", text, "; ".join(parts), command, _holds("loss" not in paper), why)
-
-
-def slq_claim(bench_file: Path | None) -> Claim:
-    """Our SLQ against PyHessian's, from every slq_vs_pyhessian record in a benchmark results file."""
-    text = "the improved SLQ estimates a large Hessian's spectrum efficiently"
-    records = []
-    if bench_file is not None:
-        lines = bench_file.read_text().splitlines()
-        records = [r for r in map(json.loads, filter(str.strip, lines)) if r["benchmark"] == "slq_vs_pyhessian"]
-    if not records:
-        return Claim("002", text, "–", "–", "not measured yet", "no `benchmarks/slq_vs_pyhessian.py` record given")
-    ratios = sorted(r["figures"]["time_ratio"]["median"] for r in records)
-    worst_l1 = max(r["figures"]["density_l1"] for r in records)
-    median = statistics.median(ratios)
-    figure = (f"equiprune's time over PyHessian's, same probes and steps: median {median:.3f} over {len(ratios)} runs "
-              f"(range {ratios[0]:.3f}-{ratios[-1]:.3f}); densities apart by ∫|Δp| ≤ {worst_l1:.4f}")  # fmt: skip
-    why = ("holds when every run is faster than PyHessian with the same density (∫|Δp| < 0.01); the paper's own "
-           "speed-up is over a plain Lanczos without its improvements, which is not run here")  # fmt: skip
-    ok = ratios[-1] < 1 and worst_l1 < 0.01
-    return Claim(
-        "002", text, figure, f"`python benchmarks/slq_vs_pyhessian.py --results {bench_file}`", _holds(ok), why
-    )
-
-
 def pending_claims() -> list[Claim]:
     return [
         Claim(key, "the paper's headline claims", "–", "–", "not measured yet", f"{PAPERS[key].split('(')[1][:-1]}")
-        for key in ("001", "003", "004")
+        for key in ("001", "003")
     ]
 
 
@@ -366,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sweep", type=Path, help="a sweep directory with `imp`, `lomp` and `lomp-one-shot` (frontier.json)"
     )
+    p.add_argument("--plateau", type=Path, action="append", default=[], help="a directory of `equiprune plateau`")
     p.add_argument("--bench", type=Path, help="a benchmark results file (`make bench`) with slq_vs_pyhessian records")
     p.add_argument("--out", type=Path, default=PAGE)
     args = p.parse_args(argv)
     given = [(args.reproduce, "summary.json"), (args.factors, "factors.json"), (args.sweep, "frontier.json")]
-    for d, name in given + [(d, "limit.json") for d in args.limit]:
+    for d, name in given + [(d, "limit.json") for d in args.limit] + [(d, "plateau.json") for d in args.plateau]:
         if d is not None and not (d / name).is_file():
             print(f"claims: {d} has no {name}; give a finished run directory", file=sys.stderr)
             return 2
@@ -383,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"claims: no benchmark results file {args.bench}", file=sys.stderr)
         return 2
     paper_002 = limit_claims(args.limit) + [factors_claim(args.factors), lomp_claim(args.sweep), slq_claim(args.bench)]
-    claims = game + paper_002 + pending_claims()
-    sources = [str(p) for p in (args.reproduce, *args.limit, args.factors, args.sweep, args.bench) if p is not None]
+    claims = game + paper_002 + pending_claims() + plateau_claims(args.plateau)
+    sources = [str(p) for p in (args.reproduce, *args.limit, args.factors, args.sweep, *args.plateau, args.bench) if p]
     io.write_text(args.out, page(claims, sources) + "\n")
     print(f"wrote {args.out}")
     return 0

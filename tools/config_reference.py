@@ -17,7 +17,7 @@ import sys
 import typing
 from pathlib import Path
 
-from equiprune.config import DataConfig, LimitConfig, ModelConfig, RunConfig, TrainConfig
+from equiprune.config import DataConfig, LimitConfig, ModelConfig, PlateauConfig, RunConfig, TrainConfig
 from equiprune.experiments.results import RunResults
 from equiprune.methods import METHODS
 
@@ -84,7 +84,8 @@ def page() -> str:
              "Every key is optional; an unknown key or a bad value is refused by name before anything runs. "
              "How to use them: [quickstart](quickstart.md), [methods](methods.md).", ""]  # fmt: skip
     lines += ["## Top level", ""] + settings_table(RunConfig) + [""]
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("limit", LimitConfig)):
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("limit", LimitConfig),
+                       ("plateau", PlateauConfig)):  # fmt: skip
         lines += [f"## [{section}]", ""] + settings_table(cls, f"{section}.") + [""]
     lines += ["## [method]", "",
               "`name` picks the method; `preset` applies one of its named bundles of settings (yours override "

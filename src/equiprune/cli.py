@@ -89,6 +89,25 @@ def _cmd_limit(args) -> int:
     return 0
 
 
+def _cmd_plateau(args) -> int:
+    from equiprune.experiments.plateau import plateau
+
+    result = plateau(_config_path(args.config, "plateau", "configuration"), args.out, quiet=args.quiet)
+    lo = result["rank_monotone_min_overlap"]
+    if lo is not None:
+        print(f"rank_monotone_min_overlap={lo:.4f}")
+    escapes = [e for e in result["table"] if e.get("test_accuracy_finetuned_verdict") == "win" and e["kappa"] != 0]
+    for e in escapes:
+        print(f"escape: {e['scorer']} ({e['players']} players, S = {e['sparsity']:g}) "
+              f"{100 * e['test_accuracy_finetuned_escape']:+.2f} points over the plateau")  # fmt: skip
+    if not escapes and any(e.get("test_accuracy_finetuned_verdict") == "one seed" for e in result["table"]):
+        print("escape: not judged (one seed gives no spread to judge a difference by)")
+    elif not escapes:
+        print("escape: none (no non-monotone scorer beats the plateau beyond the tie rule after fine-tuning)")
+    print(f"wrote {args.out}/plateau.json, plateau.md, plateau_accuracy.png and overlap.png")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from equiprune.experiments.export import export_run, speed_markdown
 
@@ -166,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_report)
 
     _add_limit(sub)
+
+    pl = sub.add_parser("plateau", help="one-shot pruning by every scorer at several sparsities: the selection plateau")
+    pl.add_argument(
+        "config", help="a config with a [plateau] table, or the name of one equiprune ships: vit_fashion, ..."
+    )
+    pl.add_argument("--out", required=True, help="directory for the study (started again, it resumes)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl.set_defaults(func=_cmd_plateau)
 
     ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
     ex.add_argument("run", help="a finished run directory")

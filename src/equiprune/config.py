@@ -53,9 +53,20 @@ class ModelConfig:
     hidden: list[int] | None = None  # widths of the hidden Linear layers; None: the model's own default
     width: float | None = None  # channel multiplier of convolutional models (resnet20, vgg11, …)
     activation: str = "relu"  # the hidden layers' activation (relu, gelu, tanh, ...)
+    # the transformer's shape (vit); None: the model's own default
+    dim: int | None = None  # embedding width
+    depth: int | None = None  # blocks
+    heads: int | None = None  # attention heads per block
+    mlp: int | None = None  # hidden units of each block's MLP
+    patch: int | None = None  # patch side in pixels
 
     def __post_init__(self):
         MODELS.get(self.name, "model.name")
+        for name in ("dim", "depth", "heads", "mlp", "patch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(
+                    f"model.{name}: must be >= 1 (or left out for the model's default), got {getattr(self, name)!r}"
+                )
         if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError(f"model.hidden: expected a non-empty list of widths >= 1, got {self.hidden!r}")
         if self.width is not None and not self.width > 0:
@@ -194,6 +205,34 @@ class LimitConfig:
 
 
 @dataclass
+class PlateauConfig:
+    """Settings of ``equiprune plateau`` (see :mod:`equiprune.experiments.plateau`)."""
+
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8])  # fractions removed
+    scorers: list[str] = field(default_factory=list)  # empty: every registered scorer and every custom one
+    players: list[str] = field(default_factory=lambda: ["weight", "structured"])  # single weights; heads/units/filters
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one trained model per seed
+    finetune_steps: int = 100  # the same short fine-tuning for every scorer (accuracy without it is reported too)
+    finetune_lr: float | None = None  # default: train.lr
+    calibration_batches: int = 8  # training batches the gradient (Taylor) feature averages over
+    #: scorers defined here by name: {feature = "unit", map = "bump", center = 0.4, kappa = 1}
+    custom: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
+            raise ConfigError(f"plateau.sparsities: each must lie in (0, 1), e.g. 0.7; got {self.sparsities!r}")
+        unknown = sorted(set(self.players) - {"weight", "structured"})
+        if not self.players or unknown:
+            raise ConfigError(f"plateau.players: expected 'weight' and/or 'structured', got {self.players!r}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"plateau.seeds: give at least one seed >= 0, got {self.seeds!r}")
+        if self.finetune_steps < 0 or self.calibration_batches < 1:
+            raise ConfigError("plateau.finetune_steps must be >= 0 and plateau.calibration_batches >= 1")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ConfigError(f"plateau.finetune_lr: must be > 0, got {self.finetune_lr!r}")
+
+
+@dataclass
 class RunConfig:
     seed: int = 0  # seeds the initialisation, the data order and every method's randomness
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
@@ -205,6 +244,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     limit: LimitConfig | None = None  # only `equiprune limit` reads it
+    plateau: PlateauConfig | None = None  # only `equiprune plateau` reads it
 
     def __post_init__(self):
         if self.seed < 0:

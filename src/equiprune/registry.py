@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -31,8 +32,10 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             where = f"{field}: " if field else ""
+            near = difflib.get_close_matches(str(name), self.names(), n=3)
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
             raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; expected one of: {', '.join(self.names())}"
+                f"{where}unknown {self.kind} {name!r}{hint}; expected one of: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

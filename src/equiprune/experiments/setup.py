@@ -52,7 +52,8 @@ def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
 def build_model(cfg: RunConfig) -> nn.Module:
     ds = DATASETS.get(cfg.data.dataset, "data.dataset")
     m = cfg.model
-    widths = {k: v for k, v in (("hidden", m.hidden), ("width", m.width)) if v is not None}
+    shaped = ("hidden", "width", "dim", "depth", "heads", "mlp", "patch")
+    widths = {k: getattr(m, k) for k in shaped if getattr(m, k) is not None}
     shape, classes = ds.input_shape, ds.num_classes
     return create_model(
         cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
