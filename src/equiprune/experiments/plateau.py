@@ -128,6 +128,16 @@ def finetune(model, pairs, params, train: Split, cfg: RunConfig, steps: int, see
         epoch += 1
 
 
+def _cut_and_finetune(players: _Players, mask, train: Split, test: Split, cfg: RunConfig, seed: int):
+    """Test accuracy of the cut, and after the fine-tuning (the same as the cut's without one)."""
+    pruned, pairs, params = players.pruned(mask)
+    cut = evaluate(pruned, test, cfg.data.eval_batch_size)[0]
+    if not cfg.plateau.finetune_steps:
+        return cut, cut
+    finetune(pruned, pairs, params, train, cfg, cfg.plateau.finetune_steps, seed)
+    return cut, evaluate(pruned, test, cfg.data.eval_batch_size)[0]
+
+
 def study_seed(cfg: RunConfig, seed: int, out: Path, scorers: dict[str, Scorer], quiet: bool) -> dict[str, Any]:
     """Train (or resume) the seed's model, then every kind × sparsity × scorer; saved per seed."""
     done = out / f"seed{seed}" / "plateau.json"
@@ -144,8 +154,7 @@ def study_seed(cfg: RunConfig, seed: int, out: Path, scorers: dict[str, Scorer],
         )
     _, model = load_trained(run_dir)
     train, test = load_run_splits(cfg.data, resolve_device(cfg.device))
-    eval_bs = cfg.data.eval_batch_size
-    dense = evaluate(model, test, eval_bs)[0]
+    dense = evaluate(model, test, cfg.data.eval_batch_size)[0]
     calibration = (
         Calibration(train, cfg.data.batch_size, seed) if any(c.needs_gradients for c in scorers.values()) else None
     )
@@ -158,11 +167,12 @@ def study_seed(cfg: RunConfig, seed: int, out: Path, scorers: dict[str, Scorer],
             scores = {name: scorer(features, name) for name, scorer in scorers.items()}
             for sparsity in s.sparsities:
                 masks = {name: top_k_masks(sc, 1 - sparsity, KINDS[kind]) for name, sc in scores.items()}
+                seen: dict[bytes, tuple[float, float]] = {}  # a selection already cut: the same figures
                 for name, mask in masks.items():
-                    pruned, pairs, params = players.pruned(mask)
-                    cut = evaluate(pruned, test, eval_bs)[0]
-                    finetune(pruned, pairs, params, train, cfg, s.finetune_steps, seed)
-                    tuned = evaluate(pruned, test, eval_bs)[0] if s.finetune_steps else cut
+                    key = torch.cat([m.flatten() for m in mask.values()]).cpu().numpy().tobytes()
+                    if key not in seen:
+                        seen[key] = _cut_and_finetune(players, mask, train, test, cfg, seed)
+                    cut, tuned = seen[key]
                     kept = sum(int(m.sum()) for m in mask.values())
                     rows.append({"seed": seed, "players": kind, "sparsity": sparsity, "scorer": name,
                                  "kappa": scorers[name].kappa, "kept": kept, "test_accuracy_cut": cut,
