@@ -39,17 +39,33 @@ def _features(seed: int, sizes=(30, 50, 7), ties: bool = False) -> Features:
 def test_any_two_rank_monotone_scorers_select_exactly_the_same_players(seed, sparsity, ties, allocation):
     features = _features(seed, ties=ties)
     cubed = scorer_from_settings("cubed", {"feature": "magnitude", "map": "power", "power": 3.0})
+    ranked = Scorer("quantile")  # the rank itself: monotone in |w|, ties shared
+    if allocation == "layerwise":
+        features = Features.of(features.magnitude, per_layer=True)
     masks = [top_k_masks(SCORERS.get(n)(features), 1 - sparsity, allocation) for n in MONOTONE]
-    masks.append(top_k_masks(cubed(features), 1 - sparsity, allocation))
+    masks += [top_k_masks(scorer(features), 1 - sparsity, allocation) for scorer in (cubed, ranked)]
     for other in masks[1:]:
         assert all(torch.equal(masks[0][k], other[k]) for k in masks[0])
         assert jaccard(masks[0], other) == 1.0
 
 
+def test_quantiles_are_mean_ranks_by_a_naive_count():
+    features = _features(3, sizes=(12, 9), ties=True)
+    pooled = torch.cat(list(features.magnitude.values())).tolist()
+    n = len(pooled)
+    # rank = (#smaller) + (#equal − 1)/2, over n − 1
+    naive = [(sum(v < x for v in pooled) + (sum(v == x for v in pooled) - 1) / 2) / (n - 1) for x in pooled]
+    got = torch.cat(list(features.quantile.values())).tolist()
+    assert got == pytest.approx(naive)
+    per_layer = Features.of(features.magnitude, per_layer=True).quantile["layer1"].tolist()
+    layer = features.magnitude["layer1"].tolist()
+    expect = [(sum(v < x for v in layer) + (sum(v == x for v in layer) - 1) / 2) / (len(layer) - 1) for x in layer]
+    assert per_layer == pytest.approx(expect)
+
+
 def test_non_monotone_scorers_reorder_players_and_the_control_ignores_magnitude():
     features = _features(0, sizes=(400,))
-    u = features.unit["layer0"]
-    order = u.argsort()
+    order = features.magnitude["layer0"].argsort()
     for name in ("bump", "quadratic", "wiggle", "chaos", "fake-control"):
         s = SCORERS.get(name)(features)["layer0"][order]
         assert (s[1:] < s[:-1]).any(), f"{name} should not be monotone in |w|"
@@ -58,7 +74,8 @@ def test_non_monotone_scorers_reorder_players_and_the_control_ignores_magnitude(
     first, second = (
         Features.of({"l": torch.rand(50, generator=torch.Generator().manual_seed(k)) + 0.1}) for k in (1, 2)
     )
-    factor = [control(f)["l"] / f.unit["l"] for f in (first, second)]
+    both = (first.quantile["l"] > 0) & (second.quantile["l"] > 0)  # the smallest scores 0 whatever the factor
+    factor = [control(f)["l"][both] / f.quantile["l"][both] for f in (first, second)]
     torch.testing.assert_close(factor[0], factor[1])
     assert float(factor[0].max() - factor[0].min()) > 0.25
 

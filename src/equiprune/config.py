@@ -215,7 +215,7 @@ class PlateauConfig:
     finetune_steps: int = 100  # the same short fine-tuning for every scorer (accuracy without it is reported too)
     finetune_lr: float | None = None  # default: train.lr
     calibration_batches: int = 8  # training batches the gradient (Taylor) feature averages over
-    #: scorers defined here by name: {feature = "unit", map = "bump", center = 0.4, kappa = 1}
+    #: scorers defined here by name: {feature = "quantile", map = "bump", center = 0.7, kappa = 1}
     custom: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -14,11 +14,13 @@ feature class κ, after the selection-plateau paper's hierarchy:
 Features are float64 (a monotone map in float32 can merge distinct magnitudes into ties) and come
 as one tensor per layer: ``magnitude`` (|w| of a single weight; the mean |θ| of a structured
 player's incoming weights), ``unit`` (the magnitude over the largest magnitude among all players
-that compete, so that the non-monotone maps see one scale), ``taylor`` (mean |w·∂L/∂w| over
-calibration batches; None when not computed) and ``position`` (each player's index in its layer).
+that compete), ``quantile`` (the magnitude's rank among the players that compete, from 0 for the
+smallest to 1 for the largest: the scale on which a sparsity S cuts at S, so the non-monotone maps
+act where selections are decided), ``taylor`` (mean |w·∂L/∂w| over calibration batches; None when
+not computed) and ``position`` (each player's index in its layer).
 
 New scorers register from Python (a map added to :data:`MAPS`, then
-``SCORERS.register("name")(Scorer("unit", "my-map", kappa=1))``) or from a configuration, as a map
+``SCORERS.register("name")(Scorer("quantile", "my-map", kappa=1))``) or from a configuration, as a map
 of a feature with its parameters (:func:`scorer_from_settings`).
 """
 
@@ -34,7 +36,7 @@ import torch
 from equiprune.errors import ConfigError
 from equiprune.registry import Registry
 
-FEATURES = ("magnitude", "unit", "taylor", "position")
+FEATURES = ("magnitude", "unit", "quantile", "taylor", "position")
 #: The feature classes a scorer may declare.
 KAPPAS = {0: "rank-monotone", 1: "smooth non-monotone", 2: "raw high-frequency", "control": "fake non-monotone",
           "gradient": "gradient-based"}  # fmt: skip
@@ -46,17 +48,26 @@ class Features:
 
     magnitude: dict[str, torch.Tensor]
     unit: dict[str, torch.Tensor]
+    quantile: dict[str, torch.Tensor]
     position: dict[str, torch.Tensor]
     taylor: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def of(cls, magnitude: Mapping[str, torch.Tensor], taylor: Mapping[str, torch.Tensor] | None = None) -> Features:
+    def of(
+        cls,
+        magnitude: Mapping[str, torch.Tensor],
+        taylor: Mapping[str, torch.Tensor] | None = None,
+        per_layer: bool = False,
+    ) -> Features:
+        """``per_layer``: the players compete within their layer (a layerwise selection), so the
+        quantiles are taken per layer; else over all layers together (one global ranking)."""
         mags = {name: m.detach().double().reshape(-1) for name, m in magnitude.items()}
         top = max(float(m.max()) for m in mags.values())
         scale = top if top > 0 else 1.0
         return cls(
             magnitude=mags,
             unit={name: m / scale for name, m in mags.items()},
+            quantile=_quantiles(mags, per_layer),
             position={name: torch.arange(m.numel(), dtype=torch.float64) for name, m in mags.items()},
             taylor=None if taylor is None else {name: t.detach().double().reshape(-1) for name, t in taylor.items()},
         )
@@ -65,6 +76,24 @@ class Features:
         if name == "taylor" and self.taylor is None:
             raise ConfigError("a gradient scorer needs the taylor feature, which was not computed")
         return getattr(self, name)
+
+
+def _quantiles(mags: dict[str, torch.Tensor], per_layer: bool) -> dict[str, torch.Tensor]:
+    """Each value's rank over ``mags`` (per layer, or pooled) scaled to [0, 1]; equal values share
+    their mean rank, so that a monotone map of the quantile ties exactly where the magnitude does."""
+    if per_layer:
+        return {name: _ranks01(m) for name, m in mags.items()}
+    pooled = _ranks01(torch.cat(list(mags.values())))
+    return dict(zip(mags, pooled.split([m.numel() for m in mags.values()])))
+
+
+def _ranks01(x: torch.Tensor) -> torch.Tensor:
+    values, order = torch.sort(x)
+    _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # each run of equal values: its first rank
+    ranks = torch.empty_like(x)
+    ranks[order] = (first + (counts - 1) / 2).to(x.dtype)[inverse]
+    return ranks / max(x.numel() - 1, 1)
 
 
 # --- maps: tensor (float64) -> tensor of the same shape ----------------------------------------------
@@ -149,11 +178,23 @@ for _name, _scorer in {
     "squared": Scorer("magnitude", "power", {"power": 2.0}, description="w²"),
     "log-magnitude": Scorer("magnitude", "log", description="log|w|"),
     "sqrt-magnitude": Scorer("magnitude", "power", {"power": 0.5}, description="√|w|"),
-    "bump": Scorer("unit", "bump", kappa=1, description="u + 0.3·exp(−(u − 0.3)²/(2·0.05²)), u = |w|/max|w|"),
-    "quadratic": Scorer("unit", "quadratic", kappa=1, description="u·(1.2 − u): decreasing above 0.6·max|w|"),
-    "wiggle": Scorer("unit", "wiggle", kappa=2, description="u·(1 + 0.3·sin(80πu))"),
-    "chaos": Scorer("unit", "chaos", kappa=2, description="u·(1 + 0.5·x₁₂), x the logistic map (r = 3.9) from u"),
-    "fake-control": Scorer("unit", control=0.5, kappa="control", description="u·(1 + 0.5·hash(position))"),
+    "bump": Scorer(
+        "quantile",
+        "bump",
+        {"center": 0.6, "width": 0.05, "height": 0.3},
+        kappa=1,
+        description="q + 0.3·exp(−(q − 0.6)²/(2·0.05²)), q the rank quantile of |w|",
+    ),
+    "quadratic": Scorer(
+        "quantile",
+        "quadratic",
+        {"peak": 0.75},
+        kappa=1,
+        description="q·(1.5 − q): falls above the 75th percentile of |w|",
+    ),
+    "wiggle": Scorer("quantile", "wiggle", kappa=2, description="q·(1 + 0.3·sin(80πq))"),
+    "chaos": Scorer("quantile", "chaos", kappa=2, description="q·(1 + 0.5·x₁₂), x the logistic map (r = 3.9) from q"),
+    "fake-control": Scorer("quantile", control=0.5, kappa="control", description="q·(1 + 0.5·hash(position))"),
     "taylor": Scorer("taylor", kappa="gradient", description="|w·∂L/∂w|, mean over calibration batches"),
     "taylor-squared": Scorer("taylor", "power", {"power": 2.0}, kappa="gradient", description="(w·∂L/∂w)²"),
 }.items():

@@ -81,7 +81,7 @@ class _Players:
         if calibration is not None:
             saliency = calibration.mean_saliency(self.model, list(self.tensors.values()), batches)
             taylor = dict(zip(self.tensors, saliency))
-        return Features.of(self.magnitude(), taylor)
+        return Features.of(self.magnitude(), taylor, per_layer=KINDS[self.kind] == "layerwise")
 
     def pruned(self, masks: dict[str, torch.Tensor]):
         """A copy with the players outside ``masks`` zeroed, the (tensor, mask) pairs that keep them
