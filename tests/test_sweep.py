@@ -236,7 +236,8 @@ def test_only_runs_the_named_labels_and_the_report_still_covers_the_whole_sweep(
             lambda t: t.replace('name = "random"', 'name = "random"\nplayers = "filters"'),
             "unknown player kind 'filters'",
         ),
-        (lambda t: t.replace("hidden = [16, 8]", "hidden = [16, 8]\ndepth = 3"), "unknown key 'depth'"),
+        (lambda t: t.replace("hidden = [16, 8]", "hidden = [16, 8]\nlayers = 3"), "unknown key 'layers'"),
+        (lambda t: t.replace("hidden = [16, 8]", "hidden = [16, 8]\ndepth = 3"), "model 'mlp' has no such setting"),
     ],
 )
 def test_bad_sweep_files_fail_before_any_training(tmp_path, data_root, edit, message, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import tomllib
 import typing
@@ -47,6 +48,10 @@ class DataConfig:
                 _positive(self, name)
 
 
+#: The [model] keys that shape a model; each model takes the ones its builder has.
+SHAPE_KEYS = ("hidden", "width", "dim", "depth", "heads", "mlp", "patch")
+
+
 @dataclass
 class ModelConfig:
     name: str = "mlp"  # mlp, lenet5, resnet20, resnet56, vgg11, vgg16 or vit
@@ -61,7 +66,12 @@ class ModelConfig:
     patch: int | None = None  # patch side in pixels
 
     def __post_init__(self):
-        MODELS.get(self.name, "model.name")
+        builder = MODELS.get(self.name, "model.name")
+        takes = inspect.signature(builder).parameters
+        for name in SHAPE_KEYS:
+            if getattr(self, name) is not None and name not in takes:
+                shaped = ", ".join(k for k in SHAPE_KEYS if k in takes) or "none of them"
+                raise ConfigError(f"model.{name}: model {self.name!r} has no such setting; it takes {shaped}")
         for name in ("dim", "depth", "heads", "mlp", "patch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(

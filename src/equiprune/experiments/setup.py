@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from equiprune.config import DataConfig, RunConfig
+from equiprune.config import SHAPE_KEYS, DataConfig, RunConfig
 from equiprune.data import DATASETS, Split, load_split
 from equiprune.errors import ConfigError
 from equiprune.models import create_model
@@ -52,8 +52,7 @@ def load_run_splits(d: DataConfig, device: torch.device) -> tuple[Split, Split]:
 def build_model(cfg: RunConfig) -> nn.Module:
     ds = DATASETS.get(cfg.data.dataset, "data.dataset")
     m = cfg.model
-    shaped = ("hidden", "width", "dim", "depth", "heads", "mlp", "patch")
-    widths = {k: getattr(m, k) for k in shaped if getattr(m, k) is not None}
+    widths = {k: getattr(m, k) for k in SHAPE_KEYS if getattr(m, k) is not None}
     shape, classes = ds.input_shape, ds.num_classes
     return create_model(
         cfg.model.name, input_shape=shape, num_classes=classes, activation=cfg.model.activation, **widths
