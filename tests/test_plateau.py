@@ -183,6 +183,18 @@ def cifar10_files(tmp_path, monkeypatch):
     return tmp_path
 
 
+def test_every_shipped_plateau_configuration_is_valid():
+    from equiprune.config import load_config
+
+    names = sorted(p.stem for p in shipped_config("plateau").glob("*.toml"))
+    assert names == ["lenet5_fashion", "vit_fashion", "vit_mnist", "vit_small_cifar10"]
+    for name in names:
+        cfg = load_config(shipped_config("plateau", f"{name}.toml"))
+        assert cfg.plateau is not None and cfg.method.name == "dense"
+        chosen = chosen_scorers(cfg.plateau)
+        assert any(s.kappa == 0 for s in chosen.values()) and any(s.kappa != 0 for s in chosen.values())
+
+
 def test_vit_small_cifar_configuration_runs_on_cifar_format_files(cifar10_files, tmp_path):
     root = cifar10_files
     shipped = tomllib.loads(shipped_config("plateau", "vit_small_cifar10.toml").read_text())

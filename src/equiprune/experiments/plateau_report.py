@@ -113,19 +113,25 @@ def render(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], out: Path) -> None:
     kinds = list(dict.fromkeys(e["players"] for e in result["table"]))
-    fig, axes = subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False)
+    stages = (
+        ("test_accuracy_finetuned", f"after {result['finetune_steps']} fine-tuning steps"),
+        ("test_accuracy_cut", "as cut"),
+    )
+    fig, axes = subplots(2, len(kinds), figsize=(6 * len(kinds), 8.4), squeeze=False)
     styles = {0: "-", 1: "--", 2: ":", "control": "-.", "gradient": (0, (1, 1))}
-    for ax, kind in zip(axes[0], kinds):
+    for col, kind in enumerate(kinds):
         entries = [e for e in result["table"] if e["players"] == kind]
-        for name in dict.fromkeys(e["scorer"] for e in entries):
-            pts = sorted((e["sparsity"], e["test_accuracy_finetuned_mean"]) for e in entries if e["scorer"] == name)
-            kappa = result["scorers"][name]["kappa"]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, ls=styles.get(kappa, "-"),
-                    label=f"{name} (κ {kappa})")  # fmt: skip
-        ax.set_title(f"{kind} players, after {result['finetune_steps']} fine-tuning steps")
-        ax.set_xlabel("sparsity (share removed)")
-        ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7)
+        for row, (key, stage) in enumerate(stages):
+            ax = axes[row][col]
+            for name in dict.fromkeys(e["scorer"] for e in entries):
+                pts = sorted((e["sparsity"], e[f"{key}_mean"]) for e in entries if e["scorer"] == name)
+                kappa = result["scorers"][name]["kappa"]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, ls=styles.get(kappa, "-"),
+                        label=f"{name} (κ {kappa})")  # fmt: skip
+            ax.set_title(f"{kind} players, {stage}", fontsize=9)
+            ax.set_xlabel("sparsity (share removed)")
+            ax.set_ylabel("test accuracy (mean over seeds)")
+            ax.legend(fontsize=7)
     save_png(fig, out / "plateau_accuracy.png")
 
     overlaps = result["overlaps"]
