@@ -423,3 +423,22 @@ def test_a_setting_added_since_a_run_was_stored_does_not_make_it_run_again(tmp_p
     changed = load_sweep(_write(tmp_path, text.replace("lr = 0.003", "lr = 0.01"), "changed.toml"))
     with pytest.raises(ConfigError, match="another configuration.*--rerun scratch"):
         run_sweep(changed, out, quiet=True)
+
+
+def test_a_second_sweep_on_a_busy_directory_is_refused_before_any_work(tmp_path, data_root):
+    import os
+
+    from equiprune import io
+    from equiprune.errors import EquipruneError
+
+    sweep = load_sweep(_write(tmp_path, _sweep_text(data_root, TINY_METHODS)))
+    out = tmp_path / "out"
+    with io.exclusive(out / ".sweep.lock", "the first sweep"):  # another sweep holds the directory
+        with pytest.raises(
+            EquipruneError, match=f"an `equiprune sweep` on {out} is already running \\(process {os.getpid()}\\)"
+        ):
+            run_sweep(sweep, out, quiet=True)
+        assert not (out / "results.sqlite").exists() and not (out / "runs").exists()
+    # the lock goes with its holder: the directory is free again
+    with io.exclusive(out / ".sweep.lock", "a later sweep"):
+        pass

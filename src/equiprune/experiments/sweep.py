@@ -186,6 +186,12 @@ def run_sweep(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; a sweep's directory must be a directory (new, or a sweep's own)")
+    # A second sweep on the same directory would train the same runs again and then fail to store them.
+    with io.exclusive(out / ".sweep.lock", f"an `equiprune sweep` on {out}"):
+        return _run_sweep(sweep, out, quiet, rerun, jobs, only)
+
+
+def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], jobs: int, only: tuple[str, ...]):
     done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
     labels = {r.label for r in sweep.runs}
     for option, given in (("--rerun", rerun), ("--only", only)):
