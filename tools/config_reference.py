@@ -17,7 +17,7 @@ import sys
 import typing
 from pathlib import Path
 
-from equiprune.config import DataConfig, LimitConfig, ModelConfig, PlateauConfig, RunConfig, TrainConfig
+from equiprune.config import DataConfig, LimitConfig, LogConfig, ModelConfig, PlateauConfig, RunConfig, TrainConfig
 from equiprune.experiments.results import RunResults
 from equiprune.methods import METHODS
 
@@ -85,7 +85,7 @@ def page() -> str:
              "How to use them: [quickstart](quickstart.md), [methods](methods.md).", ""]  # fmt: skip
     lines += ["## Top level", ""] + settings_table(RunConfig) + [""]
     for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("limit", LimitConfig),
-                       ("plateau", PlateauConfig)):  # fmt: skip
+                       ("plateau", PlateauConfig), ("log", LogConfig)):  # fmt: skip
         lines += [f"## [{section}]", ""] + settings_table(cls, f"{section}.") + [""]
     lines += ["## [method]", "",
               "`name` picks the method; `preset` applies one of its named bundles of settings (yours override "

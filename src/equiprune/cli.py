@@ -29,6 +29,12 @@ def _cmd_run(args) -> int:
     from equiprune.experiments.loop import run
 
     cfg = load_config(_config_path(args.config, "game_mnist", "configuration"))
+    if args.tensorboard:
+        import dataclasses
+
+        from equiprune.config import LogConfig
+
+        cfg = dataclasses.replace(cfg, log=LogConfig(tensorboard=True))
     results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
     print(json.dumps(results, indent=2))
     return 0
@@ -167,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="the run directory to write")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into OUT/tensorboard (equiprune[tensorboard])")  # fmt: skip
     r.set_defaults(func=_cmd_run)
 
     rp = sub.add_parser("reproduce", help="run a paper's experiments and summarise them beside its figures")

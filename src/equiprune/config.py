@@ -243,6 +243,17 @@ class PlateauConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run's metrics go besides metrics.jsonl; not part of the run's identity."""
+
+    tensorboard: bool = False  # also write TensorBoard event files into DIR/tensorboard (equiprune[tensorboard])
+
+
+#: Sections that say how a run reports itself, not what it computes: left out of its identity.
+REPORTING_SECTIONS = ("log",)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0  # seeds the initialisation, the data order and every method's randomness
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
@@ -255,6 +266,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     limit: LimitConfig | None = None  # only `equiprune limit` reads it
     plateau: PlateauConfig | None = None  # only `equiprune plateau` reads it
+    log: LogConfig | None = None  # how the run reports itself (TensorBoard); not part of its identity
 
     def __post_init__(self):
         if self.seed < 0:
@@ -281,7 +293,7 @@ class RunConfig:
     def identity(self) -> str:
         """The run's identity: a hash of the resolved configuration, every default filled in. Run
         directories, sweeps and shared training phases all know a run by it."""
-        return digest(self.to_dict())
+        return digest({k: v for k, v in self.to_dict().items() if k not in REPORTING_SECTIONS})
 
 
 def digest(data: Any) -> str:

@@ -68,7 +68,7 @@ class Features:
             magnitude=mags,
             unit={name: m / scale for name, m in mags.items()},
             quantile=_quantiles(mags, per_layer),
-            position={name: torch.arange(m.numel(), dtype=torch.float64) for name, m in mags.items()},
+            position={name: torch.arange(m.numel(), dtype=torch.float64, device=m.device) for name, m in mags.items()},
             taylor=None if taylor is None else {name: t.detach().double().reshape(-1) for name, t in taylor.items()},
         )
 

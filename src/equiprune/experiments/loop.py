@@ -42,6 +42,7 @@ from equiprune.experiments.hooks import COMPACTION_WARNING, RunHook, default_hoo
 from equiprune.experiments.results import RunResults
 from equiprune.experiments.rundir import RunDir
 from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
+from equiprune.experiments.tensorboard_log import TensorBoard
 from equiprune.methods import Method
 from equiprune.methods.base import Calibration
 from equiprune.progress import bar
@@ -59,7 +60,8 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
         return None
     what = cfg.to_dict()
     del what["method"]
-    what.pop("limit", None)
+    for section in ("limit", "plateau", "log"):
+        what.pop(section, None)
     train = what["train"]
     for k in (
         "epochs",
@@ -108,7 +110,8 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None, hooks=()):
         self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet
-        self.hooks: list[RunHook] = [*default_hooks(), *hooks]
+        reporting = [TensorBoard()] if cfg.log is not None and cfg.log.tensorboard else []
+        self.hooks: list[RunHook] = [*default_hooks(), *reporting, *hooks]
         self.shared = Path(shared) if shared is not None else None
         self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.device)
