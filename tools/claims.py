@@ -193,6 +193,11 @@ def pending_claims() -> list[Claim]:
     ]
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a bare | (as in |w|) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def page(claims: list[Claim], sources: list[str]) -> str:
     lines = [
         "# The source papers' claims, against what equiprune measures",
@@ -210,7 +215,9 @@ def page(claims: list[Claim], sources: list[str]) -> str:
         if key == "000":
             lines += [f"Table 2 rule: {REPRODUCTION_RULE}.", ""]
         lines += ["| claim | our figure | command | verdict | why |", "|---|---|---|---|---|"]
-        lines += [f"| {c.claim} | {c.figure} | {c.command} | **{c.verdict}** | {c.why} |" for c in mine]
+        lines += [
+            f"| {_cell(c.claim)} | {_cell(c.figure)} | {c.command} | **{c.verdict}** | {_cell(c.why)} |" for c in mine
+        ]
         lines.append("")
     return "\n".join(lines)
 
