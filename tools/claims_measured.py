@@ -29,12 +29,21 @@ def _case(result: dict[str, Any]) -> str:
     return f"{model['name']}{shape} on {case['dataset']}"
 
 
+def _limit_flags(result: dict[str, Any]) -> str:
+    """A run directory carries no [limit] table: the flags that give the analysis its settings again."""
+    if str(result["source"]).endswith(".toml") or "settings" not in result:
+        return ""
+    st = result["settings"]
+    samples = f" --hessian-samples {st['hessian_samples']}" if st.get("hessian_samples") else ""
+    return f"{samples} --probes {st['probes']} --iters {st['iters']}"
+
+
 def limit_claims(limit_dirs: list[Path]) -> list[Claim]:
     results = [(d, json.loads((d / "limit.json").read_text())) for d in limit_dirs]
     figure = "; ".join(
         f"{_case(r)}: predicted {r['predicted_ratio']:.3f}, measured {r['measured_ratio']:.3f}" for _, r in results
     )
-    commands = ", ".join(f"`equiprune limit {r['source']} --out {d}`" for d, r in results)
+    commands = ", ".join(f"`equiprune limit {r['source']} --out {d}{_limit_flags(r)}`" for d, r in results)
     worst = max((r["prediction_error"] for _, r in results), default=None)
     prediction = Claim(
         "002",
