@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from equiprune.config import load_config
+from equiprune.core.scorers import mean_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,13 +37,16 @@ def test_spearman_matches_the_textbook_formula_without_ties(lf):
 
 
 def test_tied_values_share_their_mean_rank(lf):
-    assert lf["ranks"]([0.3, 0.1, 0.3, 0.2]) == [2.5, 0.0, 2.5, 1.0]
+    def ranks(values):
+        return mean_ranks(torch.tensor(values, dtype=torch.float64)).tolist()
+
+    assert ranks([0.3, 0.1, 0.3, 0.2]) == [2.5, 0.0, 2.5, 1.0]
     # with ties, ρ is Pearson's correlation of those ranks
     a, b = [0.3, 0.1, 0.3, 0.2], [1.0, 2.0, 3.0, 4.0]
-    ra, rb = torch.tensor(lf["ranks"](a)), torch.tensor(lf["ranks"](b))
+    ra, rb = torch.tensor(ranks(a)), torch.tensor(ranks(b))
     assert lf["spearman"](a, b) == pytest.approx(float(torch.corrcoef(torch.stack([ra, rb]))[0, 1]))
     for perm in itertools.permutations([1.0, 2.0, 2.0]):
-        assert sorted(lf["ranks"](list(perm))) == [0.0, 1.5, 1.5]
+        assert sorted(ranks(list(perm))) == [0.0, 1.5, 1.5]
 
 
 def test_each_case_is_the_base_configuration_with_its_own_l1(lf, tmp_path):

@@ -20,7 +20,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from equiprune import io
+from equiprune.core.scorers import mean_ranks
 from equiprune.experiments.figures import save_png, subplots
 from equiprune.experiments.limit_study import limit
 
@@ -37,23 +40,9 @@ def case_config(base: Path, l1: float, out: Path) -> Path:
     return path
 
 
-def ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):  # ties share their mean rank
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2
-        i = j + 1
-    return out
-
-
 def spearman(a: list[float], b: list[float]) -> float | None:
     """Spearman's rank correlation (Pearson's on the ranks); None when either side is constant."""
-    ra, rb = ranks(a), ranks(b)
+    ra, rb = (mean_ranks(torch.tensor(v, dtype=torch.float64)).tolist() for v in (a, b))
     ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
     va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)

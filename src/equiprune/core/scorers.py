@@ -87,13 +87,18 @@ def _quantiles(mags: dict[str, torch.Tensor], per_layer: bool) -> dict[str, torc
     return dict(zip(mags, pooled.split([m.numel() for m in mags.values()])))
 
 
-def _ranks01(x: torch.Tensor) -> torch.Tensor:
+def mean_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Each value's rank in ``x`` (0 for the smallest), equal values sharing their mean rank."""
     values, order = torch.sort(x)
     _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
     first = torch.cumsum(counts, 0) - counts  # each run of equal values: its first rank
     ranks = torch.empty_like(x)
     ranks[order] = (first + (counts - 1) / 2).to(x.dtype)[inverse]
-    return ranks / max(x.numel() - 1, 1)
+    return ranks
+
+
+def _ranks01(x: torch.Tensor) -> torch.Tensor:
+    return mean_ranks(x) / max(x.numel() - 1, 1)
 
 
 # --- maps: tensor (float64) -> tensor of the same shape ----------------------------------------------

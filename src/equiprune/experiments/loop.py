@@ -76,12 +76,16 @@ def shared_training_digest(cfg: RunConfig) -> str | None:
     return digest(what)[:20]
 
 
+def build_optimizer(cfg: RunConfig, params, kind: str, lr: float, decay: float) -> torch.optim.Optimizer:
+    """The configured kind of optimizer (``adam``, else SGD with ``train.momentum``) over ``params``."""
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=decay)
+
+
 def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int, decay: float):
     t = cfg.train
-    if kind == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=decay)
+    opt = build_optimizer(cfg, params, kind, lr, decay)
     if t.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     else:

@@ -30,7 +30,7 @@ from equiprune.core.selection import top_k_masks
 from equiprune.core.weight_players import prunable_parameters
 from equiprune.data import Batches, Split
 from equiprune.errors import ConfigError, PruningError
-from equiprune.experiments.loop import run
+from equiprune.experiments.loop import build_optimizer, run
 from equiprune.experiments.plateau_report import plot, render, summarise
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.setup import evaluate, load_run_splits, resolve_device
@@ -109,10 +109,7 @@ def finetune(model, pairs, params, train: Split, cfg: RunConfig, steps: int, see
     cut sees the same batches in the same order."""
     if steps == 0:
         return
-    lr = cfg.plateau.finetune_lr or cfg.train.lr
-    opt = (
-        torch.optim.Adam(params, lr=lr) if cfg.train.optimizer == "adam" else torch.optim.SGD(params, lr, momentum=0.9)
-    )
+    opt = build_optimizer(cfg, params, cfg.train.optimizer, cfg.plateau.finetune_lr or cfg.train.lr, decay=0.0)
     batches = Batches(train, cfg.data.batch_size, shuffle=True, seed=seed + 104729)
     model.train()
     done, epoch = 0, 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -65,10 +65,8 @@ def interleaved_timings(
     alternation within a round (the order reversed every other round), so that machine load affects
     all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:  # neither model always first
-            times[name].append(latency_ms(models[name], input_shape, batch_size, repeats))
+    for name in alternating(list(models), rounds):
+        times[name].append(latency_ms(models[name], input_shape, batch_size, repeats))
     return times
 
 
@@ -87,13 +85,17 @@ def interleave(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     times: dict[str, list[float]] = {name: [] for name in sides}
-    names = list(sides)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            sides[name]()
-            times[name].append(time.perf_counter() - start)
+    for name in alternating(list(sides), repeats):
+        start = time.perf_counter()
+        sides[name]()
+        times[name].append(time.perf_counter() - start)
     return times
+
+
+def alternating(names: Sequence[str], rounds: int) -> Iterator[str]:
+    """``names`` once per round, in reverse order every other round, so that none always runs first."""
+    for r in range(rounds):
+        yield from names if r % 2 == 0 else reversed(names)
 
 
 def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
