@@ -240,15 +240,16 @@ class Trainer:
             row["cross_entropy"] = (float(loss_sum) - float(penalty_sum)) / seen
         return row
 
+    def _checkpoint_note(self, epoch: int) -> str:
+        """Which checkpoint a run stopped during ``epoch`` (0-based) leaves behind."""
+        if epoch > 0:
+            return f"the last good checkpoint (after epoch {epoch}) is kept in {self.run_dir.checkpoint}"
+        return "no epoch had finished, so there is no checkpoint"
+
     def _diverged(self, epoch: int, step: int | None, value: float) -> None:
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
-        kept = (
-            f"the last good checkpoint (after epoch {epoch}) is kept in {self.run_dir.checkpoint}"
-            if epoch > 0
-            else "no epoch had finished, so there is no checkpoint"
-        )
         raise TrainingDiverged(
-            f"the training loss became {value} at {where}; {kept}. "
+            f"the training loss became {value} at {where}; {self._checkpoint_note(epoch)}. "
             "Lower train.lr (or the method's step sizes) and start again in a new --out directory."
         )
 
@@ -288,6 +289,11 @@ class Trainer:
             acc, test_loss = evaluate(model_now, self.test_split, cfg.data.eval_batch_size)
             row = {"epoch": st.epoch + 1, "phase": st.phase, **row, "test_accuracy": acc, "test_loss": test_loss}
             row.update(self.method.epoch_metrics(self.trained) if use_method else self._kept_metrics(st))
+            if use_method:
+                try:
+                    self.method.after_epoch(self.trained, row)
+                except TrainingDiverged as stop:
+                    raise TrainingDiverged(f"{stop}; {self._checkpoint_note(st.epoch)}") from None
             for hook in self.hooks:
                 hook.on_epoch(self, st, row)
             st.epoch += 1

@@ -44,13 +44,18 @@ def plot_participation_histogram(path, rows: list[dict[str, Any]], epsilon: floa
 
 def plot_dynamics(path, metrics: list[dict[str, Any]]) -> None:
     """Test accuracy and players alive per epoch; a budgeted game adds a panel with its price and
-    its size against the target."""
+    its size against the target, a continuous sparsifier one with its emergent sparsity and (x =
+    m ⊙ w) where its implicit regularizer sits between L2 and L1."""
     budgeted = [r for r in metrics if "price" in r]
-    fig, axes = subplots(2 if budgeted else 1, 1, figsize=(6.5, 6.4 if budgeted else 3.8), squeeze=False, sharex=True)
+    continuous = [r for r in metrics if "emergent_sparsity" in r]
+    extra = budgeted or continuous
+    fig, axes = subplots(2 if extra else 1, 1, figsize=(6.5, 6.4 if extra else 3.8), squeeze=False, sharex=True)
     ax = axes[0][0]
     _accuracy_and_alive(ax, metrics)
     if budgeted:
         _budget_path(axes[1][0], budgeted)
+    elif continuous:
+        _implicit_bias(axes[1][0], continuous)
     axes[-1][0].set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save_png(fig, path)
@@ -90,6 +95,22 @@ def _budget_path(ax, rows: list[dict[str, Any]]) -> None:
     ax2.set_ylabel("price γ (log)", color="#c0392b")
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", frameon=False, fontsize=8)
     ax.set_title("The budget's path", fontsize=10)
+
+
+def _implicit_bias(ax, rows: list[dict[str, Any]]) -> None:
+    epochs = [r["epoch"] for r in rows]
+    lines = ax.plot(epochs, [100 * r["emergent_sparsity"] for r in rows], "s-", color="#3b6ea8",
+                    label="weights at zero (%)")  # fmt: skip
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("weights at zero (%)", color="#3b6ea8")
+    if all("l1_position" in r for r in rows):
+        ax2 = ax.twinx()
+        lines += ax2.plot(epochs, [r["l1_position"] for r in rows], "o-", color="#c0392b",
+                          label="implicit regularizer: 0 = L2, 1 = L1")  # fmt: skip
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("L2 → L1 position", color="#c0392b")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", frameon=False, fontsize=8)
+    ax.set_title("Continuous sparsification: what training zeroes, and the implicit bias", fontsize=10)
 
 
 def plot_run(run_dir, metrics: list[dict[str, Any]], epsilon: float | None) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from equiprune.methods import equilibrium, lomp, scratch, structured, unstructured  # noqa: F401  (register the methods)
+from equiprune.methods import (  # noqa: F401  (register the methods)
+    continuous,
+    equilibrium,
+    lomp,
+    scratch,
+    soft_sparsifiers,
+    structured,
+    unstructured,
+)
 from equiprune.methods.base import METHODS, Dense, Method
 
 

@@ -2,7 +2,7 @@
 
 A method never owns the training loop. The loop calls, in order:
 ``prepare`` (wrap the model, once), ``before_run``, then per step ``penalty`` (added to the loss)
-and ``after_step`` (after the optimizer step), per epoch ``epoch_metrics``, and at the end of its
+and ``after_step`` (after the optimizer step), per epoch ``epoch_metrics`` and ``after_epoch``, and at the end of its
 phase ``finish``, which returns the compacted plain model. ``before_run`` and ``finish`` receive a
 :class:`Calibration`: training batches a method may look at outside the training steps (saliency
 at initialisation, Taylor scores at the end) without disturbing the training order.
@@ -183,6 +183,11 @@ class Method:
 
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
         return {}
+
+    def after_epoch(self, trained: nn.Module, row: dict[str, Any]) -> None:
+        """Called after each epoch of the method's phase with the epoch's figures (``loss``,
+        ``train_accuracy``, ``test_accuracy``...), before its checkpoint: per-epoch schedules (PILoT's
+        decay). An error raised here leaves the previous epoch's checkpoint as the last one."""
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         raise NotImplementedError

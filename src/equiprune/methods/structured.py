@@ -145,6 +145,11 @@ class StructuredPruner(Method):
             s.mul_(masks[group.name].to(s.dtype))
 
 
+def l2_scores(groups) -> dict[str, torch.Tensor]:
+    """The L2 norm of every player's incoming weights and bias (BatchNorm scales not counted)."""
+    return {g.name: squared_norms([b.detach() for b in g.blocks(followers=False)]).sqrt() for g in groups}
+
+
 @METHODS.register("magnitude-l1")
 class MagnitudeL1(StructuredPruner):
     """Keep the players whose incoming weights and bias have the largest L1 norm."""
@@ -162,7 +167,7 @@ class MagnitudeL2(StructuredPruner):
     name = "magnitude-l2"
 
     def scores(self, trained, calibration=None):
-        return {g.name: squared_norms([b.detach() for b in g.blocks(followers=False)]).sqrt() for g in trained.groups}
+        return l2_scores(trained.groups)
 
 
 @METHODS.register("random")
