@@ -114,6 +114,24 @@ def _cmd_plateau(args) -> int:
     return 0
 
 
+def _cmd_mirror_flow(args) -> int:
+    from equiprune.experiments.mirror_flow import run_study
+
+    try:
+        betas = [float(v) for v in args.betas.split(",")]
+    except ValueError:
+        betas = []
+    if not betas or not all(0 < b < float("inf") for b in betas):
+        raise EquipruneError(f"--betas: expected comma-separated numbers > 0 (m0^2 - w0^2), got {args.betas!r}")
+    result = run_study(args.out, betas=betas, seed=args.seed)
+    for r in result["rows"]:
+        print(f"beta={r['beta']:g} gap_to_prediction={r['relative_gap']:.2e} l1={r['l1_gd']:.4f} "
+              f"error_to_sparse_truth={r['error_to_sparse_truth']:.3f} "
+              f"error_to_min_norm={r['error_to_min_norm']:.3f}")  # fmt: skip
+    print(f"wrote {args.out}/mirror_flow.json, mirror_flow.md and mirror_flow.png")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from equiprune.experiments.export import export_run, speed_markdown
 
@@ -201,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="directory for the study (started again, it resumes)")
     pl.add_argument("--quiet", action="store_true", help="no progress bars")
     pl.set_defaults(func=_cmd_plateau)
+
+    mf = sub.add_parser("mirror-flow", help="x = m*w on underdetermined linear regression against its implicit-bias "
+                        "prediction (the L2 -> L1 transition of continuous sparsification)")  # fmt: skip
+    mf.add_argument("--out", required=True, help="directory for mirror_flow.json, .md and .png")
+    mf.add_argument("--seed", type=int, default=0, help="the random problem's seed (default 0)")
+    mf.add_argument("--betas", default="0.001,0.01,0.1,1,10", help="starting m^2 - w^2 values to compare "
+                    "(default 0.001,0.01,0.1,1,10)")  # fmt: skip
+    mf.set_defaults(func=_cmd_mirror_flow)
 
     ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
     ex.add_argument("run", help="a finished run directory")
