@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -60,3 +61,20 @@ def tiny_suite(monkeypatch, data_root):
         return dataclasses.replace(small, method=full.method, threads=full.threads)
 
     monkeypatch.setattr(rep, "bundled_config", tiny)
+
+
+@pytest.fixture
+def cifar10_files(tmp_path, monkeypatch):
+    """Tiny CIFAR-10 files in the official format (the checksum swapped for theirs)."""
+    from equiprune.data import DATASETS
+
+    from .test_cifar import _write_archive
+
+    official = DATASETS.get("cifar10")
+    (tmp_path / official.folder).mkdir()
+    archive = tmp_path / official.folder / official.archive
+    members = [m for split in official.splits for m in official.members[split]]
+    _write_archive(archive, official.top, members, official.label_key, official.num_classes)
+    tiny = dataclasses.replace(official, sha256={official.archive: hashlib.sha256(archive.read_bytes()).hexdigest()})
+    monkeypatch.setitem(DATASETS._items, "cifar10", tiny)
+    return tmp_path

@@ -1,8 +1,6 @@
 """The selection plateau: scorers, the exact mechanism (rank-monotone scorers select the same
 players), the overlaps, the study end to end, and the errors bad input gets."""
 
-import dataclasses
-import hashlib
 import json
 import tomllib
 
@@ -16,11 +14,8 @@ from equiprune.cli import main
 from equiprune.config import ConfigError, PlateauConfig, parse_config, shipped_config
 from equiprune.core.scorers import MAPS, SCORERS, Features, Scorer, jaccard, scorer_from_settings
 from equiprune.core.selection import top_k_masks
-from equiprune.data import DATASETS
 from equiprune.errors import PruningError
 from equiprune.experiments.plateau import _Players, chosen_scorers
-
-from .test_cifar import _write_archive
 
 MONOTONE = [name for name in SCORERS.names() if SCORERS.get(name).kappa == 0]
 
@@ -168,19 +163,6 @@ def test_plateau_command_end_to_end_and_resumes(tmp_path, data_root, capsys):
     stamp = (out / "seed0" / "plateau.json").stat().st_mtime_ns
     assert main(["plateau", str(config), "--out", str(out), "--quiet"]) == 0
     assert (out / "seed0" / "plateau.json").stat().st_mtime_ns == stamp
-
-
-@pytest.fixture
-def cifar10_files(tmp_path, monkeypatch):
-    """Tiny CIFAR-10 files in the official format (the checksum swapped for theirs)."""
-    official = DATASETS.get("cifar10")
-    (tmp_path / official.folder).mkdir()
-    archive = tmp_path / official.folder / official.archive
-    members = [m for split in official.splits for m in official.members[split]]
-    _write_archive(archive, official.top, members, official.label_key, official.num_classes)
-    tiny = dataclasses.replace(official, sha256={official.archive: hashlib.sha256(archive.read_bytes()).hexdigest()})
-    monkeypatch.setitem(DATASETS._items, "cifar10", tiny)
-    return tmp_path
 
 
 def test_every_shipped_plateau_configuration_is_valid():
