@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/pruning_limit.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/compaction_speed.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/cnn_filters_fashion.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/reparam_step.py --results $(BENCH_RESULTS)
 	@echo "results appended to $(BENCH_RESULTS)"
 
 clean:
