@@ -147,3 +147,45 @@ def test_the_plateau_claims_follow_the_studys_table(tmp_path, claims):
     (study / "plateau.json").write_text(json.dumps(result))
     assert claims["plateau_claims"]([study])[0].verdict == "does not hold"
     assert claims["plateau_claims"]([])[0].verdict == "not measured yet"
+
+
+def _continuous_sweep(path: Path, pilot: float, positions: dict[str, list[float]]) -> Path:
+    def row(method, budget, acc, std=0.001):
+        return {"method": method, "budget": budget, "test_accuracy_mean": acc, "test_accuracy_std": std}
+
+    rows = [row(m, b, acc) for b in (0.05, 0.02) for m, acc in (("pilot", pilot), ("spred", 0.97), ("str", 0.97))]
+    path.mkdir(parents=True)
+    (path / "frontier.json").write_text(json.dumps(rows))
+    (path / "sweep.json").write_text(json.dumps({"name": "lenet300-mnist-continuous"}))
+    for label, path_of_positions in positions.items():
+        run = path / "runs" / label / "budget=0.05" / "seed0"
+        run.mkdir(parents=True)
+        lines = [json.dumps({"epoch": i + 1, "l1_position": p}) for i, p in enumerate(path_of_positions)]
+        (run / "metrics.jsonl").write_text("\n".join(lines + [json.dumps({"epoch": 9, "phase": "finetune"})]))
+    return path
+
+
+def test_paper_003_claims_follow_the_sweeps_and_the_mirror_flow(tmp_path, claims):
+    won = _continuous_sweep(tmp_path / "won", 0.98, {"pilot": [0.0, 0.6], "spred": [0.0, 0.1]})
+    pilot, transition, mirror = claims["continuous_claims"]([won], None)
+    assert pilot.verdict == "holds" and "4 wins, 0 ties, 0 losses" in pilot.why
+    assert "configs/sweeps/lenet300_mnist_continuous.toml" in pilot.command
+    assert transition.verdict == "holds" and "`pilot`: 0.000 → 0.600" in transition.figure
+    assert mirror.verdict == "not measured yet"
+    lost = _continuous_sweep(tmp_path / "lost", 0.96, {"pilot": [0.3, 0.2]})
+    pilot, transition, _ = claims["continuous_claims"]([lost], None)
+    assert pilot.verdict == "does not hold" and transition.verdict == "does not hold"
+    tied = _continuous_sweep(tmp_path / "tied", 0.9705, {})
+    assert claims["continuous_claims"]([tied], None)[0].verdict == "does not hold"  # ties only: no win
+    assert claims["continuous_claims"]([tied], None)[1].verdict == "not measured yet"
+
+    def mirror_dir(path, l1s, gap):
+        path.mkdir()
+        rows = [{"beta": b, "relative_gap": gap, "l1_gd": l1, "error_to_sparse_truth": 0.1}
+                for b, l1 in zip((0.01, 1.0, 10.0), l1s)]  # fmt: skip
+        (path / "mirror_flow.json").write_text(json.dumps({"rows": rows, "l1_true": 4.0}))
+        return path
+
+    assert claims["mirror_claim"](mirror_dir(tmp_path / "m1", [5.0, 8.0, 9.0], 1e-3)).verdict == "holds"
+    assert claims["mirror_claim"](mirror_dir(tmp_path / "m2", [5.0, 8.0, 9.0], 0.1)).verdict == "does not hold"
+    assert claims["mirror_claim"](mirror_dir(tmp_path / "m3", [9.0, 8.0, 5.0], 1e-3)).verdict == "does not hold"
