@@ -128,3 +128,51 @@ budget = 0.5
     for flag, bad in (("--batch-sizes", "0"), ("--batch-sizes", "1,x"), ("--batch-sizes", ","), ("--repeats", "0")):
         assert main(["export", str(run_dir), flag, bad]) == 2
         assert f"equiprune: error: {flag}" in capsys.readouterr().err
+
+
+def test_sparsify_stores_only_the_sparse_linear_layers_as_csr_and_computes_the_same():
+    from equiprune.experiments.sparse_export import SparseLinear, sparsify
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(torch.rand_like(model[1].weight) < 0.2)  # about 80% zeros; layer 3 stays dense
+    sparse, layers = sparsify(model)
+    assert layers == ["1"] and isinstance(sparse[1], SparseLinear) and isinstance(sparse[3], torch.nn.Linear)
+    assert sparse[1].weight.layout == torch.sparse_csr
+    assert sparse[1].weight.values().numel() == int((model[1].weight != 0).sum())
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(sparse(x), model(x))
+    tokens = torch.randn(2, 4, 12)  # a Linear over the last dimension of a token sequence
+    torch.testing.assert_close(sparse[1](tokens), model[1](tokens))
+
+
+def test_export_of_an_unstructured_result_adds_the_csr_form_with_its_size_and_latency(tmp_path, data_root, capsys):
+    config = tmp_path / "mlp.toml"
+    config.write_text(f"""
+seed = 0
+device = "cpu"
+[data]
+root = "{data_root}"
+train_subset = 1000
+test_subset = 300
+[model]
+hidden = [64, 32]
+[train]
+epochs = 2
+finetune_epochs = 1
+[method]
+name = "weight-magnitude"
+budget = 0.05
+""")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(run_dir), "--quiet"]) == 0
+    assert main(["export", str(run_dir), "--batch-sizes", "1,32", "--repeats", "2"]) == 0
+    assert "## Sparse weights (CSR)" in capsys.readouterr().out
+    sparse = json.loads((run_dir / "speed.json").read_text())["sparse"]
+    assert sparse["bytes_sparse"] < sparse["bytes_dense"] and [r["batch_size"] for r in sparse["latency"]] == [1, 32]
+    loaded = torch.load(run_dir / "export" / "model_sparse.pt", weights_only=False)
+    small = torch.load(run_dir / "model.pt", weights_only=False).eval()
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), small(x), rtol=1e-4, atol=1e-5)
+    assert "## Sparse weights" in (run_dir / "speed.md").read_text()

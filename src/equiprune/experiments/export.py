@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -30,7 +29,8 @@ from equiprune.core.tracing import trace
 from equiprune.data import DATASETS
 from equiprune.errors import EquipruneError
 from equiprune.experiments.rundir import RunDir, load_trained
-from equiprune.experiments.timing import distrust, example_input, interleaved_timings, machine_state
+from equiprune.experiments.sparse_export import sparse_markdown, sparse_report
+from equiprune.experiments.timing import distrust, example_input, latency_rows, machine_state
 
 
 @torch.no_grad()
@@ -123,13 +123,7 @@ def speed_report(
     alternation over ``rounds`` rounds at each batch size so that machine load affects both alike;
     with the machine, the spread of the rounds and whether the figures can be trusted."""
     machine = machine_state()
-    dense_f, pruned_f = fold_batchnorm(dense), fold_batchnorm(pruned)
-    rows = []
-    for bs in batch_sizes:
-        t = interleaved_timings({"dense": dense_f, "pruned": pruned_f}, input_shape, bs, repeats, rounds)
-        dense_ms, pruned_ms = statistics.median(t["dense"]), statistics.median(t["pruned"])
-        rows.append({"batch_size": bs, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
-                     "dense_rounds": t["dense"], "pruned_rounds": t["pruned"]})  # fmt: skip
+    rows = latency_rows(fold_batchnorm(dense), fold_batchnorm(pruned), input_shape, batch_sizes, repeats, rounds)
     macs_before, macs_after = count_macs(dense, input_shape), count_macs(pruned, input_shape)
     reasons = distrust(rows, macs_after / macs_before, machine)
     return {
@@ -170,7 +164,8 @@ def speed_markdown(report: dict[str, Any]) -> str:
         why = "; ".join(report["untrusted_because"])
         lines += ["", f"**These timings cannot be trusted, so no speed-up is claimed:** {why}. "
                   "Run `equiprune export` again on an idle machine."]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    sparse = sparse_markdown(report["sparse"]) if report.get("sparse") else ""
+    return "\n".join(lines) + "\n" + sparse
 
 
 def _spread(rounds: list[float] | None) -> str:
@@ -181,7 +176,9 @@ def export_run(
     run_dir: str | Path, onnx: bool = False, batch_sizes: Sequence[int] = (1, 32, 256), repeats: int = 20
 ) -> dict[str, Any]:
     """For a finished run: ``export/model.pt2`` (and ``export/model.onnx``) of the compacted model with
-    BatchNorm folded, and ``speed.json`` / ``speed.md`` comparing it with the trained dense model."""
+    BatchNorm folded, and ``speed.json`` / ``speed.md`` comparing it with the trained dense model;
+    for an unstructured result also ``export/model_sparse.pt`` (CSR Linear weights, see
+    :mod:`equiprune.experiments.sparse_export`) with its size and latency against dense weights."""
 
     run = RunDir(run_dir)
     if not run.is_finished():
@@ -194,6 +191,10 @@ def export_run(
     if onnx:
         files.append(save_onnx(deployable, shape, run.export_dir / "model.onnx"))
     report = speed_report(dense, pruned, shape, batch_sizes, repeats)
+    # unstructured results: the Linear weights also stored and multiplied as CSR, measured honestly
+    report["sparse"] = sparse_report(pruned, shape, run.export_dir / "model_sparse.pt", batch_sizes, repeats)
+    if report["sparse"]:
+        files.append(Path(report["sparse"]["file"]))
     report["files"] = [str(f) for f in files]
     io.write_json(run.speed, report)
     io.write_text(run.speed.with_suffix(".md"), speed_markdown(report))

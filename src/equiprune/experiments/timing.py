@@ -70,6 +70,21 @@ def interleaved_timings(
     return times
 
 
+def latency_rows(
+    dense: nn.Module, pruned: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], repeats: int,
+    rounds: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Per batch size, the two models' interleaved rounds (:func:`interleaved_timings`), their medians
+    (``dense_ms``, ``pruned_ms``) and ``speedup`` = dense over pruned: the rows speed reports hold."""
+    rows = []
+    for bs in batch_sizes:
+        t = interleaved_timings({"dense": dense, "pruned": pruned}, input_shape, bs, repeats, rounds)
+        dense_ms, pruned_ms = statistics.median(t["dense"]), statistics.median(t["pruned"])
+        rows.append({"batch_size": bs, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
+                     "dense_rounds": t["dense"], "pruned_rounds": t["pruned"]})  # fmt: skip
+    return rows
+
+
 def interleaved_latency(
     models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int, repeats: int = 20, rounds: int = 3
 ) -> dict[str, float]:
