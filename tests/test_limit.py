@@ -243,6 +243,11 @@ def test_limit_command_end_to_end(tmp_path, data_root, capsys):
     second = json.loads((again / "limit.json").read_text())
     assert second["spectrum"]["probes"] == 1 and second["spectrum"]["iters"] == 5
     assert second["measured_ratio"] == result["measured_ratio"]  # the same trained model, the same scan
+    # ...and without flags it keeps the config's [limit] (kept beside the run), not the defaults
+    assert (out / "run" / "limit_settings.json").is_file()
+    assert main(["limit", str(out / "run"), "--out", str(tmp_path / "third"), "--quiet", "--iters", "5"]) == 0
+    third = json.loads((tmp_path / "third" / "limit.json").read_text())
+    assert third["spectrum"]["hessian_samples"] == 512 and third["spectrum"]["probes"] == 2
 
 
 def test_limit_refuses_what_it_cannot_analyse(tmp_path, data_root, capsys):

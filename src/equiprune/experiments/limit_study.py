@@ -15,6 +15,7 @@ is trained first into ``DIR/run`` (an interrupted training resumes when the comm
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.setup import evaluate, load_run_splits, resolve_device
 from equiprune.progress import bar
+from equiprune.schema import from_dict
 
 DISTANCES = ("global", "per-tensor")
 
@@ -203,6 +205,13 @@ def plot_limit(out: Path, result: dict[str, Any]) -> None:
     save_png(fig, out / "pruning_limit.png")
 
 
+def _kept_settings(run_dir: RunDir) -> LimitConfig | None:
+    """The [limit] table kept beside a run that `equiprune limit CONFIG` trained, if any."""
+    if not run_dir.limit_settings.is_file():
+        return None
+    return from_dict(LimitConfig, json.loads(run_dir.limit_settings.read_text()), "limit")
+
+
 def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None = None, quiet: bool = False):
     """Run the analysis for a run directory or a configuration file into ``out``; returns the result."""
     target, out = Path(target), Path(out)
@@ -222,10 +231,12 @@ def limit(target: str | Path, out: str | Path, overrides: dict[str, Any] | None 
             # [limit] does not shape the training: keep it out of the run, so editing it never
             # stops an interrupted training from resuming.
             run(dataclasses.replace(cfg, limit=None), run_dir.path, resume=run_dir.checkpoint.is_file(), quiet=quiet)
+        if cfg.limit is not None:  # beside the run, so that `equiprune limit OUT/run` reads it again
+            io.write_json(run_dir.limit_settings, dataclasses.asdict(cfg.limit))
     else:
         raise ConfigError(f"limit: {target} is neither a run directory nor a configuration file")
     cfg, model = load_trained(run_dir)
-    settings = settings or resolved(cfg.limit)
+    settings = settings or resolved(cfg.limit or _kept_settings(run_dir))
     d = cfg.data
     train, test = load_run_splits(d, resolve_device(cfg.device))
     method = cfg.method.build()

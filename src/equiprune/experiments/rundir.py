@@ -40,6 +40,8 @@ class RunDir:
     trained_state = property(lambda self: self.path / "trained_state.pt")
 
     speed = property(lambda self: self.path / "speed.json")
+    #: the [limit] table of the config `equiprune limit` trained this run from (kept out of config.toml)
+    limit_settings = property(lambda self: self.path / "limit_settings.json")
     export_dir = property(lambda self: self.path / "export")
 
     def is_finished(self) -> bool:
