@@ -1,5 +1,6 @@
 """Continuous sparsification (spred, PILoT, STR, CS) against independent references."""
 
+import json
 import math
 
 import pytest
@@ -242,6 +243,8 @@ def test_structured_pilot_prunes_whole_neurons_to_the_budget(tmp_path, data_root
     assert results["players"] == "neuron"
     assert sum(results["kept"].values()) == round(0.1 * 48)
     assert results["budget_fit"]["unit"] == "neuron"
+    rows = [json.loads(r) for r in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["emergent_sparsity"] <= 1 for r in rows[:3])
     assert results["params_after"] < 784 * 5 + 5 * 3 + 3 * 10 + 18
 
 
@@ -367,3 +370,16 @@ def test_the_methods_own_tensors_are_kept_out_of_the_optimizers_weight_decay():
     own_ids = {id(p) for p in own["params"]}
     assert {id(method.reparams["1"].m), id(raw_weight(model[1]))} <= own_ids
     assert {id(p) for p in rest["params"]} == {id(model[i].bias) for i in (1, 3, 5)}
+
+
+def test_emergent_sparsity_counts_weights_or_for_players_whole_rows():
+    method, model = _prepared("spred")
+    with torch.no_grad():
+        raw_weight(model[1])[0, :4] = 0.0
+    assert method.emergent_sparsity() == pytest.approx(4 / (30 + 20 + 12))
+    rows, model = _prepared("spred", "neuron")
+    assert set(rows._layers) == {"1", "3"}  # the producers of the hidden neurons, not the output layer
+    with torch.no_grad():
+        raw_weight(model[1])[0, :4] = 0.0  # part of a row: the row is still alive
+        raw_weight(model[3])[2] = 0.0  # a whole row: one neuron at zero
+    assert rows.emergent_sparsity() == pytest.approx(1 / (5 + 4))

@@ -132,7 +132,11 @@ class ContinuousSparsifier(Method):
         return {name: layer.weight.detach() for name, layer in self._layers.items()}
 
     def emergent_sparsity(self) -> float:
-        xs = self.effective().values()
+        """The share of weights (for neurons and filters: of rows) the method has brought to
+        |x| <= ``zero_tol`` (a row by its norm)."""
+        xs = list(self.effective().values())
+        if self._kind() != "weight":
+            xs = [x.flatten(1).norm(dim=1) for x in xs]
         zero = sum(int((x.abs() <= self.settings.zero_tol).sum()) for x in xs)
         return zero / sum(x.numel() for x in xs)
 
