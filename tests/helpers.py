@@ -25,3 +25,25 @@ lr_s = {lr_s}
 cost_ramp = 0.5
 {extra}
 """
+
+
+def mlp_config(data_root, method: str, *, hidden="32, 16", epochs=4, finetune=1, train_subset=1500,
+               test_subset=500, train="") -> str:  # fmt: skip
+    """An MLP on an MNIST subset, trained on CPU with seed 0; ``method`` is the [method] table's
+    body (``name = "spred"``...) and ``train`` extra lines of [train]."""
+    return f"""
+seed = 0
+device = "cpu"
+[data]
+root = "{data_root}"
+train_subset = {train_subset}
+test_subset = {test_subset}
+[model]
+hidden = [{hidden}]
+[train]
+epochs = {epochs}
+finetune_epochs = {finetune}
+{train}
+[method]
+{method}
+"""

@@ -17,6 +17,8 @@ from equiprune.experiments import loop as train
 from equiprune.experiments.mirror_flow import Problem, compare, predicted
 from equiprune.methods import build_method
 
+from .helpers import mlp_config
+
 
 def _mlp():
     torch.manual_seed(0)
@@ -198,26 +200,8 @@ def test_a_model_with_nothing_to_reparametrise_is_refused_by_name():
 
 
 def _config(data_root, name, extra="", players="", epochs=4):
-    return parse_config(f"""
-seed = 0
-device = "cpu"
-[data]
-root = "{data_root}"
-train_subset = 1500
-test_subset = 500
-[model]
-hidden = [32, 16]
-[train]
-epochs = {epochs}
-finetune_epochs = 1
-optimizer = "sgd"
-lr = 0.05
-[method]
-name = "{name}"
-budget = 0.1
-{players}
-{extra}
-""")
+    method = f'name = "{name}"\nbudget = 0.1\n{players}\n{extra}'
+    return parse_config(mlp_config(data_root, method, epochs=epochs, train='optimizer = "sgd"\nlr = 0.05'))
 
 
 @pytest.mark.parametrize("name, extra", [("spred", "decay = 1e-3"), ("pilot", "delta = 2.0"), ("str", ""),

@@ -14,6 +14,7 @@ from equiprune.core.players import attach
 from equiprune.experiments.export import fold_batchnorm, save_exported, save_onnx, speed_report
 from equiprune.models import create_model
 
+from .helpers import mlp_config
 from .test_tracing import _random_participations, _randomise_batchnorm
 
 
@@ -149,22 +150,8 @@ def test_sparsify_stores_only_the_sparse_linear_layers_as_csr_and_computes_the_s
 
 def test_export_of_an_unstructured_result_adds_the_csr_form_with_its_size_and_latency(tmp_path, data_root, capsys):
     config = tmp_path / "mlp.toml"
-    config.write_text(f"""
-seed = 0
-device = "cpu"
-[data]
-root = "{data_root}"
-train_subset = 1000
-test_subset = 300
-[model]
-hidden = [64, 32]
-[train]
-epochs = 2
-finetune_epochs = 1
-[method]
-name = "weight-magnitude"
-budget = 0.05
-""")
+    method = 'name = "weight-magnitude"\nbudget = 0.05'
+    config.write_text(mlp_config(data_root, method, hidden="64, 32", epochs=2, train_subset=1000, test_subset=300))
     run_dir = tmp_path / "run"
     assert main(["run", str(config), "--out", str(run_dir), "--quiet"]) == 0
     assert main(["export", str(run_dir), "--batch-sizes", "1,32", "--repeats", "2"]) == 0
