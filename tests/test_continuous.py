@@ -74,20 +74,23 @@ def test_balanced_factors_multiply_to_x_and_differ_in_squares_by_beta(values, be
     torch.testing.assert_close(m * m - w * w, torch.full_like(x, beta))
 
 
-def test_spred_penalty_at_balance_is_decay_times_the_l1_norm_and_its_minimum_over_factorisations():
-    method, model = _prepared("spred", decay=0.01)
-    with torch.no_grad():
-        for name, layer in method._layers.items():
-            x = layer.weight.detach().clone()
-            method.reparams[name].m.copy_(x.abs().sqrt())
-            raw_weight(layer).copy_(x.sign() * x.abs().sqrt())
-    l1 = sum(float(layer.weight.detach().abs().sum()) for layer in method._layers.values())
-    assert float(method.penalty(model).detach()) == pytest.approx(0.01 * l1, rel=1e-5)
-    with torch.no_grad():  # any other factorisation of the same x costs more (AM-GM)
-        for name, layer in method._layers.items():
-            method.reparams[name].m.mul_(2)
-            raw_weight(layer).div_(2)
-    assert float(method.penalty(model).detach()) > 0.01 * l1
+@pytest.mark.parametrize("name, factor", [("spred", "m"), ("pilot", "m"), ("str", "s"), ("cs", None)])
+def test_the_decay_adds_exactly_the_gradient_of_its_penalty(name, factor):
+    """Against autograd: the hooks' gradients equal those of loss + α/2·(Σ‖w‖² + Σ‖factor‖²)."""
+    method, model = _prepared(name, decay=0.01) if name != "pilot" else _prepared(name, alpha_init=0.01)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    tensors = method.decayed_tensors()
+    assert len(tensors) == 3 * (2 if factor else 1)
+    extra = method.penalty(model)
+    loss = F.cross_entropy(model(X), y) + (extra if extra is not None else 0)
+    hooked = torch.autograd.grad(loss, tensors)
+    method.decay = lambda: 0.0  # the hooks off: the same loss with the penalty written out
+    extra = method.penalty(model)
+    penalty = 0.5 * 0.01 * sum(t.pow(2).sum() for t in tensors)
+    reference = torch.autograd.grad(F.cross_entropy(model(X), y) + penalty + (extra if extra is not None else 0),
+                                    tensors)  # fmt: skip
+    for a, b in zip(hooked, reference):
+        torch.testing.assert_close(a, b)
 
 
 def test_gradient_flow_conserves_the_invariant_and_weight_decay_moves_it_towards_l1():

@@ -24,8 +24,9 @@ the implicit bias is a group lasso over neurons or filters. A method's ``decay``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -66,14 +67,21 @@ def require_decay(value: float, name: str = "decay") -> None:
 
 class ContinuousSparsifier(Method):
     """Base: reparametrise in ``prepare`` (:meth:`make` per layer), fold and cut to the budget in
-    ``finish``. Subclasses give :meth:`make`, :meth:`penalty` and their per-epoch metrics."""
+    ``finish``. Subclasses give :meth:`make`, :meth:`decay` (with :attr:`decayed_factor`), any
+    further :meth:`penalty`, and their per-epoch metrics."""
 
     settings_type = ContinuousSettings
     player_kinds = ("weight", "neuron", "filter")
     budgeted = True
+    #: the parametrisation's tensor that the weight decay acts on besides the raw weights ("m", "s")
+    decayed_factor: ClassVar[str | None] = None
 
     def make(self, weight: torch.Tensor, rows: bool) -> nn.Module:
         raise NotImplementedError
+
+    def decay(self) -> float:
+        """The weight decay α on the raw weights and the decayed factor, now."""
+        return self.settings.decay
 
     # --- reparametrising ------------------------------------------------------------------------
 
@@ -100,7 +108,24 @@ class ContinuousSparsifier(Method):
         rows = self._kind() != "weight"
         self.reparams = reparametrise(model, self._layer_names(model), lambda w: self.make(w, rows))
         self._layers = {name: model.get_submodule(name) for name in self.reparams}
+        for tensor in self.decayed_tensors():
+            tensor.register_hook(functools.partial(self._with_decay, tensor))
         return model
+
+    def decayed_tensors(self) -> list[torch.Tensor]:
+        """The raw weights, and each parametrisation's :attr:`decayed_factor`."""
+        tensors = [raw_weight(layer) for layer in self._layers.values()]
+        if self.decayed_factor is not None:
+            tensors += [getattr(p, self.decayed_factor) for p in self.reparams.values()]
+        return tensors
+
+    def _with_decay(self, tensor: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` plus α·``tensor``: the gradient of the penalty α/2·‖tensor‖², added as the
+        tensor's gradient is computed rather than built into the loss (a penalty over every weight
+        cost as much as the rest of a small network's step). α is read at every step (PILoT's
+        schedule)."""
+        alpha = self.decay()
+        return grad.add(tensor.detach(), alpha=alpha) if alpha else grad
 
     def weight_parameters(self, trained: nn.Module) -> list[Any]:
         """Two parameter groups: the method's own tensors (no optimizer decay: the method's
@@ -116,14 +141,6 @@ class ContinuousSparsifier(Method):
 
     def pruned_kinds(self, trained: nn.Module) -> str:
         return self._kind()
-
-    def squared_norm(self, factor: str | None) -> torch.Tensor:
-        """Σ‖w‖² over the raw weights, plus Σ‖p‖² of each parametrisation's tensor ``factor`` (m, s):
-        what a weight decay on them penalises (times decay/2)."""
-        tensors = [raw_weight(layer) for layer in self._layers.values()]
-        if factor is not None:
-            tensors += [getattr(p, factor) for p in self.reparams.values()]
-        return torch.stack([t.pow(2).sum() for t in tensors]).sum()
 
     # --- measuring ------------------------------------------------------------------------------
 
@@ -198,16 +215,11 @@ class Spred(ContinuousSparsifier):
     name = "spred"
     settings_type = SpredSettings
     divergence_hint = "method.decay"
+    decayed_factor = "m"
 
     def make(self, weight: torch.Tensor, rows: bool) -> nn.Module:
         shape = (weight.shape[0],) + (1,) * (weight.dim() - 1) if rows else weight.shape
         return Product(torch.ones(shape, dtype=weight.dtype, device=weight.device))
-
-    def decay(self) -> float:
-        return self.settings.decay
-
-    def penalty(self, trained: nn.Module) -> torch.Tensor | None:
-        return 0.5 * self.decay() * self.squared_norm("m") if self.decay() else None
 
     def invariants(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(c, |x|) per weight (per row for players): c = m² − w² is what gradient flow conserves."""

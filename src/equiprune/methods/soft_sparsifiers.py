@@ -51,12 +51,10 @@ class SoftThresholdReparam(ContinuousSparsifier):
     settings_type = StrSettings
     player_kinds = ("weight",)
     divergence_hint = "method.decay"
+    decayed_factor = "s"
 
     def make(self, weight: torch.Tensor, rows: bool) -> nn.Module:
         return SoftThreshold(self.settings.s_init).to(weight.device)
-
-    def penalty(self, trained: nn.Module) -> torch.Tensor | None:
-        return 0.5 * self.settings.decay * self.squared_norm("s") if self.settings.decay else None
 
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
         thresholds = [float(p.threshold().detach()) for p in self.reparams.values()]
@@ -116,12 +114,9 @@ class ContinuousSparsification(ContinuousSparsifier):
         self._set_temperature()
 
     def penalty(self, trained: nn.Module) -> torch.Tensor | None:
-        terms = []
-        if self.settings.mask_l1:
-            terms += [self.settings.mask_l1 * p.mask().sum() for p in self.reparams.values()]
-        if self.settings.decay:
-            terms.append(0.5 * self.settings.decay * self.squared_norm(None))
-        return torch.stack(terms).sum() if terms else None
+        if not self.settings.mask_l1:
+            return None
+        return self.settings.mask_l1 * torch.stack([p.mask().sum() for p in self.reparams.values()]).sum()
 
     def emergent_sparsity(self) -> float:
         """The fraction of weights the hard mask 1[s > 0] would cut now."""
