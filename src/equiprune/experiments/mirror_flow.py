@@ -29,8 +29,6 @@ from equiprune import io
 from equiprune.core.reparam import balanced_factors
 from equiprune.errors import EquipruneError
 
-torch_f64 = torch.float64
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -45,16 +43,16 @@ class Problem:
         if not 0 < k <= n < d:
             raise EquipruneError(f"mirror flow: need 0 < k <= n < d (underdetermined, sparse), got n={n}, d={d}, k={k}")
         g = torch.Generator().manual_seed(seed)
-        X = torch.randn(n, d, generator=g, dtype=torch_f64) / n**0.5
-        x_star = torch.zeros(d, dtype=torch_f64)
-        x_star[torch.randperm(d, generator=g)[:k]] = 1 + torch.rand(k, generator=g, dtype=torch_f64)
+        X = torch.randn(n, d, generator=g, dtype=torch.float64) / n**0.5
+        x_star = torch.zeros(d, dtype=torch.float64)
+        x_star[torch.randperm(d, generator=g)[:k]] = 1 + torch.rand(k, generator=g, dtype=torch.float64)
         return cls(X, X @ x_star, x_star)
 
 
 def predicted(problem: Problem, beta: float, x0: torch.Tensor | None = None, tol: float = 1e-12) -> torch.Tensor:
     """The implicit-bias prediction x̂ for the start x0 (default 0) with m² − w² = β everywhere."""
     X, y = problem.X, problem.y
-    x0 = torch.zeros(X.shape[1], dtype=torch_f64) if x0 is None else x0
+    x0 = torch.zeros(X.shape[1], dtype=torch.float64) if x0 is None else x0
     a = torch.asinh(2 * x0 / beta)
 
     def x_of(lam):
@@ -63,7 +61,7 @@ def predicted(problem: Problem, beta: float, x0: torch.Tensor | None = None, tol
     def dual(lam):  # convex; its gradient is X x(λ) − y
         return float((beta / 4 * torch.cosh(a + 2 * X.T @ lam)).sum() - lam @ y)
 
-    lam = torch.zeros(X.shape[0], dtype=torch_f64)
+    lam = torch.zeros(X.shape[0], dtype=torch.float64)
     for _ in range(200):
         residual = X @ x_of(lam) - y
         if float(residual.norm()) <= tol * max(1.0, float(y.norm())):
@@ -86,7 +84,7 @@ def gradient_descent(problem: Problem, beta: float, lr: float | None = None, ste
     X, y = problem.X, problem.y
     if lr is None:
         lr = 0.05 / (float(torch.linalg.matrix_norm(X, ord=2)) ** 2 * max(beta, 1.0))
-    m, w = balanced_factors(torch.zeros(X.shape[1], dtype=torch_f64), beta)
+    m, w = balanced_factors(torch.zeros(X.shape[1], dtype=torch.float64), beta)
     for step in range(1, steps + 1):
         g = X.T @ (X @ (m * w) - y)
         m, w = m - lr * g * w, w - lr * g * m

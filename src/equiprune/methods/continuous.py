@@ -34,7 +34,7 @@ import torch.nn as nn
 from equiprune.core.compact import PruneResult, compact
 from equiprune.core.players import attach, find_players
 from equiprune.core.reparam import Product, balanced_factors, fold, l1_position, raw_weight, reparametrise
-from equiprune.core.selection import Allocation, kept_total, top_k_among_alive
+from equiprune.core.selection import Allocation, top_k_masks
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError, PruningError, TrainingDiverged
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection
@@ -168,29 +168,29 @@ class ContinuousSparsifier(Method):
             return self._cut_weights(plain)
         return self._cut_players(plain)
 
-    def _fit_record(self, unit: str, kept: int, alive: int) -> dict[str, Any]:
-        return {"unit": unit, "budget": self.settings.budget, "kept": kept, "decided": alive,
-                "removed_by_fit": max(0, alive - kept), "restored_by_fit": max(0, kept - alive)}  # fmt: skip
+    def _keep(self, scores: dict[str, torch.Tensor], unit: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The budget's keep-masks by ``scores`` (|x|, or players' norms of x), and the ``budget_fit``
+        record of what the cut did to what the method had left alive (above ``zero_tol``)."""
+        keep = top_k_masks(scores, self.settings.budget, self.settings.allocation)
+        alive = sum(int((s > self.settings.zero_tol).sum()) for s in scores.values())
+        kept = sum(int(k.sum()) for k in keep.values())
+        fit = {"unit": unit, "budget": self.settings.budget, "kept": kept, "decided": alive,
+               "removed_by_fit": max(0, alive - kept), "restored_by_fit": max(0, kept - alive)}  # fmt: skip
+        return keep, fit
 
     def _cut_weights(self, plain: nn.Module) -> PruneResult:
         masks = WeightMasks(plain, self.exclude)
-        scores = {name: w.detach().abs() for name, w in masks.weights().items()}
-        alive = sum(int((s > self.settings.zero_tol).sum()) for s in scores.values())
-        everyone = {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
-        masks.set(top_k_among_alive(scores, everyone, self.settings.budget, self.settings.allocation))
+        keep, fit = self._keep({name: w.detach().abs() for name, w in masks.weights().items()}, "weight")
+        masks.set(keep)
         result = compact_unstructured(plain, masks)
-        result.budget_fit = self._fit_record("weight", sum(masks.kept().values()), alive)
+        result.budget_fit = fit
         return result
 
     def _cut_players(self, plain: nn.Module) -> PruneResult:
         gated = attach(plain, self.exclude, (self._kind(),))
-        scores = l2_scores(gated.groups)
-        sizes = {g.name: g.size for g in gated.groups}
-        alive = sum(int((s > self.settings.zero_tol).sum()) for s in scores.values())
-        everyone = {name: torch.ones_like(s, dtype=torch.bool) for name, s in scores.items()}
-        keep = top_k_among_alive(scores, everyone, self.settings.budget, self.settings.allocation)
+        keep, fit = self._keep(l2_scores(gated.groups), self._kind())
         result = compact(gated, keep)
-        result.budget_fit = self._fit_record(self._kind(), kept_total(self.settings.budget, sizes), alive)
+        result.budget_fit = fit
         return result
 
 
