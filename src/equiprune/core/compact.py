@@ -84,14 +84,20 @@ def keep_masks(
 
 
 def note_emptied_layer(
-    layer: str, what: str, largest: float, rule: str, size: int, player: str, notes: list[str] | None
+    layer: str,
+    what: str,
+    largest: float,
+    rule: str,
+    size: int,
+    player: str,
+    notes: list[str] | None,
+    remedy: str = "lower the costs (beta, gamma, eta), set a budget, or exclude this layer",
 ) -> None:
     """Say (logger, and ``notes`` when a list) that a decision would have removed all ``size``
-    players of ``layer`` and that it keeps its best one instead."""
+    players of ``layer`` and that it keeps its best one instead; ``remedy`` says what to change."""
     message = (
         f"{EMPTIED_LAYER_WARNING} {layer!r} (largest {what} {largest:.3g} < {rule}): it keeps its best "
-        f"{player}, since removing all {size} would disconnect the network; lower the costs (beta, gamma, "
-        "eta), set a budget, or exclude this layer"
+        f"{player}, since removing all {size} would disconnect the network; {remedy}"
     )
     logger.warning(message)
     if notes is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from equiprune import io
+from equiprune.experiments.lottery_plots import plot_mask_histograms
 from equiprune.experiments.run_plots import plot_run
 from equiprune.experiments.setup import evaluate
 from equiprune.progress import logger
@@ -147,7 +148,7 @@ class Checkpoint(RunHook):
         if st.phase == "prune":
             payload["trained_state"] = trainer.trained.state_dict()
         else:
-            # The compacted architecture differs from the configured one: keep the module ittrainer.
+            # The compacted architecture differs from the configured one: keep the module itself.
             payload["small_model"] = st.result.model
             payload["kept"], payload["total"], payload["kinds"] = st.result.kept, st.result.total, st.result.kinds
             payload["weight_masks"] = st.result.weight_masks
@@ -179,5 +180,21 @@ class WriteOutputs(RunHook):
         io.write_json(trainer.run_dir.results, results)
 
 
+class SaveTickets(RunHook):
+    """For ticket-finding methods (``Method.tickets``): every round's mask and the rewind weights in
+    ``tickets.pt`` (``equiprune lottery`` and the ``ticket`` method retrain them), and where the method
+    learns mask values, their histograms per layer and round in ``masks.png``; rank 0 only."""
+
+    def on_compacted(self, trainer: Trainer, st: State) -> None:
+        tickets = trainer.method.tickets()
+        if trainer.rank != 0 or tickets is None:
+            return
+        io.torch_save(trainer.run_dir.tickets, tickets)
+        if tickets.get("histograms"):
+            threshold = getattr(trainer.method.settings, "threshold", None)
+            plot_mask_histograms(trainer.run_dir.path / "masks.png", tickets["histograms"], threshold)
+
+
 def default_hooks() -> list[RunHook]:
-    return [FlagDivergence(), CompactionGuard(), CompareDecisions(), Checkpoint(), EpochLine(), WriteOutputs()]
+    return [FlagDivergence(), CompactionGuard(), CompareDecisions(), SaveTickets(), Checkpoint(), EpochLine(),
+            WriteOutputs()]  # fmt: skip

@@ -7,7 +7,8 @@ DIR/results.json       the final figures (written last: its presence means "fini
 DIR/model.pt           the compacted model, a plain nn.Module (torch.load(..., weights_only=False))
 DIR/model_state.pt     its state_dict alone
 DIR/trained_state.pt   the configured model's state_dict at the end of training, before pruning
-DIR/*.png              plots
+DIR/tickets.pt         imp and concave-mask: every round's weight masks and the rewind weights
+DIR/*.png              plots (masks.png: concave-mask's mask values per layer and round)
 DIR/speed.json, .md    `equiprune export`: size and measured latency before and after compaction
 DIR/export/            `equiprune export`: model.pt2 (torch.export) and model.onnx
 """
@@ -40,6 +41,8 @@ class RunDir:
     trained_state = property(lambda self: self.path / "trained_state.pt")
 
     speed = property(lambda self: self.path / "speed.json")
+    #: a ticket-finding run's masks per round and rewind weights (see ``methods.tickets``)
+    tickets = property(lambda self: self.path / "tickets.pt")
     #: the [limit] table of the config `equiprune limit` trained this run from (kept out of config.toml)
     limit_settings = property(lambda self: self.path / "limit_settings.json")
     export_dir = property(lambda self: self.path / "export")

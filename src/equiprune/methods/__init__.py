@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from equiprune.methods import (  # noqa: F401  (register the methods)
+    concave_mask,
     continuous,
     equilibrium,
     lomp,
     scratch,
     soft_sparsifiers,
     structured,
+    tickets,
     unstructured,
 )
 from equiprune.methods.base import METHODS, Dense, Method

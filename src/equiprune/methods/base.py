@@ -198,6 +198,11 @@ class Method:
         ``trained`` is left unchanged. None by default."""
         return {}
 
+    def tickets(self) -> dict[str, Any] | None:
+        """For ticket-finding methods (``imp``, ``concave-mask``): every round's weight masks and the
+        rewind weights, which the run writes to ``tickets.pt`` (see ``methods.tickets``); else None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """State a checkpoint must keep besides the model's (step counters, schedules)."""
         return {}

@@ -11,9 +11,9 @@ it chooses:
 - during training: ``gmp`` (gradual magnitude pruning, Zhu & Gupta 2017: sparsity follows
   s_t = s_f·(1 − (1 − (t − t0)/(t1 − t0))³) between fractions ``start`` and ``end`` of the phase,
   pruning every ``every`` steps) and ``imp`` (iterative magnitude pruning with weight rewinding,
-  the lottery-ticket procedure: ``rounds`` train–prune–rewind cycles within the phase, weights
-  rewound to their values after ``rewind_step`` steps, the optimizer and schedule restarted; the
-  final ticket trains during the fine-tuning epochs).
+  the lottery-ticket procedure of :mod:`equiprune.methods.tickets`: ``rounds`` train–prune–rewind
+  cycles within the phase, the optimizer and schedule restarted each round; the final ticket trains
+  during the fine-tuning epochs).
 
 A pruned weight is zeroed after every optimizer step and never revived. Compaction
 (:func:`equiprune.core.weight_players.compact_unstructured`) removes the neurons the masks cut off.
@@ -34,6 +34,7 @@ from equiprune.core.selection import Allocation, alive_metrics, cubic_fraction, 
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.methods.tickets import Rounds, check_rounds, tickets_payload
 
 
 @dataclass(frozen=True)
@@ -286,13 +287,14 @@ class GradualMagnitude(_ByMagnitude):
 
 @dataclass(frozen=True)
 class ImpSettings(UnstructuredSettings):
-    rounds: int = 4  # prune–rewind cycles within the training phase (the last at its end)
-    rewind_step: int = 0  # weights rewind to their values after this many steps (0: initialisation)
+    rounds: int = 4  # train, prune, rewind cycles within the training phase (the last at its end)
+    rewind_step: int = 0  # survivors rewind to their weights after this many steps (0: the initialisation)
+    rewind_epoch: int = 0  # ... or after this many epochs (give one of the two)
+    fractions: list[float] | None = None  # each round's kept fraction (the last = budget); unset: geometric
 
     def __post_init__(self):
         super().__post_init__()
-        require_at_least(self, 1, "rounds")
-        require_at_least(self, 0, "rewind_step")
+        check_rounds(self)
 
 
 @METHODS.register("imp")
@@ -307,16 +309,12 @@ class IterativeMagnitudeRewind(_ByMagnitude):
         super().__init__(settings, exclude, players)
         self._rewind: dict[str, torch.Tensor] | None = None
         self._restart: int | None = None
+        self.round_masks: list[dict[str, torch.Tensor]] = []
 
     def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         super().before_run(trained, steps_per_epoch, epochs, calibration)
-        self._round_len = max(1, self._total_steps // self.settings.rounds)
-        if self.settings.rewind_step >= self._round_len:
-            raise ConfigError(
-                f"method.rewind_step: {self.settings.rewind_step} is not inside the first round "
-                f"({self._round_len} steps); choose a smaller rewind point or fewer rounds"
-            )
-        if self._rewind is None and self.settings.rewind_step == 0:
+        self.rounds = Rounds(self.settings, steps_per_epoch, epochs)
+        if self._rewind is None and self.rounds.rewind_step == 0:
             self._snapshot(trained)
 
     def _snapshot(self, model: nn.Module) -> None:
@@ -325,17 +323,18 @@ class IterativeMagnitudeRewind(_ByMagnitude):
     @torch.no_grad()
     def _prune_and_rewind(self, model: nn.Module, fraction: float) -> None:
         self.prune_to(model, fraction)
+        self.round_masks.append({name: m.cpu().clone() for name, m in self.masks.masks.items()})
         model.load_state_dict(self._rewind)
         self.masks.apply()
 
     def after_step(self, trained: nn.Module) -> None:
         super().after_step(trained)
-        if self._step == self.settings.rewind_step:
+        if self._step == self.rounds.rewind_step:
             self._snapshot(trained)
-        r = self._step // self._round_len
-        if self._step % self._round_len == 0 and 1 <= r < self.settings.rounds:
-            self._prune_and_rewind(trained, geometric_fraction(self.settings.budget, r, self.settings.rounds))
-            self._restart = self._round_len  # the next round trains with a fresh optimizer and schedule
+        r = self.rounds.ended(self._step)
+        if r is not None:
+            self._prune_and_rewind(trained, self.rounds.fraction(r))
+            self._restart = self.rounds.length  # the next round trains with a fresh optimizer and schedule
 
     def optimizer_restart(self) -> int | None:
         restart, self._restart = self._restart, None
@@ -346,9 +345,14 @@ class IterativeMagnitudeRewind(_ByMagnitude):
         self._prune_and_rewind(trained, self.settings.budget)
         return compact_unstructured(trained, self.masks)
 
+    def tickets(self) -> dict[str, Any]:
+        fractions = [self.rounds.fraction(r) for r in range(1, self.settings.rounds + 1)]
+        return tickets_payload(self.round_masks, fractions, self._rewind, method=self.name)
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rewind": self._rewind}
+        return {**super().state_dict(), "rewind": self._rewind, "round_masks": self.round_masks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._rewind = state["rewind"]
+        self.round_masks = state.get("round_masks", [])  # absent from checkpoints before tickets.pt

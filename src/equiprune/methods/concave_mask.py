@@ -1,0 +1,267 @@
+"""``concave-mask``: lottery tickets from a relaxed mask under a concave regularizer (Tartaglione et al.,
+"Playing the lottery with concave regularizers", arXiv 2501.11135).
+
+Every prunable weight θ (or, with ``players = "neuron"``/``"filter"``, every output row of a
+player's producer layer) computes as m ⊙ θ with a mask m ∈ [0, 1] learned jointly with θ: the loss
+is L(m ⊙ θ) + λ·Σ R(m) with R a regularizer of :mod:`equiprune.core.mask_regularizers` (``log``,
+``l1``, ``lp``, ``scad``, ``mcp``), and m takes projected gradient steps (clipped to [0, 1] after
+every step). The masks start at ``mask_init`` (the paper's 0.5).
+
+The training phase runs the ticket protocol of :mod:`equiprune.methods.tickets`: at the end of each
+round the mask decides who stays, either the ``percentage`` way (the round's kept fraction, by m
+among the survivors) or the ``threshold`` way (every survivor with m < ``threshold``; the budget then
+only caps what the last round keeps, reported in ``budget_fit``), then the survivors rewind to the
+rewind point and the masks restart at ``mask_init``. The phase ends with the final ticket: the last
+round's mask on the rewound weights, the mask itself dropped (m = 1 on the survivors), which the
+fine-tuning epochs train. The mask values per layer at the end of every round are kept in
+``tickets.pt`` (histograms) and drawn in the run's ``masks.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from equiprune.core.compact import PruneResult, compact, note_emptied_layer
+from equiprune.core.mask_regularizers import regularizer
+from equiprune.core.players import attach
+from equiprune.core.reparam import Product, fold, raw_weight
+from equiprune.core.selection import Allocation, alive_metrics, top_k_among_alive
+from equiprune.core.weight_players import WeightMasks, compact_unstructured
+from equiprune.errors import ConfigError
+from equiprune.methods.base import METHODS, Calibration, check_selection
+from equiprune.methods.continuous import ContinuousSparsifier
+from equiprune.methods.tickets import Rounds, check_rounds, plain_state, tickets_payload
+
+HISTOGRAM_BINS = 20  # of mask values in [0, 1], per layer and round
+
+
+@dataclass(frozen=True)
+class ConcaveMaskSettings:
+    """The mask's regularizer and step, how a round decides, and the ticket protocol (``methods.tickets``)."""
+
+    budget: float = 0.1  # fraction of the weights (or players) kept at the end
+    allocation: Allocation = "global"  # one ranking of all masks, or the same fraction per layer
+    regularizer: str = "log"  # R(m): log, l1, lp, scad, mcp (core.mask_regularizers), or one registered there
+    lam: float = 1e-4  # λ, the weight of Σ R(m) (every R has slope 1 at m = 0)
+    epsilon: float = 0.1  # R's scale: log's ε, lp's smoothing, the knee of scad and mcp
+    p: float = 0.5  # lp's exponent, in (0, 1)
+    a: float = 3.7  # the shape of scad (> 2) and mcp (> 1)
+    mask_init: float = 0.5  # every mask's start (the paper's 0.5), again after each rewind
+    mask_step: float = 20.0  # the masks' gradient is multiplied by it: under SGD their step is mask_step x train.lr
+    selection: Literal["percentage", "threshold"] = "percentage"  # a round keeps its fraction, or every m >= threshold
+    threshold: float = 0.01  # α: with selection = "threshold", masks below it are pruned
+    rounds: int = 4  # train, prune, rewind cycles within the training phase (the last at its end)
+    rewind_step: int = 0  # survivors rewind to their weights after this many steps (0: the initialisation)
+    rewind_epoch: int = 0  # ... or after this many epochs (give one of the two)
+    fractions: list[float] | None = None  # each round's kept fraction (the last = budget); unset: geometric
+
+    def __post_init__(self):
+        check_selection(self)
+        check_rounds(self)
+        if not 0 <= self.lam < float("inf"):
+            raise ConfigError(f"method.lam: λ must be a finite number >= 0, got {self.lam!r}")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"method.threshold: α must lie in (0, 1), got {self.threshold!r}")
+        if not 0 < self.mask_init <= 1:
+            raise ConfigError(f"method.mask_init: must lie in (0, 1], got {self.mask_init!r}")
+        if not 0 < self.mask_step < float("inf"):
+            raise ConfigError(f"method.mask_step: must be a finite number > 0, got {self.mask_step!r}")
+        regularizer(self)  # its own parameters' ranges
+
+
+@METHODS.register("concave-mask")
+class ConcaveMask(ContinuousSparsifier):
+    """A mask m ∈ [0, 1] per weight (or row) learned under λ·R(m), pruned by threshold or percentage,
+    survivors rewound; ``rounds`` times."""
+
+    name = "concave-mask"
+    settings_type = ConcaveMaskSettings
+    divergence_hint = "method.lam or method.mask_step"
+
+    def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
+        super().__init__(settings, exclude, players)
+        self.regularizer = regularizer(settings)
+        self._step = 0
+        self._rewind: dict[str, torch.Tensor] | None = None
+        self._restart: int | None = None
+        self.alive: dict[str, torch.Tensor] = {}
+        self.round_masks: list[dict[str, torch.Tensor]] = []
+        self.histograms: list[dict[str, list[int]]] = []
+        self.budget_fit: dict[str, Any] | None = None
+
+    # --- the mask ---------------------------------------------------------------------------------
+
+    def make(self, weight: torch.Tensor, rows: bool) -> nn.Module:
+        shape = (weight.shape[0], *[1] * (weight.dim() - 1)) if rows else weight.shape
+        return Product(torch.full(shape, self.settings.mask_init, device=weight.device, dtype=weight.dtype))
+
+    def decay(self) -> float:
+        return 0.0
+
+    def decayed_tensors(self) -> list[torch.Tensor]:
+        return []  # θ keeps train.weight_decay; the masks have λ·R instead
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        super().prepare(model)
+        for name, p in self.reparams.items():
+            self.alive[name] = torch.ones_like(p.m, dtype=torch.bool)
+            p.m.register_hook(functools.partial(self._with_regularizer, p.m))
+        return model
+
+    def _with_regularizer(self, m: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """(``grad`` + λ·R'(m))·``mask_step``: the regularizer's gradient added as m's gradient is
+        computed (cheaper than a loss term over every mask), then the masks' step scale."""
+        s = self.settings
+        return (grad + s.lam * self.regularizer.slope(m.detach()) if s.lam else grad) * s.mask_step
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {name: p.m for name, p in self.reparams.items()}
+
+    def weight_parameters(self, trained: nn.Module) -> list[Any]:
+        """The masks apart (no weight decay: λ·R is theirs), every other parameter as usual."""
+        masks = list(self.masks().values())
+        ids = {id(m) for m in masks}
+        return [
+            {"params": [p for p in trained.parameters() if id(p) not in ids]},
+            {"params": masks, "weight_decay": 0.0},
+        ]
+
+    def penalty_value(self) -> float:
+        """λ·Σ R(m) over the surviving masks."""
+        with torch.no_grad():
+            return self.settings.lam * sum(float(self.regularizer.value(m[self.alive[n]]).sum())
+                                           for n, m in self.masks().items())  # fmt: skip
+
+    # --- the protocol -----------------------------------------------------------------------------
+
+    def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
+        self.rounds = Rounds(self.settings, steps_per_epoch, epochs)
+        if self._rewind is None and self.rounds.rewind_step == 0:
+            self._snapshot(trained)
+
+    def _snapshot(self, model: nn.Module) -> None:
+        self._rewind = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def after_step(self, trained: nn.Module) -> None:
+        self._step += 1
+        for name, m in self.masks().items():
+            m.clamp_(0, 1).mul_(self.alive[name])  # the projection, and the pruned stay pruned
+        if self._step == self.rounds.rewind_step:
+            self._snapshot(trained)
+        r = self.rounds.ended(self._step)
+        if r is not None:
+            self._end_round(trained, r)
+            self._restart = self.rounds.length
+
+    def optimizer_restart(self) -> int | None:
+        restart, self._restart = self._restart, None
+        return restart
+
+    @torch.no_grad()
+    def _end_round(self, trained: nn.Module, r: int, last: bool = False) -> list[str]:
+        """Choose round ``r``'s survivors by the masks, keep its ticket and histograms, and rewind."""
+        masks = {name: m.detach() for name, m in self.masks().items()}
+        self.histograms.append({name: torch.histc(m[self.alive[name]].float(), HISTOGRAM_BINS, 0, 1).int().tolist()
+                                for name, m in masks.items()})  # fmt: skip
+        notes: list[str] = []
+        if self.settings.selection == "percentage":
+            keep = top_k_among_alive(masks, self.alive, self.rounds.fraction(r), self.settings.allocation)
+        else:
+            keep = self._by_threshold(masks, notes)
+            if last:
+                keep = self._cap(masks, keep)
+        self.alive = {name: keep[name].reshape(m.shape) for name, m in masks.items()}
+        self.round_masks.append({name: self._weight_mask(name) for name in masks})
+        trained.load_state_dict(self._rewind)
+        for name, m in self.masks().items():
+            m.copy_(self.alive[name] * self.settings.mask_init)
+        return notes
+
+    def _by_threshold(self, masks: dict[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
+        alpha = self.settings.threshold
+        keep = {}
+        for name, m in masks.items():
+            keep[name] = self.alive[name] & (m >= alpha)
+            if not bool(keep[name].any()):  # keep the network connected: the layer's largest mask stays
+                ranked = torch.where(self.alive[name], m, -1.0)
+                keep[name].view(-1)[int(torch.argmax(ranked))] = True
+                note_emptied_layer(
+                    name,
+                    "mask",
+                    float(m.max()),
+                    f"threshold={alpha}",
+                    m.numel(),
+                    self._kind(),
+                    notes,
+                    "lower method.lam or method.threshold, or exclude this layer",
+                )
+        return keep
+
+    def _cap(self, masks: dict[str, torch.Tensor], decided: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The threshold's survivors, cut by m to the budget where more survive; ``budget_fit`` says so."""
+        alive = sum(int(k.sum()) for k in decided.values())
+        total = sum(k.numel() for k in decided.values())
+        keep = decided
+        if alive > round(self.settings.budget * total):
+            keep = top_k_among_alive(masks, decided, self.settings.budget, self.settings.allocation)
+        kept = sum(int(k.sum()) for k in keep.values())
+        self.budget_fit = {"unit": self._kind(), "budget": self.settings.budget, "kept": kept, "decided": alive,
+                           "removed_by_fit": alive - kept, "restored_by_fit": 0}  # fmt: skip
+        return keep
+
+    def _weight_mask(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s survivors as a mask shaped like its weight (a row's mask spread over the row)."""
+        return self.alive[name].expand_as(raw_weight(self._layers[name])).clone().cpu()
+
+    # --- the end ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
+        notes = self._end_round(trained, self.settings.rounds, last=True)
+        for name, m in self.masks().items():
+            m.copy_(self.alive[name])  # the ticket computes with θ on its survivors, the mask dropped
+        plain = fold(trained)
+        if self._kind() == "weight":
+            masks = WeightMasks(plain, self.exclude)
+            masks.set(self.alive)
+            result = compact_unstructured(plain, masks)
+        else:
+            gated = attach(plain, self.exclude, (self._kind(),))
+            keep = {g.name: self.alive[g.producers[0][0]].flatten() for g in gated.groups}
+            result = compact(gated, keep)
+        result.notes, result.budget_fit = notes, self.budget_fit
+        return result
+
+    def tickets(self) -> dict[str, Any]:
+        """Every round's mask and the rewind weights, for ``tickets.pt``."""
+        fractions = [self.rounds.fraction(r) for r in range(1, self.settings.rounds + 1)]
+        return tickets_payload(self.round_masks, fractions, plain_state(self._rewind),
+                               histograms=self.histograms, method=self.name)  # fmt: skip
+
+    def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
+        masks = self.masks()
+        alive = {name: int(self.alive[name].sum()) for name in masks}
+        sizes = {name: self.alive[name].numel() for name in masks}
+        survivors = torch.cat([m.detach()[self.alive[n]].flatten() for n, m in masks.items()])
+        return {**alive_metrics(alive, sizes), "mask_mean": float(survivors.mean()),
+                "mask_below_threshold": float((survivors < self.settings.threshold).float().mean()),
+                "mask_penalty": self.penalty_value(), "round": min(self._step // self.rounds.length + 1,
+                                                                   self.settings.rounds)}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "rewind": self._rewind, "alive": self.alive, "round_masks": self.round_masks,
+                "histograms": self.histograms, "budget_fit": self.budget_fit}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step, self._rewind, self.alive = state["step"], state["rewind"], state["alive"]
+        self.round_masks, self.histograms, self.budget_fit = (
+            state["round_masks"],
+            state["histograms"],
+            state["budget_fit"],
+        )
