@@ -132,6 +132,51 @@ def _cmd_mirror_flow(args) -> int:
     return 0
 
 
+def _cmd_lottery(args) -> int:
+    from equiprune.experiments.lottery import load_study, run_study, summarise
+
+    study = load_study(_config_path(args.config, "lottery", "lottery study"))
+    rows = run_study(study, args.out, jobs=args.jobs, quiet=args.quiet)
+    for s in sorted(summarise(rows), key=lambda s: (s["label"], s["round"], s["variant"])):
+        print(f"{s['label']} round {s['round']} weights_left={100 * s['kept_fraction']:.2f}% {s['variant']} "
+              f"test_accuracy={100 * s['accuracy_mean']:.2f}±{100 * s['accuracy_std']:.2f}")  # fmt: skip
+    print(f"wrote {args.out}/lottery.json, lottery.md and lottery.png")
+    return 0
+
+
+def _cmd_mask_convex(args) -> int:
+    from equiprune.experiments.mask_convex import ConvexSettings, run_check
+
+    settings = ConvexSettings(digits=tuple(args.digits), iterations=args.iterations, lr=args.lr, lam=args.lam,
+                              examples=args.examples)  # fmt: skip
+    result = run_check(args.out, settings)
+    for r in result["rows"]:
+        print(f"{r['way']}: test_accuracy={100 * r['test_accuracy']:.2f} sparsity={100 * r['sparsity']:.1f}% "
+              f"exact_zeros={100 * r['exact_zeros']:.1f}% flips_in_last_fifth={r['flips_in_last_fifth']}")  # fmt: skip
+    print(f"wrote {args.out}/mask_convex.json, mask_convex.md and mask_convex.png")
+    return 0
+
+
+def _add_lottery(sub) -> None:
+    lo = sub.add_parser("lottery", help="lottery tickets: find them (imp, concave-mask), retrain every round's "
+                        "ticket beside re-initialised and random-mask baselines")  # fmt: skip
+    lo.add_argument("config", help="a TOML lottery study file, or the name of one equiprune ships: lenet300_mnist, ...")
+    lo.add_argument("--out", required=True, help="the study directory (started again, it resumes)")
+    lo.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="methods x seeds at once, each in its own process (default 1)")  # fmt: skip
+    lo.add_argument("--quiet", action="store_true", help="no progress bar")
+    lo.set_defaults(func=_cmd_lottery)
+    mc = sub.add_parser("mask-convex", help="logistic regression on two MNIST digits: a log-regularised mask "
+                        "against l1 on the mask and l1 by subgradient (the lottery paper's sanity check)")  # fmt: skip
+    mc.add_argument("--out", required=True, help="directory for mask_convex.json, .md and .png")
+    mc.add_argument("--digits", type=int, nargs=2, default=[0, 1], help="the two digits (default 0 1)")
+    mc.add_argument("--iterations", type=int, default=2000, help="full-batch steps (default 2000)")
+    mc.add_argument("--lr", type=float, default=0.5, help="step size of weights and masks (default 0.5)")
+    mc.add_argument("--lam", type=float, default=1e-2, help="the regularizers' weight (default 0.01)")
+    mc.add_argument("--examples", type=int, help="use the first N training images (default all)")
+    mc.set_defaults(func=_cmd_mask_convex)
+
+
 def _cmd_export(args) -> int:
     from equiprune.experiments.export import export_run, speed_markdown
 
@@ -227,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--betas", default="0.001,0.01,0.1,1,10", help="starting m^2 - w^2 values to compare "
                     "(default 0.001,0.01,0.1,1,10)")  # fmt: skip
     mf.set_defaults(func=_cmd_mirror_flow)
+
+    _add_lottery(sub)
 
     ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
     ex.add_argument("run", help="a finished run directory")
