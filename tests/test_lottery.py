@@ -402,3 +402,43 @@ def test_the_convex_check_gives_masks_exact_zeros_that_the_subgradient_never_rea
 def test_the_convex_check_refuses_bad_settings():
     with pytest.raises(ConfigError, match="digits"):
         ConvexSettings(digits=(3, 3))
+
+
+@pytest.mark.parametrize("name", ["lenet300_mnist", "lenet5_fashion", "resnet20_cifar10", "vgg16_cifar10"])
+def test_shipped_studies_compare_imp_log_and_l1_down_to_two_percent(name):
+    from equiprune.config import shipped_config
+
+    study = load_study(shipped_config("lottery", f"{name}.toml"))
+    assert set(study.searches) == {"imp", "log", "l1"} and len(study.seeds) == 3
+    assert {study.searches[k].get("regularizer") for k in ("log", "l1")} == {"log", "l1"}
+    assert all(s["fractions"][-1] == s["budget"] == 0.02 for s in study.searches.values())
+
+
+def test_the_threshold_study_sweeps_alpha_from_0_001_to_0_1():
+    from equiprune.config import shipped_config
+
+    study = load_study(shipped_config("lottery", "lenet300_mnist_threshold.toml"))
+    assert {s["threshold"] for s in study.searches.values()} == {0.001, 0.01, 0.1}
+    assert all(s["selection"] == "threshold" for s in study.searches.values())
+
+
+def test_the_resnet20_cifar10_study_runs_on_cifar_format_files(cifar10_files, tmp_path):
+    import tomllib
+
+    import tomli_w
+
+    from equiprune.config import shipped_config
+
+    shipped = tomllib.loads(shipped_config("lottery", "resnet20_cifar10.toml").read_text())
+    small = {**shipped, "seeds": [0], "ticket_epochs": 1, "rounds": [2], "variants": ["ticket", "random"]}
+    small["base"] = {**shipped["base"], "device": "cpu", "threads": 1}
+    small["base"]["data"] = {**shipped["base"]["data"], "root": str(cifar10_files), "batch_size": 4}
+    small["base"]["model"] = {**shipped["base"]["model"], "width": 0.25}
+    small["base"]["train"] = {**shipped["base"]["train"], "epochs": 2}
+    small["methods"] = [{**m, "rounds": 2, "fractions": [0.2, 0.02], "rewind_epoch": 0}
+                        for m in shipped["methods"] if m.get("label") == "log"]  # fmt: skip
+    path = tmp_path / "study.toml"
+    path.write_text(tomli_w.dumps(small))
+    rows = run_study(load_study(path), tmp_path / "out", quiet=True)
+    assert [(r["label"], r["round"], r["variant"]) for r in rows] == [("log", 2, "random"), ("log", 2, "ticket")]
+    assert all(r["kept_fraction"] == pytest.approx(0.02, abs=1e-3) for r in rows)
