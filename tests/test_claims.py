@@ -189,3 +189,58 @@ def test_paper_003_claims_follow_the_sweeps_and_the_mirror_flow(tmp_path, claims
     assert claims["mirror_claim"](mirror_dir(tmp_path / "m1", [5.0, 8.0, 9.0], 1e-3)).verdict == "holds"
     assert claims["mirror_claim"](mirror_dir(tmp_path / "m2", [5.0, 8.0, 9.0], 0.1)).verdict == "does not hold"
     assert claims["mirror_claim"](mirror_dir(tmp_path / "m3", [9.0, 8.0, 5.0], 1e-3)).verdict == "does not hold"
+
+
+def _lottery_dir(path: Path, cells: dict) -> Path:
+    """A lottery.json whose summary holds ``cells``: (label, variant, fraction) -> (mean, std)."""
+    path.mkdir(parents=True)
+    summary = [{"label": label, "variant": variant, "round": 1, "seeds": 3, "kept_fraction": f,
+                "accuracy_mean": mean, "accuracy_std": std}
+               for (label, variant, f), (mean, std) in cells.items()]  # fmt: skip
+    (path / "lottery.json").write_text(json.dumps({"name": "lenet300-mnist-lottery", "rows": [], "summary": summary}))
+    return path
+
+
+def test_lottery_claims_follow_the_studys_means_and_spreads(tmp_path, claims):
+    cells = {}
+    for f, (imp, log, l1) in {
+        0.2: (0.980, 0.981, 0.975),
+        0.05: (0.975, 0.978, 0.970),
+        0.02: (0.965, 0.970, 0.960),
+    }.items():
+        cells.update({("imp", "ticket", f): (imp, 0.001), ("log", "ticket", f): (log, 0.001),
+                      ("l1", "ticket", f): (l1, 0.001)})  # fmt: skip
+        for label, acc in (("imp", imp), ("log", log)):
+            cells.update({(label, "reinit", f): (acc - 0.01, 0.001), (label, "random", f): (acc - 0.02, 0.001)})
+    rows = claims["lottery_claims"]([_lottery_dir(tmp_path / "a", cells)])
+    assert [c.verdict for c in rows] == ["holds"] * 4
+    assert "log ticket 97.00 ± 0.10 against imp ticket 96.50 ± 0.10 (win)" in rows[1].figure
+    cells[("log", "ticket", 0.02)] = (0.960, 0.001)  # now a loss to imp at 2% and a tie with l1
+    rows = claims["lottery_claims"]([_lottery_dir(tmp_path / "b", cells)])
+    assert rows[1].verdict == "does not hold" and "1 losses" in rows[1].why
+    assert rows[0].verdict == "holds"  # 20% unchanged
+
+
+def test_the_threshold_claim_interpolates_the_percentage_curve_in_log_fraction(tmp_path, claims):
+    pct = _lottery_dir(tmp_path / "p", {("log", "ticket", 0.1): (0.98, 0.001), ("log", "ticket", 0.01): (0.96, 0.001)})
+    thr = _lottery_dir(tmp_path / "t", {("log-a", "ticket", 0.0316): (0.975, 0.001)})
+    claim = claims["threshold_claim"](thr, [pct])
+    assert "against percentage 97.00 (win)" in claim.figure and claim.verdict == "holds"
+
+
+def test_the_convex_claim_reads_the_check(tmp_path, claims):
+    row = {
+        "train_accuracy": 0.99,
+        "test_accuracy": 0.99,
+        "sparsity": 0.95,
+        "exact_zeros": 0.95,
+        "flips_in_last_fifth": 0,
+    }
+    rows = [{"way": "log-mask", **row}, {"way": "l1-mask", **row},
+            {"way": "l1-subgradient", **row, "exact_zeros": 0.0, "sparsity": 0.9,
+             "flips_in_last_fifth": 500}]  # fmt: skip
+    (tmp_path / "mask_convex.json").write_text(json.dumps({"rows": rows}))
+    assert claims["convex_claim"](tmp_path).verdict == "holds"
+    rows[0]["test_accuracy"] = 0.97
+    (tmp_path / "mask_convex.json").write_text(json.dumps({"rows": rows}))
+    assert claims["convex_claim"](tmp_path).verdict == "does not hold"

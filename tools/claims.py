@@ -9,9 +9,11 @@ from the runs.
 ``--limit``: directories written by ``equiprune limit``; ``--factors``: one written by
 ``tools/limit_factors.py``; ``--sweep``: a weight sweep with ``imp``, ``lomp`` and ``lomp-one-shot``;
 ``--continuous``: continuous-sparsification sweeps (``pilot``, ``spred``, ``str``); ``--mirror``: a directory of
-``equiprune mirror-flow``; ``--bench``: a benchmark results file with ``slq_vs_pyhessian`` records. A claim whose
-runs are not given, or not yet built, is listed as not measured, with the reason. The issue that builds paper 001
-adds its rows here. Papers 002 and 004 are read in ``claims_measured.py``, paper 003 in ``claims_continuous.py``.
+``equiprune mirror-flow``; ``--lottery``: `equiprune lottery` studies with ``imp``, ``log`` and ``l1``;
+``--lottery-threshold``: the threshold study; ``--mask-convex``: a directory of ``equiprune mask-convex``;
+``--bench``: a benchmark results file with ``slq_vs_pyhessian`` records. A claim whose runs are not given is
+listed as not measured, with the reason. Paper 001 is read in ``claims_lottery.py``, papers 002 and 004 in
+``claims_measured.py``, paper 003 in ``claims_continuous.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules,
 
 from claims_common import Claim, _holds, _mean_pm, _pct  # noqa: E402
 from claims_continuous import continuous_claims, mirror_claim  # noqa: E402, F401
+from claims_lottery import convex_claim, lottery_claims, threshold_claim  # noqa: E402
 from claims_measured import (  # noqa: E402, F401  (the tests reach the builders through this module)
     factors_claim,
     limit_claims,
@@ -42,7 +45,7 @@ PAGE = ROOT / "docs" / "claims.md"
 
 PAPERS = {
     "000": "Pruning as a Game: Equilibrium-Driven Sparsification of Neural Networks (arXiv 2512.22106)",
-    "001": "Lottery tickets with concave mask regularisers (issue #31 builds it)",
+    "001": "Playing the Lottery With Concave Regularizers for Sparse Trainable Neural Networks (arXiv 2501.11135)",
     "002": "How Sparse Can We Prune a Deep Network: A Fundamental Limit Perspective (arXiv 2306.05857)",
     "003": "Mask in the Mirror: Implicit Sparsification (Jacobs & Burkholz, ICLR 2025)",
     "004": "Selection Plateau and a Sparsity-Dependent Hierarchy of Pruning Features (arXiv 2605.09345)",
@@ -188,13 +191,6 @@ def _smooth(reproduce_dir: Path, rows: dict[str, dict[str, Any]], command: str) 
     )
 
 
-def pending_claims() -> list[Claim]:
-    return [
-        Claim(key, "the paper's headline claims", "–", "–", "not measured yet", f"{PAPERS[key].split('(')[1][:-1]}")
-        for key in ("001",)
-    ]
-
-
 def _cell(text: str) -> str:
     """Text for a Markdown table cell: a bare | (as in |w|) would end the cell."""
     return text.replace("|", "\\|")
@@ -236,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--continuous", type=Path, action="append", default=[],
                    help="a continuous-sparsification sweep directory (pilot, spred, str: frontier.json)")  # fmt: skip
     p.add_argument("--mirror", type=Path, help="a directory of `equiprune mirror-flow` (mirror_flow.json)")
+    p.add_argument("--lottery", type=Path, action="append", default=[],
+                   help="a directory of `equiprune lottery` with imp, log and l1 (lottery.json)")  # fmt: skip
+    p.add_argument("--lottery-threshold", type=Path, help="the threshold study's `equiprune lottery` directory")
+    p.add_argument("--mask-convex", type=Path, help="a directory of `equiprune mask-convex` (mask_convex.json)")
     p.add_argument("--bench", type=Path, help="a benchmark results file (`make bench`) with slq_vs_pyhessian records")
     p.add_argument("--out", type=Path, default=PAGE)
     args = p.parse_args(argv)
     given = [(args.reproduce, "summary.json"), (args.factors, "factors.json"), (args.sweep, "frontier.json"),
-             (args.mirror, "mirror_flow.json"), *[(d, "frontier.json") for d in args.continuous]]  # fmt: skip
+             (args.mirror, "mirror_flow.json"), *[(d, "frontier.json") for d in args.continuous],
+             *[(d, "lottery.json") for d in (*args.lottery, args.lottery_threshold)],
+             (args.mask_convex, "mask_convex.json")]  # fmt: skip
     for d, name in given + [(d, "limit.json") for d in args.limit] + [(d, "plateau.json") for d in args.plateau]:
         if d is not None and not (d / name).is_file():
             print(f"claims: {d} has no {name}; give a finished run directory", file=sys.stderr)
@@ -255,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paper_002 = limit_claims(args.limit) + [factors_claim(args.factors), lomp_claim(args.sweep), slq_claim(args.bench)]
     paper_003 = continuous_claims(args.continuous, args.mirror)
-    claims = game + paper_002 + pending_claims() + paper_003 + plateau_claims(args.plateau)
-    sources = [str(p) for p in (args.reproduce, *args.limit, args.factors, args.sweep, *args.continuous, args.mirror,
+    paper_001 = [*lottery_claims(args.lottery), threshold_claim(args.lottery_threshold, args.lottery),
+                 convex_claim(args.mask_convex)]  # fmt: skip
+    claims = game + paper_001 + paper_002 + paper_003 + plateau_claims(args.plateau)
+    sources = [str(p) for p in (args.reproduce, *args.limit, args.factors, args.sweep, *args.lottery,
+                                args.lottery_threshold, args.mask_convex, *args.continuous, args.mirror,
                                 *args.plateau, args.bench) if p]  # fmt: skip
     io.write_text(args.out, page(claims, sources) + "\n")
     print(f"wrote {args.out}")
