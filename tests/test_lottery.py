@@ -197,6 +197,28 @@ def test_a_threshold_that_would_empty_a_layer_keeps_its_largest_mask_and_says_so
     assert any("'5'" in note and "method.lam" in note for note in result.notes)
 
 
+def test_concave_mask_on_heads_prunes_whole_heads_and_compacts_exactly():
+    from equiprune.models import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("vit", input_shape=(1, 28, 28), depth=2, dim=32, heads=4, mlp=48)
+    method = build_method("concave-mask", settings={"budget": 0.5, "rounds": 1}, players="head")
+    gated = method.prepare(vit)
+    x = torch.randn(3, 1, 28, 28)
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    with torch.no_grad():
+        for m in method.masks().values():  # a learned preference: the later heads of every block
+            m.copy_(torch.tensor([0.1, 0.2, 0.8, 0.9]))
+    result = method.finish(gated)
+    assert set(result.kinds.values()) == {"head"} and sum(result.kept.values()) == 4
+    assert all(bool(a.tolist() == [False, False, True, True]) for a in method.alive.values())
+    # the ticket: the survivors at their rewound weights, the dropped heads' gates at 0 (the mask itself dropped)
+    with torch.no_grad():
+        for s, keep in zip(gated.gates, method.alive.values()):
+            s.copy_(keep.float())
+    assert torch.allclose(result.model(x), gated(x), atol=1e-5)
+
+
 def test_structured_concave_mask_prunes_whole_neurons():
     method = build_method("concave-mask", settings={"budget": 0.5, "rounds": 2}, players="neuron")
     model = method.prepare(_mlp())

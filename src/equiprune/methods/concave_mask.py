@@ -1,8 +1,9 @@
 """``concave-mask``: lottery tickets from a relaxed mask under a concave regularizer (Tartaglione et al.,
 "Playing the lottery with concave regularizers", arXiv 2501.11135).
 
-Every prunable weight θ (or, with ``players = "neuron"``/``"filter"``, every output row of a
-player's producer layer) computes as m ⊙ θ with a mask m ∈ [0, 1] learned jointly with θ: the loss
+Every prunable weight θ computes as m ⊙ θ with a mask m ∈ [0, 1] learned jointly with θ (with
+``players = "neuron"``, ``"filter"`` or ``"head"``, one mask per player gates its output, the gates of
+:class:`~equiprune.core.players.GatedModel`): the loss
 is L(m ⊙ θ) + λ·Σ R(m) with R a regularizer of :mod:`equiprune.core.mask_regularizers` (``log``,
 ``l1``, ``lp``, ``scad``, ``mcp``), and m takes projected gradient steps (clipped to [0, 1] after
 every step). The masks start at ``mask_init`` (the paper's 0.5).
@@ -28,8 +29,7 @@ import torch.nn as nn
 
 from equiprune.core.compact import PruneResult, compact, note_emptied_layer
 from equiprune.core.mask_regularizers import regularizer
-from equiprune.core.players import attach
-from equiprune.core.reparam import Product, fold, raw_weight
+from equiprune.core.reparam import Product, fold
 from equiprune.core.selection import Allocation, alive_metrics, top_k_among_alive
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
@@ -96,9 +96,10 @@ class ConcaveMask(ContinuousSparsifier):
 
     # --- the mask ---------------------------------------------------------------------------------
 
+    player_kinds = ("weight", "neuron", "filter", "head")
+
     def make(self, weight: torch.Tensor, rows: bool) -> nn.Module:
-        shape = (weight.shape[0], *[1] * (weight.dim() - 1)) if rows else weight.shape
-        return Product(torch.full(shape, self.settings.mask_init, device=weight.device, dtype=weight.dtype))
+        return Product(torch.full_like(weight, self.settings.mask_init))
 
     def decay(self) -> float:
         return 0.0
@@ -107,11 +108,21 @@ class ConcaveMask(ContinuousSparsifier):
         return []  # θ keeps train.weight_decay; the masks have λ·R instead
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        super().prepare(model)
-        for name, p in self.reparams.items():
-            self.alive[name] = torch.ones_like(p.m, dtype=torch.bool)
-            p.m.register_hook(functools.partial(self._with_regularizer, p.m))
-        return model
+        if self._kind() == "weight":  # m ⊙ θ per weight
+            trained = super().prepare(model)
+            self._masks = {name: p.m for name, p in self.reparams.items()}
+        else:  # one gate per player, read where its output is consumed (so BatchNorm followers are fine)
+            trained = self.attach(model)
+            self._masks = {g.name: s for g, s in zip(trained.groups, trained.gates)}
+        with torch.no_grad():
+            for name, m in self._masks.items():
+                m.fill_(self.settings.mask_init)
+                self.alive[name] = torch.ones_like(m, dtype=torch.bool)
+                m.register_hook(functools.partial(self._with_regularizer, m))
+        return trained
+
+    def unwrap(self, trained: nn.Module) -> nn.Module:
+        return fold(trained) if self._kind() == "weight" else trained.model
 
     def _with_regularizer(self, m: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """(``grad`` + λ·R'(m))·``mask_step``: the regularizer's gradient added as m's gradient is
@@ -120,7 +131,8 @@ class ConcaveMask(ContinuousSparsifier):
         return (grad + s.lam * self.regularizer.slope(m.detach()) if s.lam else grad) * s.mask_step
 
     def masks(self) -> dict[str, torch.Tensor]:
-        return {name: p.m for name, p in self.reparams.items()}
+        """Layer (weights) or player group (structured) -> its mask tensor."""
+        return self._masks
 
     def weight_parameters(self, trained: nn.Module) -> list[Any]:
         """The masks apart (no weight decay: λ·R is theirs), every other parameter as usual."""
@@ -177,7 +189,8 @@ class ConcaveMask(ContinuousSparsifier):
             if last:
                 keep = self._cap(masks, keep)
         self.alive = {name: keep[name].reshape(m.shape) for name, m in masks.items()}
-        self.round_masks.append({name: self._weight_mask(name) for name in masks})
+        if self._kind() == "weight":  # tickets are weight masks (the ticket method retrains them)
+            self.round_masks.append({name: self.alive[name].clone().cpu() for name in masks})
         trained.load_state_dict(self._rewind)
         for name, m in self.masks().items():
             m.copy_(self.alive[name] * self.settings.mask_init)
@@ -215,10 +228,6 @@ class ConcaveMask(ContinuousSparsifier):
                            "removed_by_fit": alive - kept, "restored_by_fit": 0}  # fmt: skip
         return keep
 
-    def _weight_mask(self, name: str) -> torch.Tensor:
-        """Layer ``name``'s survivors as a mask shaped like its weight (a row's mask spread over the row)."""
-        return self.alive[name].expand_as(raw_weight(self._layers[name])).clone().cpu()
-
     # --- the end ----------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -226,20 +235,21 @@ class ConcaveMask(ContinuousSparsifier):
         notes = self._end_round(trained, self.settings.rounds, last=True)
         for name, m in self.masks().items():
             m.copy_(self.alive[name])  # the ticket computes with θ on its survivors, the mask dropped
-        plain = fold(trained)
         if self._kind() == "weight":
+            plain = fold(trained)
             masks = WeightMasks(plain, self.exclude)
             masks.set(self.alive)
             result = compact_unstructured(plain, masks)
         else:
-            gated = attach(plain, self.exclude, (self._kind(),))
-            keep = {g.name: self.alive[g.producers[0][0]].flatten() for g in gated.groups}
-            result = compact(gated, keep)
+            result = compact(trained, self.alive)
         result.notes, result.budget_fit = notes, self.budget_fit
         return result
 
-    def tickets(self) -> dict[str, Any]:
-        """Every round's mask and the rewind weights, for ``tickets.pt``."""
+    def tickets(self) -> dict[str, Any] | None:
+        """Every round's mask and the rewind weights, for ``tickets.pt`` (weights only: a structured
+        ticket is its compacted model)."""
+        if self._kind() != "weight":
+            return None
         fractions = [self.rounds.fraction(r) for r in range(1, self.settings.rounds + 1)]
         return tickets_payload(self.round_masks, fractions, plain_state(self._rewind),
                                histograms=self.histograms, method=self.name)  # fmt: skip
