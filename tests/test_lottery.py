@@ -464,3 +464,17 @@ def test_the_resnet20_cifar10_study_runs_on_cifar_format_files(cifar10_files, tm
     rows = run_study(load_study(path), tmp_path / "out", quiet=True)
     assert [(r["label"], r["round"], r["variant"]) for r in rows] == [("log", 2, "random"), ("log", 2, "ticket")]
     assert all(r["kept_fraction"] == pytest.approx(0.02, abs=1e-3) for r in rows)
+
+
+def test_a_ticket_whose_every_layer_is_sparse_exports_and_times(tmp_path):
+    """Every Linear layer of a 2% ticket turns CSR, leaving the model no parameter: timing reads
+    its dtype and device from a buffer instead."""
+    from equiprune.experiments.sparse_export import sparse_report
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.mul_(torch.rand_like(layer.weight) < 0.1)
+    report = sparse_report(model, (6,), tmp_path / "sparse.pt", batch_sizes=[1], repeats=1, rounds=1)
+    assert report["layers"] == ["1", "3"] and report["latency"][0]["batch_size"] == 1

@@ -10,6 +10,7 @@ which no number of repeats fixes: such figures are reported as untrustworthy, no
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -36,8 +37,9 @@ def machine_state() -> dict[str, Any]:
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
-    """A random batch of ``input_shape`` inputs on the model's device and in its dtype."""
-    p = next(model.parameters())
+    """A random batch of ``input_shape`` inputs on the model's device and in its dtype (read from a
+    buffer where it has no parameter: a model whose every layer holds sparse weights)."""
+    p = next(itertools.chain(model.parameters(), model.buffers()))
     return torch.randn(batch, *input_shape, dtype=p.dtype, device=p.device)
 
 
