@@ -154,15 +154,15 @@ def test_rounds_keep_their_fractions_nested_masks_stay_projected_and_the_ticket_
         assert float(m.detach().min()) >= 0 and float(m.detach().max()) <= 1
     result = method.finish(model)
     total = 30 + 20 + 12
-    counts = [sum(int(k.sum()) for k in masks.values()) for masks in method.round_masks]
+    counts = [sum(int(k.sum()) for k in masks.values()) for masks in method.rounds.masks]
     assert counts == [round(0.6 * total), round(0.4 * total), round(0.2 * total)]
-    for earlier, later in zip(method.round_masks, method.round_masks[1:]):
+    for earlier, later in zip(method.rounds.masks, method.rounds.masks[1:]):
         assert all(bool((later[n] <= earlier[n]).all()) for n in earlier)  # nobody comes back
     # the ticket: the initial weights on the last round's survivors (the mask dropped)
     reference = _mlp()
     with torch.no_grad():
         for n in method.reparams:
-            reference.get_submodule(n).weight.copy_(initial[n] * method.round_masks[-1][n])
+            reference.get_submodule(n).weight.copy_(initial[n] * method.rounds.masks[-1][n])
     assert torch.allclose(result.model(X), reference(X), atol=1e-6)
     assert sum(result.kept.values()) == round(0.2 * total)
 

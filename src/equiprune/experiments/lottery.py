@@ -45,6 +45,7 @@ from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.lottery_plots import plot_tickets
 from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.sweep import read_base, read_seeds
 from equiprune.progress import bar
 from equiprune.schema import unknown_key
 
@@ -73,9 +74,7 @@ def parse_study(data: dict[str, Any]) -> Study:
     for key in data:
         if key not in STUDY_KEYS:
             raise unknown_key(key, STUDY_KEYS, "lottery study")
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    seeds = read_seeds(data)
     epochs = data.get("ticket_epochs", 10)
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"ticket_epochs: expected a whole number of epochs >= 1, got {epochs!r}")
@@ -85,9 +84,7 @@ def parse_study(data: dict[str, Any]) -> Study:
     rounds = data.get("rounds", [])
     if not isinstance(rounds, list) or not all(isinstance(r, int) and r >= 1 for r in rounds):
         raise ConfigError(f"rounds: expected a list of round numbers >= 1 (empty: every round), got {rounds!r}")
-    base = data.get("base", {})
-    if not isinstance(base, dict) or "method" in base or "seed" in base:
-        raise ConfigError("base: expected a run configuration table without 'seed' and 'method' (the study sets them)")
+    base = read_base(data, "study")
     study = Study(str(data.get("name", "lottery")), seeds, epochs, variants, rounds, base)
     entries = data.get("methods")
     if not isinstance(entries, list) or not entries:

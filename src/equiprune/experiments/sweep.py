@@ -81,15 +81,11 @@ def parse_sweep(data: dict[str, Any]) -> Sweep:
     for key in data:
         if key not in SWEEP_KEYS:
             raise unknown_key(key, SWEEP_KEYS, "sweep")
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    seeds = read_seeds(data)
     budgets = data.get("budgets", [])
     if not isinstance(budgets, list) or not all(isinstance(b, (int, float)) and 0 < b <= 1 for b in budgets):
         raise ConfigError(f"budgets: expected a list of fractions in (0, 1], got {budgets!r}")
-    base = data.get("base", {})
-    if not isinstance(base, dict) or "method" in base or "seed" in base:
-        raise ConfigError("base: expected a run configuration table without 'seed' and 'method' (the sweep sets them)")
+    base = read_base(data, "sweep")
     entries = data.get("methods")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("methods: expected at least one [[methods]] entry")
@@ -112,6 +108,22 @@ def parse_sweep(data: dict[str, Any]) -> Sweep:
         sweep.roles[label] = role
     sweep.runs.sort(key=lambda r: r.seed)  # whole seeds first: a partial sweep is a usable one
     return sweep
+
+
+def read_seeds(data: dict[str, Any]) -> list[int]:
+    """A plan file's ``seeds`` (default ``[0]``), checked."""
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of integers >= 0, got {seeds!r}")
+    return seeds
+
+
+def read_base(data: dict[str, Any], who: str) -> dict[str, Any]:
+    """A plan file's ``[base]``: a run configuration without the seed and method that ``who`` sets."""
+    base = data.get("base", {})
+    if not isinstance(base, dict) or "method" in base or "seed" in base:
+        raise ConfigError(f"base: expected a run configuration table without 'seed' and 'method' (the {who} sets them)")
+    return base
 
 
 def _expand(entry: Any, base: dict[str, Any], seeds: list[int], budgets: list[float]) -> list[PlannedRun]:

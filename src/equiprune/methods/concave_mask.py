@@ -35,7 +35,7 @@ from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, check_selection
 from equiprune.methods.continuous import ContinuousSparsifier
-from equiprune.methods.tickets import Rounds, check_rounds, plain_state, tickets_payload
+from equiprune.methods.tickets import TicketRounds, check_rounds
 
 HISTOGRAM_BINS = 20  # of mask values in [0, 1], per layer and round
 
@@ -87,10 +87,8 @@ class ConcaveMask(ContinuousSparsifier):
         super().__init__(settings, exclude, players)
         self.regularizer = regularizer(settings)
         self._step = 0
-        self._rewind: dict[str, torch.Tensor] | None = None
-        self._restart: int | None = None
+        self.rounds = TicketRounds(settings)
         self.alive: dict[str, torch.Tensor] = {}
-        self.round_masks: list[dict[str, torch.Tensor]] = []
         self.histograms: list[dict[str, list[int]]] = []
         self.budget_fit: dict[str, Any] | None = None
 
@@ -152,28 +150,19 @@ class ConcaveMask(ContinuousSparsifier):
     # --- the protocol -----------------------------------------------------------------------------
 
     def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
-        self.rounds = Rounds(self.settings, steps_per_epoch, epochs)
-        if self._rewind is None and self.rounds.rewind_step == 0:
-            self._snapshot(trained)
-
-    def _snapshot(self, model: nn.Module) -> None:
-        self._rewind = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.rounds.start(trained, steps_per_epoch, epochs)
 
     @torch.no_grad()
     def after_step(self, trained: nn.Module) -> None:
         self._step += 1
         for name, m in self.masks().items():
             m.clamp_(0, 1).mul_(self.alive[name])  # the projection, and the pruned stay pruned
-        if self._step == self.rounds.rewind_step:
-            self._snapshot(trained)
-        r = self.rounds.ended(self._step)
+        r = self.rounds.after_step(trained, self._step)
         if r is not None:
             self._end_round(trained, r)
-            self._restart = self.rounds.length
 
     def optimizer_restart(self) -> int | None:
-        restart, self._restart = self._restart, None
-        return restart
+        return self.rounds.take_restart()
 
     @torch.no_grad()
     def _end_round(self, trained: nn.Module, r: int, last: bool = False) -> list[str]:
@@ -189,9 +178,8 @@ class ConcaveMask(ContinuousSparsifier):
             if last:
                 keep = self._cap(masks, keep)
         self.alive = {name: keep[name].reshape(m.shape) for name, m in masks.items()}
-        if self._kind() == "weight":  # tickets are weight masks (the ticket method retrains them)
-            self.round_masks.append({name: self.alive[name].clone().cpu() for name in masks})
-        trained.load_state_dict(self._rewind)
+        # tickets are weight masks (the ticket method retrains them); a structured one is its compacted model
+        self.rounds.rewind(trained, self.alive if self._kind() == "weight" else None)
         for name, m in self.masks().items():
             m.copy_(self.alive[name] * self.settings.mask_init)
         return notes
@@ -246,13 +234,10 @@ class ConcaveMask(ContinuousSparsifier):
         return result
 
     def tickets(self) -> dict[str, Any] | None:
-        """Every round's mask and the rewind weights, for ``tickets.pt`` (weights only: a structured
-        ticket is its compacted model)."""
+        """Every round's mask and the rewind weights, for ``tickets.pt`` (weights only)."""
         if self._kind() != "weight":
             return None
-        fractions = [self.rounds.fraction(r) for r in range(1, self.settings.rounds + 1)]
-        return tickets_payload(self.round_masks, fractions, plain_state(self._rewind),
-                               histograms=self.histograms, method=self.name)  # fmt: skip
+        return self.rounds.tickets(histograms=self.histograms, method=self.name)
 
     def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
         masks = self.masks()
@@ -265,13 +250,10 @@ class ConcaveMask(ContinuousSparsifier):
                                                                    self.settings.rounds)}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self._step, "rewind": self._rewind, "alive": self.alive, "round_masks": self.round_masks,
-                "histograms": self.histograms, "budget_fit": self.budget_fit}  # fmt: skip
+        return {"step": self._step, "alive": self.alive, "histograms": self.histograms, "budget_fit": self.budget_fit,
+                **self.rounds.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._step, self._rewind, self.alive = state["step"], state["rewind"], state["alive"]
-        self.round_masks, self.histograms, self.budget_fit = (
-            state["round_masks"],
-            state["histograms"],
-            state["budget_fit"],
-        )
+        self._step, self.alive, self.histograms = state["step"], state["alive"], state["histograms"]
+        self.budget_fit = state["budget_fit"]
+        self.rounds.load_state_dict(state)

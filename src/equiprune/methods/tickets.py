@@ -52,29 +52,70 @@ def check_rounds(settings: Any) -> None:
         raise ConfigError(f"method.fractions: the last round keeps the budget ({settings.budget}); got {f[-1]}")
 
 
-class Rounds:
-    """Where the rounds of a ticket-finding phase begin and end, and what each keeps."""
+class TicketRounds:
+    """The rounds of a ticket-finding phase: where each ends, what it keeps, the rewind point's
+    weights, every round's mask, and the optimizer restart after each rewind (a checkpoint keeps it
+    all through :meth:`state_dict`)."""
 
-    def __init__(self, settings: Any, steps_per_epoch: int, epochs: int):
+    def __init__(self, settings: Any):
         self.settings = settings
-        total = steps_per_epoch * epochs
-        self.length = max(1, total // settings.rounds)
-        self.rewind_step = settings.rewind_step or settings.rewind_epoch * steps_per_epoch
+        self.rewind_state: dict[str, torch.Tensor] | None = None
+        self.masks: list[dict[str, torch.Tensor]] = []  # every round's, layer -> bool, weight-shaped
+        self._restart: int | None = None
+
+    def start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
+        """Lay the rounds over the phase's steps; at a rewind point of 0, keep the weights now."""
+        self.length = max(1, steps_per_epoch * epochs // self.settings.rounds)
+        self.rewind_step = self.settings.rewind_step or self.settings.rewind_epoch * steps_per_epoch
         if self.rewind_step >= self.length:
             raise ConfigError(
                 f"method.rewind_step/rewind_epoch: the rewind point ({self.rewind_step} steps) is not inside the "
                 f"first round ({self.length} steps); choose an earlier rewind point or fewer rounds"
             )
+        if self.rewind_state is None and self.rewind_step == 0:  # a resumed run loads its own after this
+            self._keep(model)
+
+    def _keep(self, model: nn.Module) -> None:
+        self.rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def fraction(self, round_: int) -> float:
         """The fraction of weights kept after round ``round_`` (1-based)."""
         s = self.settings
         return s.fractions[round_ - 1] if s.fractions else geometric_fraction(s.budget, round_, s.rounds)
 
-    def ended(self, step: int) -> int | None:
-        """The round (1-based, before the last) that ``step`` ends, else None; the last ends in ``finish``."""
+    def fractions(self) -> list[float]:
+        return [self.fraction(r) for r in range(1, self.settings.rounds + 1)]
+
+    def after_step(self, model: nn.Module, step: int) -> int | None:
+        """Keep the rewind point's weights at its step; the round (1-based, before the last) that
+        ``step`` ends, else None (the last round ends in the method's ``finish``)."""
+        if step == self.rewind_step:
+            self._keep(model)
         r = step // self.length
         return r if step % self.length == 0 and 1 <= r < self.settings.rounds else None
+
+    def rewind(self, model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+        """Record a round's weight ``masks`` (None: not a weight ticket), load the rewind point's
+        weights into ``model``, and ask for a fresh optimizer for the next round."""
+        if masks is not None:
+            self.masks.append({name: m.detach().cpu().clone() for name, m in masks.items()})
+        model.load_state_dict(self.rewind_state)
+        self._restart = self.length
+
+    def take_restart(self) -> int | None:
+        """For ``Method.optimizer_restart``: the steps of the next round once after a rewind, else None."""
+        restart, self._restart = self._restart, None
+        return restart
+
+    def tickets(self, **extra) -> dict[str, Any]:
+        """What ``tickets.pt`` holds (:func:`tickets_payload`), the rewind weights under plain names."""
+        return tickets_payload(self.masks, self.fractions(), plain_state(self.rewind_state), **extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rewind": self.rewind_state, "round_masks": self.masks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rewind_state, self.masks = state["rewind"], state.get("round_masks", [])
 
 
 def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from equiprune.core.selection import Allocation, alive_metrics, cubic_fraction, 
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
-from equiprune.methods.tickets import Rounds, check_rounds, tickets_payload
+from equiprune.methods.tickets import TicketRounds, check_rounds
 
 
 @dataclass(frozen=True)
@@ -307,38 +307,26 @@ class IterativeMagnitudeRewind(_ByMagnitude):
 
     def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
-        self._rewind: dict[str, torch.Tensor] | None = None
-        self._restart: int | None = None
-        self.round_masks: list[dict[str, torch.Tensor]] = []
+        self.rounds = TicketRounds(settings)
 
     def before_run(self, trained, steps_per_epoch: int, epochs: int, calibration=None) -> None:
         super().before_run(trained, steps_per_epoch, epochs, calibration)
-        self.rounds = Rounds(self.settings, steps_per_epoch, epochs)
-        if self._rewind is None and self.rounds.rewind_step == 0:
-            self._snapshot(trained)
-
-    def _snapshot(self, model: nn.Module) -> None:
-        self._rewind = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.rounds.start(trained, steps_per_epoch, epochs)
 
     @torch.no_grad()
     def _prune_and_rewind(self, model: nn.Module, fraction: float) -> None:
         self.prune_to(model, fraction)
-        self.round_masks.append({name: m.cpu().clone() for name, m in self.masks.masks.items()})
-        model.load_state_dict(self._rewind)
+        self.rounds.rewind(model, self.masks.masks)
         self.masks.apply()
 
     def after_step(self, trained: nn.Module) -> None:
         super().after_step(trained)
-        if self._step == self.rounds.rewind_step:
-            self._snapshot(trained)
-        r = self.rounds.ended(self._step)
-        if r is not None:
+        r = self.rounds.after_step(trained, self._step)
+        if r is not None:  # the next round trains with a fresh optimizer and schedule
             self._prune_and_rewind(trained, self.rounds.fraction(r))
-            self._restart = self.rounds.length  # the next round trains with a fresh optimizer and schedule
 
     def optimizer_restart(self) -> int | None:
-        restart, self._restart = self._restart, None
-        return restart
+        return self.rounds.take_restart()
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         # The final ticket: the budget's mask on the rewound weights; the fine-tuning epochs train it.
@@ -346,13 +334,11 @@ class IterativeMagnitudeRewind(_ByMagnitude):
         return compact_unstructured(trained, self.masks)
 
     def tickets(self) -> dict[str, Any]:
-        fractions = [self.rounds.fraction(r) for r in range(1, self.settings.rounds + 1)]
-        return tickets_payload(self.round_masks, fractions, self._rewind, method=self.name)
+        return self.rounds.tickets(method=self.name)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rewind": self._rewind, "round_masks": self.round_masks}
+        return {**super().state_dict(), **self.rounds.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._rewind = state["rewind"]
-        self.round_masks = state.get("round_masks", [])  # absent from checkpoints before tickets.pt
+        self.rounds.load_state_dict(state)
