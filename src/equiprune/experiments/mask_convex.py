@@ -33,7 +33,7 @@ from equiprune.errors import ConfigError
 from equiprune.experiments.figures import save_png, subplots
 
 WAYS = ("log-mask", "l1-mask", "l1-subgradient")
-TRACKED = 48  # pixels whose values the plot follows
+TRACKED = 48  # pixels whose values the plot follows: half the log mask's largest, half spread over the image
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,13 @@ def _zero(way: str, m: torch.Tensor, theta: torch.Tensor, threshold: float) -> t
 
 
 def train_way(way: str, s: ConvexSettings, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """One way's full-batch run: final weights, and the record of checks along the way."""
+    """One way's full-batch run: final weights, the record of checks along the way, and every pixel's
+    mask (for the subgradient: |θ| / max |θ|) at each check."""
     d = x.shape[1]
     theta = torch.zeros(d, dtype=x.dtype)
     m = torch.full((d,), s.mask_init, dtype=x.dtype)
     m[-1] = 1.0  # the bias is not masked
     reg = None if way == "l1-subgradient" else regularizer(_Reg(way.split("-")[0], s.epsilon))
-    tracked = torch.linspace(0, d - 2, TRACKED).round().long()
     every = max(1, s.iterations // s.checks)
     checks, trace, previous = [], [], None
     for it in range(1, s.iterations + 1):
@@ -114,8 +114,8 @@ def train_way(way: str, s: ConvexSettings, x: torch.Tensor, y: torch.Tensor) -> 
             sign = torch.sign(m * theta)[:-1]
             flips = int((sign != previous).sum()) if previous is not None else 0
             previous = sign
-            values = m[tracked] if reg is not None else theta[tracked].abs() / theta[:-1].abs().max().clamp(min=1e-12)
-            trace.append(values.tolist())
+            values = m[:-1] if reg is not None else theta[:-1].abs() / theta[:-1].abs().max().clamp(min=1e-12)
+            trace.append(values.clone())
             checks.append({"iteration": it, "sparsity": float(zero.double().mean()), "flips": flips,
                            "exact_zeros": float((sign == 0).double().mean())})  # fmt: skip
     return {"theta": theta, "m": m, "checks": checks, "trace": trace}
@@ -143,7 +143,12 @@ def run_check(out: str | Path, settings: ConvexSettings = ConvexSettings(), root
                      "sparsity": r["checks"][-1]["sparsity"], "exact_zeros": r["checks"][-1]["exact_zeros"],
                      "flips_in_last_fifth": sum(c["flips"] for c in tail),
                      "checks": r["checks"]})  # fmt: skip
-        traces[way] = r["trace"]
+        traces[way] = torch.stack(r["trace"])  # checks x pixels
+    # the same pixels in every panel: those the log mask keeps largest, and others spread over the image
+    final = traces["log-mask"][-1]
+    tracked = torch.cat([final.argsort(descending=True)[: TRACKED // 2],
+                         torch.linspace(0, len(final) - 1, TRACKED // 2).round().long()]).unique()  # fmt: skip
+    traces = {way: t[:, tracked].tolist() for way, t in traces.items()}
     result = {"settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}, "rows": rows}
     io.write_json(out / "mask_convex.json", result)
     io.write_text(out / "mask_convex.md", _markdown(result))
