@@ -214,7 +214,4 @@ def write_report(study: Study, rows: list[dict[str, Any]], out: Path) -> None:
         acc = [f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}" if s else "" for s in here]
         lines.append(f"| {label} | {round_} | {100 * kept:.2f}% | " + " | ".join(acc) + " |")
     io.write_text(out / "lottery.md", "\n".join(lines) + "\n")
-    series = {f"{s['label']} {s['variant']}": [] for s in summary}
-    for s in summary:
-        series[f"{s['label']} {s['variant']}"].append((s["kept_fraction"], s["accuracy_mean"], s["accuracy_std"]))
-    plot_tickets(out / "lottery.png", series)
+    plot_tickets(out / "lottery.png", summary)

@@ -35,21 +35,32 @@ def plot_mask_histograms(
     save_png(fig, path)
 
 
-def plot_tickets(path, series: Mapping[str, Sequence[tuple[float, float, float]]], dense: float | None = None) -> None:
-    """Test accuracy (%) against the percentage of weights remaining, log x axis. ``series``: label ->
-    points (weights remaining as a fraction, mean accuracy, its spread); ``dense``: a reference line."""
-    fig, ax = subplots(figsize=(6.2, 4))
-    for label, points in series.items():
-        points = sorted(points, reverse=True)
-        xs = [100 * p[0] for p in points]
-        ys = [100 * p[1] for p in points]
-        ax.errorbar(xs, ys, yerr=[100 * p[2] for p in points], marker="o", markersize=4, capsize=2, label=label)
-    if dense is not None:
-        ax.axhline(100 * dense, color="grey", linestyle=":", linewidth=1, label="dense")
+#: How each variant of a ticket is drawn (the method's colour is shared by its variants).
+VARIANT_STYLE = {"ticket": "-", "reinit": "--", "random": ":"}
+
+
+def plot_tickets(path, summary: Sequence[Mapping]) -> None:
+    """Test accuracy (%) against the percentage of weights remaining, log x axis, sparser to the right:
+    one colour per method, one line style per variant. ``summary``: rows with ``label``, ``variant``,
+    ``kept_fraction``, ``accuracy_mean`` and ``accuracy_std``."""
+    fig, ax = subplots(figsize=(6.8, 4.4))
+    labels = sorted({r["label"] for r in summary})
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
+    for label in labels:
+        for variant, style in VARIANT_STYLE.items():
+            rows = sorted((r for r in summary if r["label"] == label and r["variant"] == variant),
+                          key=lambda r: -r["kept_fraction"])  # fmt: skip
+            if rows:
+                ax.errorbar([100 * r["kept_fraction"] for r in rows], [100 * r["accuracy_mean"] for r in rows],
+                            yerr=[100 * r["accuracy_std"] for r in rows], color=colours[label], linestyle=style,
+                            marker="o", markersize=3.5, capsize=2, label=f"{label} {variant}")  # fmt: skip
+    fractions = sorted({100 * r["kept_fraction"] for r in summary})
     ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:.3g}" for f in fractions])
+    ax.minorticks_off()
     ax.invert_xaxis()  # sparser to the right, as the lottery-ticket papers draw it
-    ax.set_xlabel("weights remaining (%)")
+    ax.set_xlabel("weights remaining (%, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, ncol=len(labels))
     save_png(fig, path)
