@@ -81,7 +81,10 @@ class ConcaveMask(ContinuousSparsifier):
 
     name = "concave-mask"
     settings_type = ConcaveMaskSettings
-    divergence_hint = "method.lam or method.mask_step"
+    divergence_hint = (
+        "method.lam or method.mask_step, or raise method.mask_init (a deep network with few "
+        "weights left, each at half scale, can start dead)"
+    )
 
     def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
