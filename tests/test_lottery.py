@@ -444,14 +444,15 @@ def test_the_threshold_study_sweeps_alpha_from_0_001_to_0_1():
     assert all(s["selection"] == "threshold" for s in study.searches.values())
 
 
-def test_the_resnet20_cifar10_study_runs_on_cifar_format_files(cifar10_files, tmp_path):
+@pytest.mark.parametrize("model", ["resnet20", "vgg16"])
+def test_the_cifar10_studies_run_on_cifar_format_files(cifar10_files, tmp_path, model):
     import tomllib
 
     import tomli_w
 
     from equiprune.config import shipped_config
 
-    shipped = tomllib.loads(shipped_config("lottery", "resnet20_cifar10.toml").read_text())
+    shipped = tomllib.loads(shipped_config("lottery", f"{model}_cifar10.toml").read_text())
     small = {**shipped, "seeds": [0], "ticket_epochs": 1, "rounds": [2], "variants": ["ticket", "random"]}
     small["base"] = {**shipped["base"], "device": "cpu", "threads": 1}
     small["base"]["data"] = {**shipped["base"]["data"], "root": str(cifar10_files), "batch_size": 4}
