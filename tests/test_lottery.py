@@ -479,3 +479,17 @@ def test_a_ticket_whose_every_layer_is_sparse_exports_and_times(tmp_path):
             layer.weight.mul_(torch.rand_like(layer.weight) < 0.1)
     report = sparse_report(model, (6,), tmp_path / "sparse.pt", batch_sizes=[1], repeats=1, rounds=1)
     assert report["layers"] == ["1", "3"] and report["latency"][0]["batch_size"] == 1
+
+
+def test_masks_saturated_alike_rank_by_the_weights_they_gate_not_by_position():
+    method = build_method("concave-mask", settings={"budget": 0.5, "rounds": 1, "mask_init": 1.0})
+    model = method.prepare(_mlp())
+    method.before_run(model, steps_per_epoch=1, epochs=1)
+    weights = {
+        n: model.get_submodule(n).parametrizations.weight.original.detach().abs().clone() for n in method.reparams
+    }
+    method.finish(model)  # every mask still at 1: the largest |θ| stay
+    assert sum(int(method.alive[n].sum()) for n in weights) == 31
+    for name, w in weights.items():  # in every layer the kept weights are its largest
+        kept = method.alive[name]
+        assert not bool((~kept).any()) or float(w[kept].min()) >= float(w[~kept].max())

@@ -51,7 +51,8 @@ def top_k_masks(
 ) -> dict[str, torch.Tensor]:
     """Boolean keep-masks with exactly ``kept_total(budget, sizes)`` players kept in all.
 
-    Ties are broken by player index (lower kept first), so a selection is reproducible.
+    Ties are broken by player index (lower kept first), so a selection is reproducible. Scores rank
+    in float64, so a composite score (a level plus a tie-break below it) keeps its tie-break.
     """
     sizes = {name: int(s.numel()) for name, s in scores.items()}
     if allocation == "layerwise":
@@ -78,7 +79,7 @@ def top_k_among_alive(
 ) -> dict[str, torch.Tensor]:
     """:func:`top_k_masks` where only live players compete: a pruned player (``alive`` False) ranks
     below every live one, so a selection never revives it while live players remain to keep."""
-    ranked = {name: torch.where(alive[name], scores[name].detach().float(), float("-inf")) for name in scores}
+    ranked = {name: torch.where(alive[name], scores[name].detach().double(), float("-inf")) for name in scores}
     return top_k_masks(ranked, budget, allocation)
 
 
@@ -105,7 +106,7 @@ def alive_metrics(kept: Mapping[str, int], total: Mapping[str, int]) -> dict[str
 
 
 def _top(score: torch.Tensor, k: int) -> torch.Tensor:
-    order = torch.sort(score.detach().flatten().float().cpu(), descending=True, stable=True).indices
+    order = torch.sort(score.detach().flatten().double().cpu(), descending=True, stable=True).indices
     mask = torch.zeros(score.numel(), dtype=torch.bool)
     mask[order[:k]] = True
     return mask.to(score.device)
@@ -118,7 +119,7 @@ def _global_counts(scores: Mapping[str, torch.Tensor], k: int) -> dict[str, int]
     names = list(scores)
     rest, owner = [], []
     for i, name in enumerate(names):
-        ranked = torch.sort(scores[name].detach().flatten().float().cpu(), descending=True, stable=True).values
+        ranked = torch.sort(scores[name].detach().flatten().double().cpu(), descending=True, stable=True).values
         rest.append(ranked[1:])
         owner.append(torch.full((len(ranked) - 1,), i, dtype=torch.long))
     values, owners = torch.cat(rest), torch.cat(owner)

@@ -29,15 +29,17 @@ import torch.nn as nn
 
 from equiprune.core.compact import PruneResult, compact, note_emptied_layer
 from equiprune.core.mask_regularizers import regularizer
-from equiprune.core.reparam import Product, fold
+from equiprune.core.reparam import Product, fold, raw_weight
 from equiprune.core.selection import Allocation, alive_metrics, top_k_among_alive
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, check_selection
 from equiprune.methods.continuous import ContinuousSparsifier
+from equiprune.methods.structured import l2_scores
 from equiprune.methods.tickets import TicketRounds, check_rounds
 
 HISTOGRAM_BINS = 20  # of mask values in [0, 1], per layer and round
+MASK_LEVELS = 2**24  # a float32 mask's resolution in [0, 1]: masks equal at it rank by the tie-break
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class ConcaveMask(ContinuousSparsifier):
             trained = super().prepare(model)
             self._masks = {name: p.m for name, p in self.reparams.items()}
         else:  # one gate per player, read where its output is consumed (so BatchNorm followers are fine)
-            trained = self.attach(model)
+            trained = self._gated = self.attach(model)
             self._masks = {g.name: s for g, s in zip(trained.groups, trained.gates)}
         with torch.no_grad():
             for name, m in self._masks.items():
@@ -175,7 +177,8 @@ class ConcaveMask(ContinuousSparsifier):
                                 for name, m in masks.items()})  # fmt: skip
         notes: list[str] = []
         if self.settings.selection == "percentage":
-            keep = top_k_among_alive(masks, self.alive, self.rounds.fraction(r), self.settings.allocation)
+            keep = top_k_among_alive(self._ranking(masks), self.alive, self.rounds.fraction(r),
+                                     self.settings.allocation)  # fmt: skip
         else:
             keep = self._by_threshold(masks, notes)
             if last:
@@ -186,6 +189,18 @@ class ConcaveMask(ContinuousSparsifier):
         for name, m in self.masks().items():
             m.copy_(self.alive[name] * self.settings.mask_init)
         return notes
+
+    def _ranking(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The masks as ranking scores: by m, and among equal masks (many saturate at 0 or 1) by the size
+        of what they gate, |θ| or a player's weight norm, rather than by position in the layer (which
+        kept a layer's first rows and left LeNet-5 untrainable)."""
+        if self._kind() == "weight":
+            sizes = {name: raw_weight(layer).detach().abs() for name, layer in self._layers.items()}
+        else:
+            sizes = l2_scores(self._gated.groups)
+        top = max(float(t.max()) for t in sizes.values()) or 1.0
+        return {name: torch.floor(m.double() * MASK_LEVELS) + sizes[name].double() / (2 * top)
+                for name, m in masks.items()}  # fmt: skip
 
     def _by_threshold(self, masks: dict[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
         alpha = self.settings.threshold
@@ -213,7 +228,7 @@ class ConcaveMask(ContinuousSparsifier):
         total = sum(k.numel() for k in decided.values())
         keep = decided
         if alive > round(self.settings.budget * total):
-            keep = top_k_among_alive(masks, decided, self.settings.budget, self.settings.allocation)
+            keep = top_k_among_alive(self._ranking(masks), decided, self.settings.budget, self.settings.allocation)
         kept = sum(int(k.sum()) for k in keep.values())
         self.budget_fit = {"unit": self._kind(), "budget": self.settings.budget, "kept": kept, "decided": alive,
                            "removed_by_fit": alive - kept, "restored_by_fit": 0}  # fmt: skip
