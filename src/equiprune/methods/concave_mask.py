@@ -83,10 +83,7 @@ class ConcaveMask(ContinuousSparsifier):
 
     name = "concave-mask"
     settings_type = ConcaveMaskSettings
-    divergence_hint = (
-        "method.lam or method.mask_step, or raise method.mask_init (a deep network with few "
-        "weights left, each at half scale, can start dead)"
-    )
+    divergence_hint = "method.mask_step or method.lam"
 
     def __init__(self, settings, exclude: tuple[str, ...] = (), players: str | None = None):
         super().__init__(settings, exclude, players)
