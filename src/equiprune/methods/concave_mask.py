@@ -189,8 +189,8 @@ class ConcaveMask(ContinuousSparsifier):
 
     def _ranking(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The masks as ranking scores: by m, and among equal masks (many saturate at 0 or 1) by the size
-        of what they gate, |θ| or a player's weight norm, rather than by position in the layer (which
-        kept a layer's first rows and left LeNet-5 untrainable)."""
+        of what they gate, |θ| or a player's weight norm, rather than by position in the layer (ℓ1's
+        masks collapse to 0 together, and index order then chose its tickets)."""
         if self._kind() == "weight":
             sizes = {name: raw_weight(layer).detach().abs() for name, layer in self._layers.items()}
         else:
