@@ -136,3 +136,13 @@ def test_batches_depend_on_seed_and_epoch_only():
     shards = [sum((y.tolist() for _, y in Batches(split, 4, True, 3, rank=r, world_size=2).epoch(2)), [])
               for r in range(2)]  # fmt: skip
     assert len(shards[0]) == len(shards[1]) == 5 and not set(shards[0]) & set(shards[1])
+
+
+def test_the_ranks_batches_of_a_step_together_are_one_process_batch_of_their_sum():
+    import torch
+
+    split = data.Split(torch.arange(40.0)[:, None], torch.arange(40))
+    one = [set(y.tolist()) for _, y in Batches(split, 8, True, seed=5).epoch(1)]
+    ranks = [[y.tolist() for _, y in Batches(split, 4, True, 5, rank=r, world_size=2).epoch(1)] for r in range(2)]
+    assert [set(a) | set(b) for a, b in zip(*ranks)] == one
+    assert all(len(a) == len(b) == 4 for a, b in zip(*ranks))

@@ -89,7 +89,8 @@ def test_a_run_pins_its_thread_count_records_it_and_restores_the_callers(tmp_pat
         "seed = 0", f"seed = 0\nthreads = {pinned}"
     )
     results = run(parse_config(text), tmp_path / "r", quiet=True)
-    assert results["environment"] == {"torch": torch.__version__, "threads": pinned, "device": "cpu"}
+    assert results["environment"] == {"torch": torch.__version__, "threads": pinned, "device": "cpu", "processes": 1,
+                                      "precision": "fp32"}  # fmt: skip
     assert torch.get_num_threads() == before
 
 

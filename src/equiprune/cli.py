@@ -26,7 +26,9 @@ def _config_path(arg: str, shipped_dir: str, what: str):
 
 def _cmd_run(args) -> int:
     from equiprune.config import load_config
+    from equiprune.experiments import distributed
     from equiprune.experiments.loop import run
+    from equiprune.experiments.setup import dist_info
 
     cfg = load_config(_config_path(args.config, "game_mnist", "configuration"))
     if args.tensorboard:
@@ -35,8 +37,29 @@ def _cmd_run(args) -> int:
         from equiprune.config import LogConfig
 
         cfg = dataclasses.replace(cfg, log=LogConfig(tensorboard=True))
-    results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
-    print(json.dumps(results, indent=2))
+    if args.nproc is not None and distributed.launched_world_size() == 1:
+        return _launch_ranks(args, cfg.device)
+    with distributed.process_group(cfg.device):
+        results = run(cfg, args.out, resume=args.resume, quiet=args.quiet)
+        if dist_info()[0] == 0:  # the other ranks hold the same results
+            print(json.dumps(results, indent=2))
+    return 0
+
+
+def _launch_ranks(args, device: str) -> int:
+    """``equiprune run --nproc N``: the same command as N torchrun ranks."""
+    from equiprune.experiments import distributed
+
+    argv = ["run", args.config, "--out", args.out]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--quiet", args.quiet),
+                                   ("--tensorboard", args.tensorboard)) if on]  # fmt: skip
+    code = distributed.launch(args.nproc, device, argv)
+    if code != 0:
+        raise EquipruneError(
+            f"a rank of the {args.nproc}-process run exited with status {code} (its message is above) and the "
+            f"others were stopped; {args.out} keeps the checkpoint of the last finished epoch, if any: continue "
+            "with the same command and --resume"
+        )
     return 0
 
 
@@ -238,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     r.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files into OUT/tensorboard (equiprune[tensorboard])")  # fmt: skip
+    r.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N processes on this machine (torchrun: gloo on CPU, NCCL on "
+                   "GPUs)")  # fmt: skip
     r.set_defaults(func=_cmd_run)
 
     rp = sub.add_parser("reproduce", help="run a paper's experiments and summarise them beside its figures")

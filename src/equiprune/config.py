@@ -99,8 +99,13 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "constant"  # per phase: pruning, then fine-tuning
     #: how much test accuracy (a fraction: 0.01 = 1 point) compaction may cost before the run warns
     compaction_tolerance: float = 0.01
+    #: autocast of forward and backward: "bf16", "fp16" (with a gradient scaler) or "mixed" (bf16
+    #: where the device has it, else fp16); weights, gates and the methods' updates stay fp32
+    precision: Literal["fp32", "bf16", "fp16", "mixed"] | None = None  # unset or "fp32": full precision
 
     def __post_init__(self):
+        if self.precision == "fp32":  # the default written out: the same run, so the same identity
+            self.precision = None
         _positive(self, "epochs")
         if not 0 <= self.finetune_epochs < self.epochs:
             raise ConfigError(

@@ -348,7 +348,9 @@ class Batches:
 
     Deriving each epoch's order (and augmentation) from the seed and the epoch number, not from a
     running RNG, is what lets an interrupted run resume to the same result. ``rank``/``world_size``
-    give each process of a distributed run its own disjoint, equally long share of every epoch.
+    give each process of a distributed run its own disjoint, equally long share of every epoch,
+    dealt in turn, so that step k's batches of all ranks together are step k's batch of one process
+    with ``world_size`` times the batch size.
     ``augment = "crop-flip"`` applies :func:`crop_flip` to every training batch.
     """
 
@@ -377,8 +379,9 @@ class Batches:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        per_rank = n // self.world_size
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.world_size > 1 else order
+        if self.world_size == 1:
+            return order
+        return order[: n // self.world_size * self.world_size][self.rank :: self.world_size]
 
     def __len__(self) -> int:
         return -(-(len(self.split) // self.world_size) // self.batch_size)

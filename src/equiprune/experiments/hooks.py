@@ -141,6 +141,7 @@ class Checkpoint(RunHook):
             "shared": st.shared,
             "optimizer": trainer.opt.state_dict(),
             "scheduler": trainer.sched.state_dict(),
+            "grad_scaler": trainer.precision.state_dict(),
             "method_state": trainer.method.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,

@@ -14,9 +14,15 @@ under a hash of everything it depends on, and a later run with the same key star
 sweep trains the dense network once per seed instead of once per method and budget. The reused
 epochs are still counted in the run's epoch budget, metrics and ``seconds``.
 
-Distributed runs: the loop reads rank and world size from ``torch.distributed`` when a process
-group is initialised, shards each epoch by rank, and lets only rank 0 write files. Participation
-updates use gradients that DDP has already averaged, so they stay identical on every rank.
+Distributed runs (``experiments.distributed``): inside a process group the loop trains through
+DistributedDataParallel, gives each rank its share of every global batch, and lets only rank 0
+write files; rank 0 decides whether to resume, and every rank restores the same checkpoint. The
+compacted model is wrapped afresh for fine-tuning. Participation updates use gradients that DDP
+has already averaged (and a Fisher information all-reduced where it is made), so they stay
+identical on every rank.
+
+Precision (``train.precision``, ``experiments.precision``): forward and loss under autocast, the
+methods' penalties and updates in fp32; a step fp16's scaler skips is not shown to the method.
 """
 
 from __future__ import annotations
@@ -32,16 +38,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from equiprune import io
-from equiprune.config import RunConfig, digest
+from equiprune.config import RunConfig
 from equiprune.core.compact import PruneResult
 from equiprune.core.measure import count_macs, count_params, nonzero_params
 from equiprune.core.selection import alive_metrics
 from equiprune.data import DATASETS, Batches
-from equiprune.errors import TrainingDiverged
+from equiprune.errors import ConfigError, TrainingDiverged
+from equiprune.experiments.distributed import agree, data_parallel, sum_over_ranks
 from equiprune.experiments.hooks import COMPACTION_WARNING, RunHook, default_hooks
+from equiprune.experiments.precision import Precision
 from equiprune.experiments.results import RunResults
 from equiprune.experiments.rundir import RunDir
-from equiprune.experiments.setup import build_model, dist_info, evaluate, load_run_splits, resolve_device
+from equiprune.experiments.setup import (
+    build_model,
+    dist_info,
+    evaluate,
+    load_run_splits,
+    optimizer_and_schedule,
+    resolve_device,
+    shared_training_digest,
+)
 from equiprune.experiments.tensorboard_log import TensorBoard
 from equiprune.methods import Method
 from equiprune.methods.base import Calibration
@@ -49,48 +65,6 @@ from equiprune.progress import bar
 
 #: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
 FINITE_CHECK_EVERY = 25
-
-
-def shared_training_digest(cfg: RunConfig) -> str | None:
-    """A hash of everything the training phase of ``cfg`` depends on, when its method lets runs
-    share that phase (``Method.training_key``), else None: runs with the same digest train the very
-    same network before pruning."""
-    key = cfg.method.method_type.training_key(cfg.method.settings)
-    if key is None:
-        return None
-    what = cfg.to_dict()
-    del what["method"]
-    for section in ("limit", "plateau", "log"):
-        what.pop(section, None)
-    train = what["train"]
-    for k in (
-        "epochs",
-        "finetune_epochs",
-        "finetune_optimizer",
-        "finetune_lr",
-        "finetune_weight_decay",
-        "compaction_tolerance",
-    ):
-        train.pop(k, None)
-    what.update(training_key=key, prune_epochs=cfg.train.prune_epochs)
-    return digest(what)[:20]
-
-
-def build_optimizer(cfg: RunConfig, params, kind: str, lr: float, decay: float) -> torch.optim.Optimizer:
-    """The configured kind of optimizer (``adam``, else SGD with ``train.momentum``) over ``params``."""
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=decay)
-
-
-def _optimizer(cfg: RunConfig, params, kind: str, lr: float, epochs: int, steps_per_epoch: int, decay: float):
-    t = cfg.train
-    opt = build_optimizer(cfg, params, kind, lr, decay)
-    if t.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
 
 
 @dataclass
@@ -113,12 +87,14 @@ class Trainer:
     """Runs one configuration into one run directory. ``run()`` returns the results dict."""
 
     def __init__(self, cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=None, hooks=()):
-        self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet
+        self.rank, self.world = dist_info()
+        self.cfg, self.run_dir, self.resume, self.quiet = cfg, RunDir(out), resume, quiet or self.rank != 0
         reporting = [TensorBoard()] if cfg.log is not None and cfg.log.tensorboard else []
         self.hooks: list[RunHook] = [*default_hooks(), *reporting, *hooks]
         self.shared = Path(shared) if shared is not None else None
-        self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.device)
+        self.precision = Precision(cfg.train.precision, self.device)
+        self._wrapped: tuple[nn.Module, nn.Module] | None = None  # (model, its DDP wrapper)
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -166,7 +142,7 @@ class Trainer:
         t = self.cfg.train
         epochs = t.prune_epochs if phase == "prune" else t.finetune_epochs
         kind, lr, decay = self._phase_optimizer_settings(phase)
-        self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
+        self.opt, self.sched = optimizer_and_schedule(self.cfg, params, kind, lr, epochs, len(self.batches), decay)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -188,11 +164,19 @@ class Trainer:
         self.method.load_state_dict(ck["method_state"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
+        self.precision.load_state_dict(ck.get("grad_scaler"))
         torch.set_rng_state(ck["rng"])
         if ck["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
 
     # --- the loop -----------------------------------------------------------------------------
+
+    def _parallel(self, model: nn.Module) -> nn.Module:
+        """What the forward pass goes through: ``model``, or its DDP wrapper in a distributed run
+        (made once per model: the compacted one gets its own)."""
+        if self._wrapped is None or self._wrapped[0] is not model:
+            self._wrapped = (model, data_parallel(model, self.device))
+        return self._wrapped[1]
 
     def _train_epoch(self, model: nn.Module, epoch: int, use_method: bool, bar, masks=None) -> dict[str, float]:
         """One epoch; ``masks`` (parameter name -> bool) keeps an unstructured result's zeros at zero."""
@@ -202,42 +186,47 @@ class Trainer:
         penalty_sum = None  # a method's penalties, apart: the loss less them is the cross-entropy
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        forward = self._parallel(model)
         for step, (x, y) in enumerate(self.batches.epoch(epoch)):
             model.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with self.precision.autocast():
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y)  # autocast computes it in fp32
             if use_method:
                 extra = self.method.penalty(model)
                 if extra is not None:
                     loss = loss + extra
                     penalty = extra.detach() * len(y)
                     penalty_sum = penalty if penalty_sum is None else penalty_sum + penalty
-            loss.backward()
-            self.opt.step()
+            self.precision.backward(loss)
+            stepped = self.precision.step(self.opt, model)
             self.sched.step()
             if masked:
                 with torch.no_grad():
                     for p, m in masked:
                         p.mul_(m)
-            if use_method:
+            if use_method and stepped:
                 self.method.after_step(model)
                 restart = self.method.optimizer_restart()
                 if restart:
                     kind, lr, decay = self._phase_optimizer_settings("prune")
                     params = self.method.weight_parameters(model)
-                    self.opt, self.sched = _optimizer(self.cfg, params, kind, lr, 1, restart, decay)
+                    self.opt, self.sched = optimizer_and_schedule(self.cfg, params, kind, lr, 1, restart, decay)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % FINITE_CHECK_EVERY == 0 and not math.isfinite(float(loss_sum)):
                 self._diverged(epoch, step, float(loss))
             bar.update(1)
-        mean_loss = float(loss_sum) / seen
+        penalties = 0.0 if penalty_sum is None else float(penalty_sum)
+        loss_total, right, seen, penalties = sum_over_ranks([float(loss_sum), float(correct), seen, penalties],
+                                                            self.device)  # fmt: skip
+        mean_loss = loss_total / seen
         if not math.isfinite(mean_loss):
             self._diverged(epoch, None, mean_loss)
-        row = {"loss": mean_loss, "train_accuracy": float(correct) / seen}
+        row = {"loss": mean_loss, "train_accuracy": right / seen}
         if penalty_sum is not None:
-            row["cross_entropy"] = (float(loss_sum) - float(penalty_sum)) / seen
+            row["cross_entropy"] = (loss_total - penalties) / seen
         return row
 
     def _checkpoint_note(self, epoch: int) -> str:
@@ -255,7 +244,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        resuming = self.run_dir.prepare(cfg, self.resume) if self.rank == 0 else self.resume
+        resuming = agree(lambda: self.run_dir.prepare(cfg, self.resume))
         torch.manual_seed(cfg.seed)
         self.method: Method = cfg.method.build()
         model = build_model(cfg).to(self.device)
@@ -265,6 +254,9 @@ class Trainer:
         self.trained = self.method.prepare(model).to(self.device)
         self._load_data()
         self.method.before_run(self.trained, len(self.batches), cfg.train.prune_epochs, self.calibration)
+        if self.precision.scaler is not None and self.method.reads_scaled_gradients():
+            raise ConfigError(f"train.precision: {self.precision.name}'s loss scaling would scale the per-example "
+                              f"gradients {cfg.method.name} reads; use 'bf16' (no scaling) or 'fp32'")  # fmt: skip
         st = _State()
         shared_file = self._shared_file()
         if resuming:
@@ -363,7 +355,13 @@ class Trainer:
             # the same epochs as data, for a report that lists them without reading the messages
             diverged_epochs=[{"epoch": r["epoch"], "phase": r["phase"]} for r in flagged],
             # what besides the config decides the numbers (of the last session, for a resumed run)
-            environment={"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(self.device)},
+            environment={
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "device": str(self.device),
+                "processes": self.world,
+                "precision": self.precision.name,
+            },
         ).to_dict()
         for hook in self.hooks:
             hook.on_finish(self, st, results)

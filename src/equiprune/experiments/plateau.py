@@ -30,10 +30,10 @@ from equiprune.core.selection import top_k_masks
 from equiprune.core.weight_players import prunable_parameters
 from equiprune.data import Batches, Split
 from equiprune.errors import ConfigError, PruningError
-from equiprune.experiments.loop import build_optimizer, run
+from equiprune.experiments.loop import run
 from equiprune.experiments.plateau_report import plot, render, summarise
 from equiprune.experiments.rundir import RunDir, load_trained
-from equiprune.experiments.setup import evaluate, load_run_splits, resolve_device
+from equiprune.experiments.setup import build_optimizer, evaluate, load_run_splits, resolve_device
 from equiprune.methods.base import Calibration
 from equiprune.progress import bar
 

@@ -37,8 +37,9 @@ from equiprune import io
 from equiprune.config import RunConfig, load_config, read_toml_file, run_config_from_dict
 from equiprune.errors import ConfigError, PruningError, TrainingDiverged
 from equiprune.experiments.executors import check_jobs, run_lanes
-from equiprune.experiments.loop import run, shared_training_digest
+from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.setup import shared_training_digest
 from equiprune.experiments.store import ResultStore
 from equiprune.methods import METHODS
 from equiprune.progress import bar, logger
@@ -271,7 +272,7 @@ def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
 
 def lanes(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
     """The runs grouped for parallel execution, in plan order: runs that share a training phase
-    (``train.shared_training_digest``) form one lane that runs in order, so that the first trains
+    (``setup.shared_training_digest``) form one lane that runs in order, so that the first trains
     that phase and the others reuse it; every other run is a lane of its own."""
     grouped: dict[tuple[str, str], list[PlannedRun]] = {}
     for r in runs:

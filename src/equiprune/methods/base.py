@@ -175,6 +175,12 @@ class Method:
     def after_step(self, trained: nn.Module) -> None:
         pass
 
+    def reads_scaled_gradients(self) -> bool:
+        """True when ``after_step`` reads gradients the training loop cannot unscale (per-example
+        ones recorded during backward), which fp16's loss scaling would multiply: such a run is
+        refused ``train.precision = "fp16"`` and steered to bf16."""
+        return False
+
     def optimizer_restart(self) -> int | None:
         """Asked after every ``after_step``: a number of steps if the weight optimizer should start
         afresh (state and learning-rate schedule, the schedule spanning that many steps), else None.

@@ -183,6 +183,9 @@ class EquilibriumPruner(Method):
         if self._recorder is not None:
             self._recorder.active = self._step + 1 > self._start_steps
 
+    def reads_scaled_gradients(self) -> bool:
+        return self._recorder is not None  # the Newton update's per-example gate gradients
+
     @torch.no_grad()
     def after_step(self, trained: GatedModel) -> None:
         cfg = self.settings
