@@ -78,11 +78,19 @@ def _cmd_sweep(args) -> int:
     from equiprune.experiments.sweep import load_sweep, run_sweep
     from equiprune.experiments.sweep_report import write_report
 
+    cluster = None
+    if args.executor != "pool":
+        from equiprune.experiments.cluster import ClusterSettings
+
+        cluster = ClusterSettings(args.executor, args.partition, args.timeout_min, args.cpus_per_job, args.gpus_per_job,
+                                  args.array_parallelism)  # fmt: skip
     sweep = load_sweep(_config_path(args.sweep, "sweeps", "sweep file"))
-    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs, only=tuple(args.only))
+    done = run_sweep(sweep, args.out, quiet=args.quiet, rerun=tuple(args.rerun), jobs=args.jobs, only=tuple(args.only),
+                     cluster=cluster)  # fmt: skip
     left = f", {done['left']} of other labels left to run" if done.get("left") else ""
+    gathered = f", {done['gathered']} gathered from earlier jobs" if done.get("gathered") else ""
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({done['ran']} ran, {done['resumed']} resumed, "
-          f"{done['skipped']} already done, {done['failed']} failed{left})")  # fmt: skip
+          f"{done['skipped']} already done{gathered}, {done['failed']} failed{left})")  # fmt: skip
     print(f"wrote {write_report(args.out)}")
     return 0
 
@@ -227,6 +235,18 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--only", action="append", default=[], metavar="LABEL",
                     help="run only this method label's pending runs (repeatable); the report covers the "
                          "whole sweep")  # fmt: skip
+    cl = sw.add_argument_group("cluster jobs (equiprune[cluster]: submitit)")
+    cl.add_argument("--executor", choices=["pool", "local", "slurm"], default="pool",
+                    help="pool: this machine's processes (--jobs; the default); slurm: one Slurm job per run "
+                         "(runs sharing a training phase: one job), as a job array; local: the same jobs as "
+                         "processes here")  # fmt: skip
+    cl.add_argument("--partition", help="Slurm partition")
+    cl.add_argument("--timeout-min", type=int, default=24 * 60, help="each job's time limit in minutes (default "
+                    "1440); a job stopped by it or preempted is requeued and resumes")  # fmt: skip
+    cl.add_argument("--cpus-per-job", type=int, default=1, help="CPUs (and torch threads) per job (default 1)")
+    cl.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per job (default 0)")
+    cl.add_argument("--array-parallelism", type=int, default=64, help="jobs of the array running at once "
+                    "(default 64)")  # fmt: skip
     sw.set_defaults(func=_cmd_sweep)
 
 

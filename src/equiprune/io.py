@@ -55,16 +55,17 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextmanager
-def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive(path: str | os.PathLike, what: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if need be) while the block runs; if
-    another process holds it, fail at once naming ``what`` runs there and which process it is. The
-    operating system drops the lock when its holder exits, killed or not: no stale lock remains."""
+    another process holds it, fail at once naming ``what`` runs there and which process it is, or
+    with ``wait``, wait until it lets go. The operating system drops the lock when its holder
+    exits, killed or not: no stale lock remains."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as f:
         if fcntl is not None:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "another process"

@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from equiprune.errors import ConfigError, EquipruneError
+from equiprune.experiments.executors import cores
 from equiprune.experiments.setup import dist_info
 
 T = TypeVar("T")
@@ -117,8 +118,7 @@ def available_slots(device: str) -> tuple[int, str]:
     """How many ranks this machine can give a run on ``device``, and what they are."""
     if uses_cuda(device):
         return torch.cuda.device_count(), "GPUs"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores, "CPU cores"
+    return cores(), "CPU cores"
 
 
 def launch(nproc: int, device: str, argv: list[str]) -> int:

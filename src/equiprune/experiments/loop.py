@@ -93,6 +93,8 @@ class Trainer:
         self.hooks: list[RunHook] = [*default_hooks(), *reporting, *hooks]
         self.shared = Path(shared) if shared is not None else None
         self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":  # each rank its own GPU, set as it joined
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.precision = Precision(cfg.train.precision, self.device)
         self._wrapped: tuple[nn.Module, nn.Module] | None = None  # (model, its DDP wrapper)
 

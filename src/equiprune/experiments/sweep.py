@@ -22,6 +22,13 @@ A method with a ``budget`` setting runs once per budget; one without (the equili
 runs once per entry of ``points``; any other once. Every run is validated before the first one
 starts. Each finished run lands in ``DIR/results.sqlite``; started again, the sweep skips finished
 runs, resumes an interrupted one from its checkpoint, and counts nothing twice.
+
+Runs go to this machine's process pool (``--jobs``), or as cluster jobs through submitit
+(``experiments.cluster``: ``--executor slurm``, or ``local`` to try it here). Jobs only train into
+their run directories; this process gathers their results into the store. A job claims its run's
+directory (a lock beside it) for as long as it works there, so a job left running by a killed
+sweep and the job a second call submits for the same run never train it both: the second waits,
+then finds the run finished or resumes it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 from equiprune import io
 from equiprune.config import RunConfig, load_config, read_toml_file, run_config_from_dict
 from equiprune.errors import ConfigError, PruningError, TrainingDiverged
+from equiprune.experiments.cluster import ClusterSettings, submit_lanes, submitit_module
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.rundir import RunDir
@@ -185,6 +193,7 @@ def run_sweep(
     rerun: tuple[str, ...] = (),
     jobs: int = 1,
     only: tuple[str, ...] = (),
+    cluster: ClusterSettings | None = None,
 ) -> dict[str, int]:
     """Run every planned run not yet in the store; returns counts of runs done and skipped.
 
@@ -194,18 +203,22 @@ def run_sweep(
     runs, which a later call runs). The plan, and so the report, stays the whole sweep: after
     adding seeds to a sweep file, ``only`` spends them on the comparisons in question.
     ``jobs``: runs at once, each in its own process (``parallel.run_lanes``); runs that share a
-    training phase stay in one lane, in order (:func:`lanes`)."""
+    training phase stay in one lane, in order (:func:`lanes`).
+    ``cluster``: submit the lanes as jobs instead (one job per lane; ``jobs`` is then unused)."""
     check_jobs(jobs)
+    if cluster is not None:
+        submitit_module()  # missing: say so before any work
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; a sweep's directory must be a directory (new, or a sweep's own)")
     # A second sweep on the same directory would train the same runs again and then fail to store them.
     with io.exclusive(out / ".sweep.lock", f"an `equiprune sweep` on {out}"):
-        return _run_sweep(sweep, out, quiet, rerun, jobs, only)
+        return _run_sweep(sweep, out, quiet, rerun, jobs, only, cluster)
 
 
-def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], jobs: int, only: tuple[str, ...]):
-    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
+def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], jobs: int, only: tuple[str, ...],
+               cluster: ClusterSettings | None):  # fmt: skip
+    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0, "gathered": 0}
     labels = {r.label for r in sweep.runs}
     for option, given in (("--rerun", rerun), ("--only", only)):
         for label in given:
@@ -241,14 +254,47 @@ def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], job
         runs_bar.update(1)
 
     with runs_bar:
-        run_lanes(functools.partial(_run_one, out=out), lanes(pending), jobs, ended)
+        if cluster is None:
+            run_lanes(functools.partial(_run_one, out=out), lanes(pending), jobs, ended)
+        else:
+            _submit(pending, out, cluster, ended)
     return done
+
+
+def _submit(pending: list[PlannedRun], out: Path, cluster: ClusterSettings, ended) -> None:
+    """The pending runs as cluster jobs; runs a job of an earlier call finished are stored at once."""
+    finished = [r for r in pending if RunDir(out / "runs" / r.run_id).is_finished()]
+    for planned in finished:
+        _store(planned, out, *_execute(planned, out))
+        ended(planned, ("gathered",))
+    to_run = [r for r in pending if r not in finished]
+
+    def gathered(planned: PlannedRun, outcome) -> None:
+        _store(planned, out, *outcome)
+        ended(planned, outcome[0] or ("gathered",))  # (): a job of an earlier call had finished it
+
+    submit_lanes(functools.partial(_execute_claimed, out=out), lanes(to_run), cluster, out / "submitit", gathered)
 
 
 def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
     """Run (or resume) one planned run and add its row to the store; returns what to count:
     ("ran",) or ("resumed",), with "failed" added when the run stopped with a clear error, or ()
     when it had finished but was killed before its row was written."""
+    how, status, results = _execute(planned, out)
+    _store(planned, out, how, status, results)
+    return how
+
+
+def _execute_claimed(planned: PlannedRun, out: Path) -> tuple[tuple[str, ...], str, dict[str, Any]]:
+    """:func:`_execute` while holding the run's claim (a cluster job): a job still at work on the
+    run, left by an earlier call, is waited for instead of trained beside."""
+    claim = out / "runs" / f"{planned.run_id}.claim"
+    with io.exclusive(claim, f"run {planned.run_id}", wait=True):
+        return _execute(planned, out)
+
+
+def _execute(planned: PlannedRun, out: Path) -> tuple[tuple[str, ...], str, dict[str, Any]]:
+    """Run, resume or read one planned run: (what to count, its status, its results)."""
     rd = RunDir(out / "runs" / planned.run_id)
     status, how = "finished", ()
     if rd.is_finished():
@@ -263,11 +309,14 @@ def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
             how += ("failed",)
             logger.warning(f"{planned.run_id}: failed: {exc}")
             status, results = "failed", {"error": str(exc)}
+    return how, status, results
+
+
+def _store(planned: PlannedRun, out: Path, how: tuple[str, ...], status: str, results: dict[str, Any]) -> None:
     with ResultStore(out / "results.sqlite") as store:
         store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
                   budget=planned.budget, seed=planned.seed, config_hash=planned.config_hash,
                   results=results, status=status)  # fmt: skip
-    return how
 
 
 def lanes(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
