@@ -154,3 +154,16 @@ def test_a_distributed_run_without_a_rendezvous_says_how_to_start_one(data_root,
     assert main(["run", str(cfg), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "MASTER_ADDR" in err and "torchrun --nproc_per_node" in err and "--nproc N" in err
+
+
+def test_a_failed_rank_under_nproc_says_where_the_run_stands(data_root, tmp_path, monkeypatch, capsys):
+    from equiprune.cli import main
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(config(data_root, 'name = "game"', 32))
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda n, device, argv: launched.append((n, argv)) or 1)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "x"), "--nproc", "2", "--resume"]) == 2
+    assert launched == [(2, ["run", str(cfg), "--out", str(tmp_path / "x"), "--resume"])]
+    err = capsys.readouterr().err
+    assert "a rank of the 2-process run exited with status 1" in err and "--resume" in err
