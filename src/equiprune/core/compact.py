@@ -265,8 +265,8 @@ def compact(gated: GatedModel, masks: dict[str, torch.Tensor], balance: bool = F
             # A residual branch that lost every channel: one silent channel stays (layers cannot have
             # width 0), its consumer columns zero, so the branch adds what its layers make of nothing.
             keep, s = torch.arange(group.size, device=keep.device) == 0, torch.zeros_like(s)
-        for name, _ in group.producers:
-            cuts.setdefault(name, _Cut()).rows = group.producer_rows(keep)
+        for name, producer in group.producers:
+            cuts.setdefault(name, _Cut()).rows = group.producer_rows(keep, producer)
         for f in group.followers:
             cut = cuts.setdefault(f.name, _Cut())
             cut.rows = _full(cut.rows, f.module.num_features, True, keep)

@@ -65,8 +65,7 @@ def macs_per_player(gated, input_shape: Sequence[int]) -> list[float]:
     macs = layer_macs(gated.model, input_shape)
     out = []
     for g in gated.groups:
-        repeat, tile = g.row_pattern
-        total = sum(macs.get(name, 0) * repeat * tile / m.weight.shape[0] for name, m in g.producers)
+        total = sum(macs.get(name, 0) / g.size for name, _ in g.producers)  # each player: 1/size of the rows
         for c in g.consumers:
             total += macs.get(c.name, 0) * c.repeat / c.width
         total += sum(macs.get(name, 0) / g.size for name, _ in g.resize)

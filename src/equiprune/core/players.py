@@ -50,7 +50,9 @@ class PlayerGroup:
     followers: list[Follower] = field(default_factory=list)
     between: list[nn.Module] = field(default_factory=list)
     #: a player's rows in each producer: ``repeat`` consecutive rows in each of ``tile`` blocks
-    #: (an attention head: head_dim rows of the query, of the key and of the value projection)
+    #: (an attention head: head_dim rows of the query, of the key and of the value projection). A
+    #: producer with more rows gives each player proportionally more (grouped-query attention: a
+    #: key/value head's group of query heads); :meth:`rows_per_player` says how many.
     row_pattern: tuple[int, int] = (1, 1)
     #: (module name, attribute) pairs that count this group's players (an attention layer's heads)
     resize: list[tuple[str, str]] = field(default_factory=list)
@@ -62,9 +64,13 @@ class PlayerGroup:
         if not self.kind:
             self.kind = "filter" if isinstance(self.producers[0][1], nn.Conv2d) else "neuron"
 
-    def producer_rows(self, keep: torch.Tensor) -> torch.Tensor:
-        """Which rows of each producer survive when ``keep`` says which players do."""
-        repeat, tile = self.row_pattern
+    def rows_per_player(self, producer: nn.Module) -> int:
+        """How many consecutive rows of each of ``tile`` blocks of ``producer`` one player owns."""
+        return producer.weight.shape[0] // (self.size * self.row_pattern[1])
+
+    def producer_rows(self, keep: torch.Tensor, producer: nn.Module) -> torch.Tensor:
+        """Which rows of ``producer`` survive when ``keep`` says which players do."""
+        repeat, tile = self.rows_per_player(producer), self.row_pattern[1]
         return keep.repeat_interleave(repeat).repeat(tile) if (repeat, tile) != (1, 1) else keep
 
     # The single producer and consumer of a plain Linear → activation → Linear group (an MLP's).
@@ -101,15 +107,15 @@ class PlayerGroup:
         def get(p: torch.Tensor | None) -> torch.Tensor | None:
             return grad_or_zeros(p) if p is not None and grads else p
 
-        repeat, tile = self.row_pattern
         out = []
         for _, m in self.producers:
+            repeat, tile = self.rows_per_player(m), self.row_pattern[1]
             if tile == 1 and repeat == 1:  # a Linear's weight is its rows already; a filter's flattens
                 weight = get(m.weight)
                 out.append((weight if weight.dim() == 2 else weight.view(self.size, -1), get(m.bias)))
                 continue
             weight = get(m.weight).view(tile, self.size, -1)
-            bias = get(m.bias).view(tile, self.size, repeat) if m.bias is not None else None
+            bias = get(m.bias).view(tile, self.size, -1) if m.bias is not None else None
             for t in range(tile):  # views: the query, key and value rows of every head
                 out.append((weight[t], None))
                 if bias is not None:
@@ -144,14 +150,15 @@ def find_players(
     """One :class:`PlayerGroup` per prunable channel space of ``model`` (see :mod:`equiprune.core.tracing`).
 
     Spaces that reach the model's output or input (logits, image channels) have no players. A
-    space a layer in ``exclude`` produces is left ungated. A space that meets an operation the
+    space a layer in ``exclude`` (or a layer inside a module it names: a whole block) produces is
+    left ungated. A space that meets an operation the
     analysis cannot follow is an error naming the operation and the layers to exclude.
     """
     exclude = check_exclude(model, exclude)
     groups, blocked = [], []
     for space in channel_spaces(model):
         owners = set(space.producer_names) | {name for name, _ in space.resize}  # an attention layer, by name
-        if space.fixed or exclude & owners:
+        if space.fixed or any(owner == e or owner.startswith(e + ".") for owner in owners for e in exclude):
             continue
         if space.blocked:
             blocked.append(f"{', '.join(map(repr, space.producer_names))}: {space.blocked[0]}")
@@ -303,8 +310,8 @@ class GatedModel(nn.Module):
             h.recorder = self._recorder
         return self._recorder
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())

@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from equiprune.core.channel_spaces import ChannelSpace, Consumer, Follower, input_width
+from equiprune.core.hf_players import is_transformers_model, transformers_spaces
 from equiprune.errors import PruningError
 from equiprune.layers import MultiHeadSelfAttention
 
@@ -327,7 +328,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def channel_spaces(model: nn.Module) -> list[ChannelSpace]:
     """Every channel space of ``model`` that some layer produces, in execution order of its first
-    producer. A space's ``fixed`` and ``blocked`` say whether it may be pruned (see the module doc)."""
+    producer. A space's ``fixed`` and ``blocked`` say whether it may be pruned (see the module doc).
+    A transformers model, which fx cannot trace, is read by module pattern (``core.hf_players``)."""
+    if is_transformers_model(model):
+        return transformers_spaces(model)
     analysis = _Analysis(model)
     analysis.run(trace(model).graph)
     shared = {name for name, n in analysis.calls.items() if n > 1}

@@ -1,0 +1,137 @@
+"""Hugging Face transformers models (tiny random BERT, ViT and Llama, built offline): their heads
+and MLP neurons found without torch.fx, gated, and compacted to the same classes exactly."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ViTConfig,
+    ViTModel,
+)
+
+from equiprune.core.compact import compact
+from equiprune.core.players import attach
+from equiprune.errors import PruningError
+from equiprune.methods import build_method
+
+HIDDEN, HEADS, MLP = 32, 4, 37
+
+
+def bert():
+    config = BertConfig(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                        intermediate_size=MLP)  # fmt: skip
+    return BertModel(config).eval(), {"input_ids": torch.randint(0, 100, (2, 7))}
+
+
+def vit():
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=HIDDEN, num_hidden_layers=2,
+                       num_attention_heads=HEADS, intermediate_size=MLP)  # fmt: skip
+    return ViTModel(config).eval(), {"pixel_values": torch.randn(2, 1, 8, 8)}
+
+
+def llama():
+    """Grouped-query attention: 4 query heads share 2 key/value heads."""
+    config = LlamaConfig(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                         num_key_value_heads=2, intermediate_size=MLP)  # fmt: skip
+    return LlamaForCausalLM(config).eval(), {"input_ids": torch.randint(0, 100, (2, 7))}
+
+
+FAMILIES = {"bert": bert, "vit": vit, "llama": llama}
+EXPECTED = {  # per block: (group name suffix, kind, players)
+    "bert": [("intermediate.dense", "neuron", MLP), ("attention.self", "head", HEADS)],
+    "vit": [("attention", "head", HEADS), ("mlp.fc1", "neuron", MLP)],
+    "llama": [("self_attn", "head", 2), ("mlp.gate_proj", "neuron", MLP)],
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_heads_and_neurons_of_every_block_are_players(family):
+    model, inputs = FAMILIES[family]()
+    gated = attach(model)
+    found = [(g.name, g.kind, g.size) for g in gated.groups]
+    assert len(found) == 2 * len(EXPECTED[family])
+    for (name, kind, size), (suffix, want_kind, want_size) in zip(found, EXPECTED[family] * 2):
+        assert name.endswith(suffix) and (kind, size) == (want_kind, want_size), (name, kind, size)
+    with torch.no_grad():  # every participation 1: the dense model's outputs exactly
+        assert torch.equal(gated(**inputs)[0], model(**inputs)[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_compacted_model_computes_what_the_gated_one_does(family):
+    model, inputs = FAMILIES[family]()
+    gated = attach(model)
+    masks = {}
+    with torch.no_grad():
+        for group, s in zip(gated.groups, gated.gates):
+            keep = torch.rand(group.size) > 0.4
+            keep[0] = True
+            s.uniform_(0.2, 1.0)
+            s[~keep] = 0.0
+            masks[group.name] = keep
+        expected = gated(**inputs)[0]
+        result = compact(gated, masks)
+        got = result.model(**inputs)[0]
+    assert type(result.model) is type(model)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
+    assert result.kept == {name: int(keep.sum()) for name, keep in masks.items()}
+
+
+def test_grouped_query_attention_loses_whole_key_value_groups_and_still_generates():
+    model, inputs = llama()
+    gated = attach(model)
+    masks = {g.name: torch.ones(g.size, dtype=torch.bool) for g in gated.groups}
+    masks["model.layers.0.self_attn"] = torch.tensor([False, True])  # the second key/value head stays
+    assert gated.groups[0].name == "model.layers.0.self_attn"
+    with torch.no_grad():
+        gated.gates[0][0] = 0.0  # what the gated model plays when the first one has left
+    small = compact(gated, masks).model
+    attention = small.model.layers[0].self_attn
+    head_dim = HIDDEN // HEADS
+    assert attention.k_proj.out_features == attention.v_proj.out_features == head_dim
+    assert attention.q_proj.out_features == attention.o_proj.in_features == 2 * head_dim  # its 2 query heads
+    assert attention.num_key_value_groups == 2 and attention.num_key_value_heads == 1
+    with torch.no_grad():
+        assert torch.allclose(small(**inputs).logits, gated(**inputs).logits, atol=1e-5)
+    out = small.generate(inputs["input_ids"], attention_mask=torch.ones_like(inputs["input_ids"]), max_new_tokens=3,
+                         do_sample=False, pad_token_id=0)  # fmt: skip
+    assert out.shape == (2, 10)
+
+
+def test_a_method_prunes_a_transformer_through_the_python_api():
+    model, inputs = bert()
+    method = build_method("magnitude-l1", settings={"budget": 0.5})
+    gated = method.prepare(model)
+    result = method.finish(gated)
+    assert result.kept_fraction == pytest.approx(0.5, abs=0.05)
+    assert {result.kinds[name] for name in result.kept} == {"head", "neuron"}
+    with torch.no_grad():
+        assert result.model(**inputs)[0].shape == model(**inputs)[0].shape
+
+
+def test_exclude_leaves_a_block_whole_and_an_unknown_family_is_named():
+    model, _ = bert()
+    names = [g.name for g in attach(model, exclude=["encoder.layer.0"]).groups]
+    assert names == ["encoder.layer.1.intermediate.dense", "encoder.layer.1.attention.self"]
+    gpt2 = GPT2Model(GPT2Config(vocab_size=100, n_embd=HIDDEN, n_layer=1, n_head=HEADS))
+    with pytest.raises(PruningError, match=r"GPT2Model: no attention or MLP block equiprune knows.*GPT2Attention"):
+        attach(gpt2)
+
+
+def test_the_core_does_not_import_transformers():
+    code = "import sys, equiprune.core.players, equiprune.methods; print('transformers' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
