@@ -135,3 +135,22 @@ def test_the_core_does_not_import_transformers():
     code = "import sys, equiprune.core.players, equiprune.methods; print('transformers' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_game_plays_on_a_transformer_in_a_users_own_loop():
+    """Distillation towards fixed targets: the game reads the heads' and neurons' gradients."""
+    model, inputs = llama()
+    method = build_method("game", settings={"beta": 0.05, "gamma": 0.3, "lr_s": 0.2})
+    gated = method.prepare(model)
+    method.before_run(gated, steps_per_epoch=10, epochs=1)
+    opt = torch.optim.Adam(method.weight_parameters(gated), lr=1e-3)
+    target = torch.randn(2, 7, 100)
+    for _ in range(10):
+        gated.zero_grad()
+        torch.nn.functional.mse_loss(gated(**inputs).logits, target).backward()
+        opt.step()
+        method.after_step(gated)
+    moved = [bool((s != 1).any()) for s in gated.gates]
+    assert all(moved)  # every head group and MLP played
+    result = method.finish(gated)
+    assert type(result.model) is LlamaForCausalLM
