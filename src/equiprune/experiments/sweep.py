@@ -218,7 +218,9 @@ def run_sweep(
 
 def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], jobs: int, only: tuple[str, ...],
                cluster: ClusterSettings | None):  # fmt: skip
-    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0, "gathered": 0}
+    done = {"ran": 0, "resumed": 0, "skipped": 0, "failed": 0}
+    if cluster is not None:  # runs finished by the jobs of an earlier call
+        done["gathered"] = 0
     labels = {r.label for r in sweep.runs}
     for option, given in (("--rerun", rerun), ("--only", only)):
         for label in given:
