@@ -1,6 +1,7 @@
 """Hugging Face transformers models (tiny random BERT, ViT and Llama, built offline): their heads
 and MLP neurons found without torch.fx, gated, and compacted to the same classes exactly."""
 
+import json
 import subprocess
 import sys
 
@@ -154,3 +155,38 @@ def test_the_game_plays_on_a_transformer_in_a_users_own_loop():
     assert all(moved)  # every head group and MLP played
     result = method.finish(gated)
     assert type(result.model) is LlamaForCausalLM
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pruned_model_saves_in_its_own_format_and_loads_back_exactly(family, tmp_path):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from equiprune.experiments.hf_export import PRUNED_LAYERS_KEY, load_pruned, save_pruned
+
+    model, inputs = FAMILIES[family]()
+    gated = attach(model)
+    masks = {g.name: (torch.rand(g.size) > 0.4) | (torch.arange(g.size) == 0) for g in gated.groups}
+    small = compact(gated, masks).model.eval()
+    save_pruned(small, tmp_path / "pruned")
+    assert PRUNED_LAYERS_KEY in json.loads((tmp_path / "pruned" / "config.json").read_text())
+    back = load_pruned(tmp_path / "pruned")
+    assert type(back) is type(model)
+    with torch.no_grad():
+        assert torch.equal(back(**inputs)[0], small(**inputs)[0])
+    save_pruned(model, tmp_path / "dense")  # unpruned: transformers alone loads it
+    auto = (AutoModelForCausalLM if family == "llama" else AutoModel).from_pretrained(tmp_path / "dense").eval()
+    with torch.no_grad():
+        assert torch.equal(auto(**inputs)[0], model(**inputs)[0])
+
+
+def test_loading_a_directory_without_weights_or_config_says_what_is_missing(tmp_path):
+    from equiprune.errors import DataError
+    from equiprune.experiments.hf_export import load_pruned, save_pruned
+
+    with pytest.raises(DataError, match="has no config.json"):
+        load_pruned(tmp_path)
+    model, _ = bert()
+    save_pruned(model, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="holds no model weights"):
+        load_pruned(tmp_path / "m")
