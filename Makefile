@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/reparam_step.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/lottery_cost.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/ddp_scaling.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/minilm_distill.py --results $(BENCH_RESULTS)
 	@echo "results appended to $(BENCH_RESULTS)"
 
 clean:
