@@ -12,7 +12,7 @@ cosine of the pruned model's embeddings to the dense ones on the held-out senten
 after the last distillation, the parameters, and the CPU latency of a batch of 32 sentences,
 dense and pruned timed in alternation (``experiments.timing.interleave``).
 
-    pip install -e ".[hf,bench]" && python benchmarks/minilm_distill.py [--stage-steps 60] [--finetune-steps 120]
+    pip install -e ".[hf,bench]" && python benchmarks/minilm_distill.py [--stage-steps 60] [--finetune-steps 300] [--lr 2e-4]
 
 The last line printed is ``worst_cosine=<the lower of equiprune's two methods' held-out cosine>``.
 """
@@ -145,9 +145,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage-steps", type=int, default=60)
-    ap.add_argument("--finetune-steps", type=int, default=120)
+    ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--latency-rounds", type=int, default=7)
-    ap.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate of the distillation")
+    ap.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the distillation")
     add_results_argument(ap)
     args = ap.parse_args()
     machine = print_machine()
