@@ -12,7 +12,8 @@ cosine of the pruned model's embeddings to the dense ones on the held-out senten
 after the last distillation, the parameters, and the CPU latency of a batch of 32 sentences,
 dense and pruned timed in alternation (``experiments.timing.interleave``).
 
-    pip install -e ".[hf,bench]" && python benchmarks/minilm_distill.py [--stage-steps 60] [--finetune-steps 300] [--lr 2e-4]
+    pip install -e ".[hf,bench]"
+    python benchmarks/minilm_distill.py [--stage-steps 60] [--finetune-steps 300] [--lr 2e-4]
 
 The last line printed is ``worst_cosine=<the lower of equiprune's two methods' held-out cosine>``.
 """
