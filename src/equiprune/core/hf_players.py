@@ -41,7 +41,7 @@ def _linear(module: nn.Module, *names: str) -> list[nn.Linear] | None:
     return found if all(isinstance(m, nn.Linear) for m in found) else None
 
 
-def _head_dim(module: nn.Module, q: nn.Linear, o_in: int) -> int:
+def _head_dim(module: nn.Module, o_in: int) -> int:
     for attribute in ("head_dim", "attention_head_size"):
         value = getattr(module, attribute, None)
         if isinstance(value, int) and value > 0:
@@ -61,7 +61,7 @@ def _projection_heads(name: str, module: nn.Module) -> ChannelSpace | None:
     if layers is None:
         return None
     q, k, v, o = layers
-    head_dim = _head_dim(module, q, o.in_features)
+    head_dim = _head_dim(module, o.in_features)
     kv_heads, q_heads = k.out_features // head_dim, q.out_features // head_dim
     if kv_heads * head_dim != k.out_features or q_heads % kv_heads or v.out_features != k.out_features:
         raise PruningError(f"{name}: projections of {q.out_features}/{k.out_features}/{v.out_features} rows do "

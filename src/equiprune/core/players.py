@@ -151,8 +151,8 @@ def find_players(
 
     Spaces that reach the model's output or input (logits, image channels) have no players. A
     space a layer in ``exclude`` (or a layer inside a module it names: a whole block) produces is
-    left ungated. A space that meets an operation the
-    analysis cannot follow is an error naming the operation and the layers to exclude.
+    left ungated. A space that meets an operation the analysis cannot follow is an error naming
+    the operation and the layers to exclude.
     """
     exclude = check_exclude(model, exclude)
     groups, blocked = [], []

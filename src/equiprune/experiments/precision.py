@@ -56,14 +56,13 @@ class Precision:
         self.scaler.unscale_(opt)
         # gradients the optimizer does not own (the gates a method updates itself) unscaled as well
         owned = {id(p) for group in opt.param_groups for p in group["params"]}
-        inverse = 1.0 / self.scaler.get_scale()
+        scale = self.scaler.get_scale()  # a device sync: read once
         for p in model.parameters():
             if p.grad is not None and id(p) not in owned:
-                p.grad.mul_(inverse)
-        before = self.scaler.get_scale()
+                p.grad.mul_(1.0 / scale)
         self.scaler.step(opt)
         self.scaler.update()
-        return self.scaler.get_scale() >= before  # the scale backs off only after an overflow
+        return self.scaler.get_scale() >= scale  # the scale backs off only after an overflow
 
     def state_dict(self) -> dict | None:
         return None if self.scaler is None else self.scaler.state_dict()

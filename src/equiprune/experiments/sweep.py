@@ -265,15 +265,19 @@ def _run_sweep(sweep: Sweep, out: Path, quiet: bool, rerun: tuple[str, ...], job
 
 def _submit(pending: list[PlannedRun], out: Path, cluster: ClusterSettings, ended) -> None:
     """The pending runs as cluster jobs; runs a job of an earlier call finished are stored at once."""
-    finished = [r for r in pending if RunDir(out / "runs" / r.run_id).is_finished()]
-    for planned in finished:
-        _store(planned, out, *_execute(planned, out))
-        ended(planned, ("gathered",))
-    to_run = [r for r in pending if r not in finished]
+    to_run = []
+    for planned in pending:
+        if RunDir(out / "runs" / planned.run_id).is_finished():
+            _, status, results = _execute(planned, out)
+            _store(planned, out, status, results)
+            ended(planned, ("gathered",))
+        else:
+            to_run.append(planned)
 
     def gathered(planned: PlannedRun, outcome) -> None:
-        _store(planned, out, *outcome)
-        ended(planned, outcome[0] or ("gathered",))  # (): a job of an earlier call had finished it
+        how, status, results = outcome
+        _store(planned, out, status, results)
+        ended(planned, how or ("gathered",))  # (): a job of an earlier call had finished it
 
     submit_lanes(functools.partial(_execute_claimed, out=out), lanes(to_run), cluster, out / "submitit", gathered)
 
@@ -283,7 +287,7 @@ def _run_one(planned: PlannedRun, out: Path) -> tuple[str, ...]:
     ("ran",) or ("resumed",), with "failed" added when the run stopped with a clear error, or ()
     when it had finished but was killed before its row was written."""
     how, status, results = _execute(planned, out)
-    _store(planned, out, how, status, results)
+    _store(planned, out, status, results)
     return how
 
 
@@ -314,7 +318,7 @@ def _execute(planned: PlannedRun, out: Path) -> tuple[tuple[str, ...], str, dict
     return how, status, results
 
 
-def _store(planned: PlannedRun, out: Path, how: tuple[str, ...], status: str, results: dict[str, Any]) -> None:
+def _store(planned: PlannedRun, out: Path, status: str, results: dict[str, Any]) -> None:
     with ResultStore(out / "results.sqlite") as store:
         store.add(planned.run_id, label=planned.label, method=planned.method, point=planned.point,
                   budget=planned.budget, seed=planned.seed, config_hash=planned.config_hash,
