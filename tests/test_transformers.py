@@ -190,3 +190,19 @@ def test_loading_a_directory_without_weights_or_config_says_what_is_missing(tmp_
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(DataError, match="holds no model weights"):
         load_pruned(tmp_path / "m")
+
+
+def test_a_head_budget_keeps_whole_key_value_groups_or_is_refused_with_the_nearest_counts():
+    from equiprune.core.hf_players import head_budget
+
+    model, _ = llama()  # 2 layers x 4 query heads, in key/value groups of 2
+    assert head_budget(model, 6) == pytest.approx(0.75)
+    method = build_method("magnitude-l1", settings={"budget": head_budget(model, 4)}, players="head")
+    result = method.finish(method.prepare(model))
+    heads = sum(layer.self_attn.q_proj.out_features // (HIDDEN // HEADS) for layer in result.model.model.layers)
+    assert heads == 4
+    with pytest.raises(PruningError, match=r"head budget 5 breaks grouped-query attention.*groups of 2.*4 or 6"):
+        head_budget(model, 5)
+    with pytest.raises(PruningError, match=r"has 8 query heads; keep 1 to 8"):
+        head_budget(model, 9)
+    assert head_budget(bert()[0], 5) == pytest.approx(5 / 8)  # multi-head attention: any count

@@ -128,3 +128,32 @@ def transformers_spaces(model: nn.Module) -> list[ChannelSpace]:
             f"output.dense, gate/up/down_proj, fc1/fc2, intermediate/output.dense); it has {blocks or 'none of them'}"
         )
     return spaces
+
+
+def head_budget(model: nn.Module, heads: int) -> float:
+    """The budget (the fraction of head players to keep) that keeps ``heads`` query heads in all.
+
+    A head player of grouped-query attention is a whole key/value group with its query heads, so
+    only whole groups can be kept: a count that splits one is refused with the nearest counts that
+    do not, instead of being rounded silently to another count."""
+    spaces = [s for s in transformers_spaces(model) if s.kind == "head"]
+    if not spaces:
+        raise PruningError(f"{type(model).__name__}: no attention heads found to budget")
+    # (query heads per player, players): a player's output-projection columns over a head's rows
+    groups = [(s.consumers[0].repeat // s.row_pattern[0], s.size) for s in spaces]
+    total = sum(per * n for per, n in groups)
+    sizes = {per for per, _ in groups}
+    if len(sizes) != 1:
+        raise PruningError(f"{type(model).__name__}: layers group their query heads differently ({sorted(sizes)}); "
+                           "give the budget as a fraction of key/value groups instead")  # fmt: skip
+    per = sizes.pop()
+    if not 0 < heads <= total:
+        raise PruningError(f"head budget {heads}: {type(model).__name__} has {total} query heads; keep 1 to {total}")
+    if heads % per:
+        low, high = heads - heads % per, heads - heads % per + per
+        nearest = " or ".join(str(c) for c in (low, high) if 0 < c <= total)
+        raise PruningError(
+            f"head budget {heads} breaks grouped-query attention in {type(model).__name__}: its query heads share "
+            f"key/value heads in groups of {per}, so only whole groups can go; the nearest valid counts are {nearest}"
+        )
+    return heads / total
