@@ -188,6 +188,29 @@ def _cmd_mask_convex(args) -> int:
     return 0
 
 
+def _cmd_distil(args) -> int:
+    from equiprune.experiments.distil_run import load_distil_config, run_distil
+
+    cfg = load_distil_config(_config_path(args.config, "distil", "distillation configuration"))
+    results = run_distil(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    r = results
+    print(f"heads {r['heads']}/{r['heads_before']}, FFN neurons {r['neurons']}/{r['neurons_before']}, "
+          f"{r['params']:,}/{r['params_before']:,} parameters; held-out cosine {r['cosine_after_pruning']:.4f} "
+          f"after pruning, {r['cosine']:.4f} after distillation")  # fmt: skip
+    print(f"wrote {args.out}/model (load with equiprune.experiments.hf_export.load_pruned) and results.json")
+    return 0
+
+
+def _add_distil(sub) -> None:
+    di = sub.add_parser("distil", help="prune a Hugging Face encoder's heads and FFN neurons, refit, distil it "
+                        "towards the dense model's sentence embeddings, and save it in its own format")  # fmt: skip
+    di.add_argument("config", help="a TOML distillation file, or the name of one equiprune ships: minilm")
+    di.add_argument("--out", required=True, help="the run directory")
+    di.add_argument("--resume", action="store_true", help="continue a stopped run from its pruned model")
+    di.add_argument("--quiet", action="store_true", help="no progress bar")
+    di.set_defaults(func=_cmd_distil)
+
+
 def _add_lottery(sub) -> None:
     lo = sub.add_parser("lottery", help="lottery tickets: find them (imp, concave-mask), retrain every round's "
                         "ticket beside re-initialised and random-mask baselines")  # fmt: skip
@@ -209,17 +232,25 @@ def _add_lottery(sub) -> None:
 
 
 def _cmd_export(args) -> int:
+    from equiprune.experiments.distil_export import is_distil_run
     from equiprune.experiments.export import export_run, speed_markdown
 
-    parts = [v.strip() for v in args.batch_sizes.split(",") if v.strip()]
+    # a distilled transformers model is slower per pass: fewer and smaller batches unless asked
+    distilled = is_distil_run(args.run)
+    text = args.batch_sizes if args.batch_sizes is not None else ("1,32" if distilled else "1,32,256")
+    repeats = args.repeats if args.repeats is not None else (5 if distilled else 20)
+    parts = [v.strip() for v in text.split(",") if v.strip()]
     sizes = [int(v) for v in parts if v.isdigit()]
     if not sizes or len(sizes) < len(parts) or min(sizes) < 1:
-        raise EquipruneError(f"--batch-sizes: expected comma-separated integers >= 1, got {args.batch_sizes!r}")
-    if args.repeats < 1:
-        raise EquipruneError(f"--repeats: expected a number of timed passes >= 1, got {args.repeats}")
-    report = export_run(args.run, onnx=args.onnx, batch_sizes=sizes, repeats=args.repeats)
+        raise EquipruneError(f"--batch-sizes: expected comma-separated integers >= 1, got {text!r}")
+    if repeats < 1:
+        raise EquipruneError(f"--repeats: expected a number of timed passes >= 1, got {repeats}")
+    report = export_run(args.run, onnx=args.onnx, batch_sizes=sizes, repeats=repeats)
     print(speed_markdown(report))
-    print("wrote " + ", ".join(report["files"]) + f", {args.run}/speed.json and speed.md")
+    if distilled:
+        print(f"wrote {args.run}/export (load with equiprune.experiments.hf_export.load_pruned), speed.json, speed.md")
+    else:
+        print("wrote " + ", ".join(report["files"]) + f", {args.run}/speed.json and speed.md")
     return 0
 
 
@@ -320,12 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     mf.set_defaults(func=_cmd_mirror_flow)
 
     _add_lottery(sub)
+    _add_distil(sub)
 
     ex = sub.add_parser("export", help="save a run's compacted model for deployment and measure its speed-up")
-    ex.add_argument("run", help="a finished run directory")
+    ex.add_argument("run", help="a finished run directory (of equiprune run, or of equiprune distil)")
     ex.add_argument("--onnx", action="store_true", help="also write export/model.onnx (needs equiprune[onnx])")
-    ex.add_argument("--batch-sizes", default="1,32,256", help="batch sizes to time (default 1,32,256)")
-    ex.add_argument("--repeats", type=int, default=20, help="timed forward passes per measurement (default 20)")
+    ex.add_argument("--batch-sizes", help="batch sizes to time (default 1,32,256; 1,32 for a distil run)")
+    ex.add_argument("--repeats", type=int, help="timed forward passes per measurement (default 20; 5 for a distil run)")
     ex.set_defaults(func=_cmd_export)
     return p
 

@@ -147,7 +147,8 @@ def speed_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| parameters | {report['params_before']:,} | {report['params_after']:,} | "
         f"{report['params_after'] / report['params_before']:.3f} |",
-        f"| MACs per example | {report['macs_before']:,} | {report['macs_after']:,} | {report['flop_ratio']:.3f} |",
+        f"| {report.get('macs_label', 'MACs per example')} | {report['macs_before']:,} | {report['macs_after']:,} | "
+        f"{report['flop_ratio']:.3f} |",
     ]
     for row in report["latency"]:
         ratio = f"{1 / row['speedup']:.3f} (speed-up ×{row['speedup']:.2f})" if trusted else "– (not trusted)"
@@ -158,8 +159,9 @@ def speed_markdown(report: dict[str, Any]) -> str:
     m = report.get("machine", {"threads": report["threads"]})
     load = f", load {m['load_at_start']:.2f} at the start" if m.get("load_at_start") is not None else ""
     cores = f" of {m['cores']} cores" if m.get("cores") else ""
-    lines += ["", f"CPU, {m['threads']} threads{cores}{load}; BatchNorm folded in both; median of the "
-              "interleaved rounds, [lowest – highest round] beside it."]  # fmt: skip
+    folded = "" if report.get("macs_label") else " BatchNorm folded in both;"
+    lines += ["", f"CPU, {m['threads']} threads{cores}{load};{folded} median of the interleaved rounds, "
+              "[lowest – highest round] beside it."]  # fmt: skip
     if not trusted:
         why = "; ".join(report["untrusted_because"])
         lines += ["", f"**These timings cannot be trusted, so no speed-up is claimed:** {why}. "
@@ -180,6 +182,12 @@ def export_run(
     for an unstructured result also ``export/model_sparse.pt`` (CSR Linear weights, see
     :mod:`equiprune.experiments.sparse_export`) with its size and latency against dense weights."""
 
+    from equiprune.experiments.distil_export import export_distil_run, is_distil_run
+
+    if is_distil_run(run_dir):  # a transformers model distilled by `equiprune distil`
+        report = export_distil_run(run_dir, batch_sizes, repeats)
+        io.write_text(Path(run_dir) / "speed.md", speed_markdown(report))
+        return report
     run = RunDir(run_dir)
     if not run.is_finished():
         raise EquipruneError(f"{run.path} holds no finished run (no results.json): finish it first")

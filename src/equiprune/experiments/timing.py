@@ -44,20 +44,25 @@ def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) 
 
 
 @torch.inference_mode()
+def call_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall-clock milliseconds of ``call()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def latency_ms(
     model: nn.Module, input_shape: Sequence[int], batch_size: int, repeats: int = 20, warmup: int = 3
 ) -> float:
     """Median wall-clock milliseconds of one forward pass at ``batch_size`` (eval mode)."""
     model.eval()
     x = example_input(model, input_shape, batch_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return call_ms(lambda: model(x), repeats, warmup)
 
 
 def interleaved_timings(
@@ -81,10 +86,15 @@ def latency_rows(
     rows = []
     for bs in batch_sizes:
         t = interleaved_timings({"dense": dense, "pruned": pruned}, input_shape, bs, repeats, rounds)
-        dense_ms, pruned_ms = statistics.median(t["dense"]), statistics.median(t["pruned"])
-        rows.append({"batch_size": bs, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
-                     "dense_rounds": t["dense"], "pruned_rounds": t["pruned"]})  # fmt: skip
+        rows.append(latency_row(bs, t["dense"], t["pruned"]))
     return rows
+
+
+def latency_row(batch_size: int, dense_rounds: list[float], pruned_rounds: list[float]) -> dict[str, Any]:
+    """One row of a speed report from the two sides' interleaved rounds (ms)."""
+    dense_ms, pruned_ms = statistics.median(dense_rounds), statistics.median(pruned_rounds)
+    return {"batch_size": batch_size, "dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup": dense_ms / pruned_ms,
+            "dense_rounds": dense_rounds, "pruned_rounds": pruned_rounds}  # fmt: skip
 
 
 def interleaved_latency(
