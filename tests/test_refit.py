@@ -130,6 +130,8 @@ def test_bad_calibration_is_named():
     pruned = pruned_copy(dense, {0: torch.tensor([True, False] * 6)})
     with pytest.raises(PruningError, match="needs calibration batches"):
         refit_consumers(pruned, dense, [])
+    with pytest.raises(PruningError, match=r"refit of 2: 5 calibration positions for 6 inputs and a bias"):
+        refit_consumers(pruned, dense, [torch.randn(5, 6)])
     with pytest.raises(PruningError, match="ridge must be >= 0"):
         refit_consumers(pruned, dense, [torch.randn(4, 6)], ridge=-1.0)
 

@@ -92,6 +92,7 @@ def refit_layer(pruned: nn.Module, dense: nn.Module, name: str, batches: Iterabl
     gram = torch.zeros(width, width, dtype=torch.float64)
     cross = torch.zeros(width, layer.out_features, dtype=torch.float64)
     target_energy = torch.zeros((), dtype=torch.float64)
+    positions = 0
     for batch in batches:
         x, y = activation_at(pruned, name, batch, "input"), activation_at(dense, name, batch, "output")
         if len(x) != len(y):
@@ -101,8 +102,14 @@ def refit_layer(pruned: nn.Module, dense: nn.Module, name: str, batches: Iterabl
         gram += (x.T @ x).double()
         cross += (x.T @ y).double()
         target_energy += (y.double() ** 2).sum()
+        positions += len(x)
     if not target_energy > 0:
         raise PruningError(f"refit of {name}: no calibration data reached it (pass at least one batch)")
+    if positions < width:  # fewer equations than unknowns: the fit would memorise the batches
+        raise PruningError(
+            f"refit of {name}: {positions} calibration positions for {width - 1} inputs and a bias; the fit would "
+            f"be underdetermined and worsen the model: pass more batches (ten times the inputs is a good start)"
+        )
     scale = gram.diagonal()[:-1].mean().clamp_min(1e-12)
     regularised = gram + ridge * scale * torch.diag(torch.cat([torch.ones(width - 1), torch.zeros(1)])).double()
     # least squares on the normal equations: an input that never fires (a dead ReLU) makes them
