@@ -33,7 +33,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture()
 def config_file(tmp_path, model_dir):
     generator = torch.Generator().manual_seed(1)
-    lines = [" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (8,), generator=generator)) for _ in range(40)]
+    picks = torch.randint(0, len(WORDS), (40, 8), generator=generator)
+    lines = [" ".join(WORDS[int(i)] for i in row) for row in picks]
     (tmp_path / "text.txt").write_text("\n".join(lines))
 
     def write(method="obs", heads=4, extra=""):

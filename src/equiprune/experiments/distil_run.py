@@ -103,8 +103,10 @@ def load_model(source: str):
     try:
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model {source!r}: not a model directory, not an installed weights package with "
-                          f"get_model_path(), and transformers could not load it as a hub name ({exc})") from exc
+        raise ConfigError(
+            f"model {source!r}: not a model directory, not an installed weights package with "
+            f"get_model_path(), and transformers could not load it as a hub name ({exc})"
+        ) from exc
 
 
 def stages_for(cfg: DistilConfig, dense) -> list[tuple[str, float]]:
