@@ -14,7 +14,7 @@ timing, so the models are freshly initialised.
 The last line printed is ``worst_speedup_over_flop_ratio=<float>`` over all cases (each case's
 median over the interleaved rounds); target ≥ 0.8.
 
-    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7]
+    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7] [--round-to 8]
 """
 
 from __future__ import annotations
@@ -39,16 +39,17 @@ CASES = [  # (model, settings, input shape, target FLOP fraction)
 ]
 
 
-def prune_to_flops(name: str, settings: dict, shape, target: float):
+def prune_to_flops(name: str, settings: dict, shape, target: float, round_to: int = 1):
     """The dense model and its L1-pruned compaction whose MACs are closest to ``target`` × dense,
-    found by bisection on the fraction of players kept in every group."""
+    found by bisection on the fraction of players kept in every group (each group's width rounded to
+    a multiple of ``round_to``, see the structured methods' ``round_to``)."""
     torch.manual_seed(0)
     dense = create_model(name, input_shape=shape, **settings).eval()
     full = count_macs(dense, shape)
     lo, hi, best = 0.05, 1.0, None
     for _ in range(12):
         budget = (lo + hi) / 2
-        method = build_method("magnitude-l1", settings={"budget": budget})
+        method = build_method("magnitude-l1", settings={"budget": budget, "round_to": round_to})
         small = method.finish(method.prepare(copy.deepcopy(dense))).model.eval()  # prepare gates in place
         ratio = count_macs(small, shape) / full
         if best is None or abs(ratio - target) < abs(best[1] - target):
@@ -62,16 +63,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="forward passes per model in a round (their median)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (dense, pruned; pruned, dense; …)")
+    p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of this (default 1: exact)")
     add_results_argument(p)
     args = p.parse_args()
     machine = print_machine()
-    print(f"batch {args.batch}; each round's speed-up is its dense median over its pruned median; the median "
+    rounding = f"; widths rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
+    print(f"batch {args.batch}{rounding}; each round's speed-up is its dense median over its pruned median; the median "
           f"over {args.rounds} rounds, with the lowest and highest round's, times the FLOP ratio")  # fmt: skip
     print(f"{'case':<24} {'kept':>6} {'FLOP ratio':>10} {'dense ms':>9} {'pruned ms':>9} {'speed-up':>8} "
           f"{'×FLOPs (lowest-highest)':>24}")  # fmt: skip
     worst, cases = float("inf"), []
     for name, settings, shape, target in CASES:
-        dense, (small, ratio, budget) = prune_to_flops(name, settings, shape, target)
+        dense, (small, ratio, budget) = prune_to_flops(name, settings, shape, target, args.round_to)
         report = speed_report(dense, small, shape, batch_sizes=(args.batch,), repeats=args.repeats, rounds=args.rounds)
         row, flops = report["latency"][0], report["flop_ratio"]
         speedup = paired_ratios(row["dense_rounds"], row["pruned_rounds"])
@@ -83,7 +86,8 @@ def main() -> None:
               f"{speedup['median']:>8.2f} {spread:>24}")  # fmt: skip
         cases.append({"case": label, "flop_ratio": flops, "speedup": speedup, "speedup_over_flop_ratio": score,
                       "dense_rounds_ms": row["dense_rounds"], "pruned_rounds_ms": row["pruned_rounds"]})  # fmt: skip
-    record(args.results, "compaction_speed", machine, {"cases": cases, "worst_speedup_over_flop_ratio": worst})
+    record(args.results, "compaction_speed", machine,
+           {"round_to": args.round_to, "cases": cases, "worst_speedup_over_flop_ratio": worst})  # fmt: skip
     print(f"worst_speedup_over_flop_ratio={worst:.3f}")
 
 

@@ -200,3 +200,53 @@ def test_only_slimming_hands_its_gates_to_the_weight_optimizer(name, trains_gate
     params = method.weight_parameters(gated)
     assert any(p is gated.gates[0] for p in params) == trains_gates
     assert len([p for p in params if p.dim() == 2]) == 3  # every weight matrix is trained
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 40),
+    kept=st.integers(1, 40),
+    dead=st.integers(0, 40),
+    multiple=st.sampled_from([2, 4, 8]),
+    seed=st.integers(0, 10_000),
+)
+def test_rounded_widths_are_the_nearest_multiple_with_the_best_live_players(size, kept, dead, multiple, seed):
+    from equiprune.core.selection import round_widths
+
+    generator = torch.Generator().manual_seed(seed)
+    score = torch.randn(size, generator=generator)
+    alive = torch.ones(size, dtype=torch.bool)
+    alive[torch.randperm(size, generator=generator)[: min(dead, size - 1)]] = False
+    live = int(alive.sum())
+    keep = torch.zeros(size, dtype=torch.bool)
+    live_order = [int(i) for i in torch.argsort(score, descending=True) if alive[i]]
+    keep[live_order[: min(kept, live)]] = True
+    k = int(keep.sum())
+    got = round_widths({"g": keep}, {"g": score}, {"g": alive}, multiple)["g"]
+    n = int(got.sum())
+    if live < multiple:
+        assert torch.equal(got, keep)
+        return
+    # the nearest multiple (half-way up), at least one multiple, at most the live players
+    candidates = [m for m in range(multiple, live + 1, multiple)]
+    best = min(candidates, key=lambda m: (abs(m - k), -m))
+    assert n == best
+    assert not (got & ~alive).any()  # never revives a dead player
+    if n >= k:  # every kept player stays, and the best live ones join
+        assert bool((got | ~keep).all())
+        joined, passed = score[got & ~keep], score[alive & ~got]
+    else:  # only kept players stay: the best of them
+        assert not bool((got & ~keep).any())
+        joined, passed = score[got], score[keep & ~got]
+    if len(joined) and len(passed):
+        assert joined.min() >= passed.max()
+
+
+def test_round_to_keeps_hardware_friendly_widths_in_every_layer():
+    torch.manual_seed(0)
+    model = mlp(hidden=(30, 20))
+    method = build_method("magnitude-l1", settings={"budget": 0.5, "round_to": 8})
+    result = method.finish(method.prepare(model))
+    assert list(result.kept.values()) == [16, 8]  # 15 -> 16, 10 -> 8
+    with pytest.raises(ConfigError, match="round_to"):
+        build_method("magnitude-l1", settings={"budget": 0.5, "round_to": 0})

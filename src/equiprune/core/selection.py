@@ -83,6 +83,36 @@ def top_k_among_alive(
     return top_k_masks(ranked, budget, allocation)
 
 
+def round_widths(
+    masks: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
+    alive: Mapping[str, torch.Tensor],
+    multiple: int,
+) -> dict[str, torch.Tensor]:
+    """Every group's kept count moved to the nearest multiple of ``multiple`` (half-way rounds up;
+    never below one multiple, never above the live players), by adding the best-scored live players
+    left out or dropping the worst-scored kept ones. CPU kernels run widths such as 8, 16 or 32 at
+    full vector rate and odd ones (11, 23, 45) slower; the budget is then met only approximately. A
+    group with fewer live players than ``multiple`` stays as chosen."""
+    rounded = {}
+    for name, keep in masks.items():
+        live, k = int(alive[name].sum()), int(keep.sum())
+        down, up = k - k % multiple, k - k % multiple + (multiple if k % multiple else 0)
+        target = up if (k % multiple) * 2 >= multiple or down == 0 else down
+        if multiple <= 1 or live < multiple:
+            rounded[name] = keep
+            continue
+        target = target if target <= live else down
+        # the kept players first, then the live ones left out, then the dead; by score within each
+        by_score = torch.sort(scores[name].detach().flatten().double().cpu(), descending=True, stable=True).indices
+        tier = torch.where(keep.cpu(), 2, torch.where(alive[name].cpu(), 1, 0))[by_score]
+        order = by_score[torch.sort(tier, descending=True, stable=True).indices]
+        mask = torch.zeros(keep.numel(), dtype=torch.bool)
+        mask[order[:target]] = True
+        rounded[name] = mask.to(keep.device)
+    return rounded
+
+
 def geometric_fraction(budget: float, round_: int, rounds: int) -> float:
     """The fraction kept after round ``round_`` of ``rounds`` that shrink it geometrically to ``budget``:
     budget^(round_/rounds), so each round removes the same share of what is left."""

@@ -29,7 +29,14 @@ import torch.nn as nn
 
 from equiprune.core.compact import PruneResult, compact
 from equiprune.core.players import GatedModel
-from equiprune.core.selection import Allocation, alive_metrics, geometric_fraction, kept_total, top_k_among_alive
+from equiprune.core.selection import (
+    Allocation,
+    alive_metrics,
+    geometric_fraction,
+    kept_total,
+    round_widths,
+    top_k_among_alive,
+)
 from equiprune.errors import ConfigError
 from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
 from equiprune.methods.game_math import squared_norms
@@ -39,17 +46,20 @@ from equiprune.methods.game_math import squared_norms
 class StructuredSettings:
     """``budget``: fraction of players kept, in (0, 1]; ``schedule``: one-shot or iterative;
     ``rounds``: prunings of an iterative schedule; ``allocation``: per layer or one global ranking;
-    ``calibration_batches``: training batches a data-driven score averages over."""
+    ``calibration_batches``: training batches a data-driven score averages over; ``round_to``: keep a
+    multiple of this many players in every group, the nearest to the budget's count (widths the CPU's
+    kernels run at full rate; the budget is then met only approximately; 1: exactly)."""
 
     budget: float = 0.1
     schedule: Literal["one-shot", "iterative"] = "one-shot"  # prune once at the end, or in rounds during training
     rounds: int = 4  # with schedule = "iterative": geometric rounds down to the budget
     allocation: Allocation = "layerwise"
     calibration_batches: int = 16
+    round_to: int = 1  # keep a multiple of this many players per group (8: hardware-friendly widths)
 
     def __post_init__(self):
         check_selection(self)
-        require_at_least(self, 1, "rounds", "calibration_batches")
+        require_at_least(self, 1, "rounds", "calibration_batches", "round_to")
 
 
 class StructuredPruner(Method):
@@ -127,7 +137,8 @@ class StructuredPruner(Method):
         if want > sum(int(a.sum()) for a in alive.values()):  # never revive a pruned player
             return alive
         scores = self.scores(trained, self._calibration)
-        return top_k_among_alive(scores, alive, fraction, self.settings.allocation)
+        masks = top_k_among_alive(scores, alive, fraction, self.settings.allocation)
+        return round_widths(masks, scores, alive, self.settings.round_to) if self.settings.round_to > 1 else masks
 
     def _alive(self, trained: GatedModel) -> dict[str, torch.Tensor]:
         if self._masks is None:
