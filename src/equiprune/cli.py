@@ -192,8 +192,7 @@ def _cmd_distil(args) -> int:
     from equiprune.experiments.distil_run import load_distil_config, run_distil
 
     cfg = load_distil_config(_config_path(args.config, "distil", "distillation configuration"))
-    results = run_distil(cfg, args.out, resume=args.resume, quiet=args.quiet)
-    r = results
+    r = run_distil(cfg, args.out, resume=args.resume, quiet=args.quiet)
     print(f"heads {r['heads']}/{r['heads_before']}, FFN neurons {r['neurons']}/{r['neurons_before']}, "
           f"{r['params']:,}/{r['params_before']:,} parameters; held-out cosine {r['cosine_after_pruning']:.4f} "
           f"after pruning, {r['cosine']:.4f} after distillation")  # fmt: skip
