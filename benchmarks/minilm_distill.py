@@ -69,12 +69,16 @@ def torch_pruning_student(dense, example: dict, size):
     student = copy.deepcopy(dense)
     attentions = [layer.attention.self for layer in student.encoder.layer]
     heads = {m: a.num_attention_heads for a in attentions for m in (a.query, a.key, a.value)}
-    ffn = {layer.intermediate.dense: 1 - size[1] / FFN for layer in student.encoder.layer}
+    head_ratio = 1 - size[0] / HEADS
+    ratios = {layer.intermediate.dense: 1 - size[1] / FFN for layer in student.encoder.layer}
+    # Torch-Pruning removes heads only inside a scope that prunes the projections' rows; with
+    # prune_head_dims off, a ratio on query/key/value removes whole heads and nothing else
+    ratios.update({m: head_ratio for m in heads})
     try:
         pruner = tp.pruner.MetaPruner(
             student, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.0,
-            pruning_ratio_dict=ffn, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
-            head_pruning_ratio=1 - size[0] / HEADS, output_transform=lambda out: out[0].sum(),
+            pruning_ratio_dict=ratios, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
+            head_pruning_ratio=head_ratio, output_transform=lambda out: out[0].sum(),
         )  # fmt: skip
         pruner.step()
     except Exception as exc:  # noqa: BLE001 - a peer that fails on this model is a result to report
