@@ -130,6 +130,12 @@ def transformers_spaces(model: nn.Module) -> list[ChannelSpace]:
     return spaces
 
 
+def query_heads_per_player(space: ChannelSpace) -> int:
+    """How many query heads one player of a head space holds: its output-projection columns over a
+    head's rows (1 for multi-head attention, the group size for grouped-query attention)."""
+    return space.consumers[0].repeat // space.row_pattern[0]
+
+
 def head_budget(model: nn.Module, heads: int) -> float:
     """The budget (the fraction of head players to keep) that keeps ``heads`` query heads in all.
 
@@ -139,8 +145,7 @@ def head_budget(model: nn.Module, heads: int) -> float:
     spaces = [s for s in transformers_spaces(model) if s.kind == "head"]
     if not spaces:
         raise PruningError(f"{type(model).__name__}: no attention heads found to budget")
-    # (query heads per player, players): a player's output-projection columns over a head's rows
-    groups = [(s.consumers[0].repeat // s.row_pattern[0], s.size) for s in spaces]
+    groups = [(query_heads_per_player(s), s.size) for s in spaces]
     total = sum(per * n for per, n in groups)
     sizes = {per for per, _ in groups}
     if len(sizes) != 1:

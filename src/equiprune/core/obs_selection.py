@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from equiprune.core.players import GatedModel, PlayerGroup
-from equiprune.core.refit import activation_at
+from equiprune.core.refit import activation_at, with_constant
 from equiprune.errors import PruningError
 
 ALLOCATIONS = ("global", "layerwise")
@@ -48,8 +48,7 @@ def _input_gram(gated: GatedModel, name: str, batches: list[Any]) -> torch.Tenso
     """Σ = Σ_tokens [x 1]ᵀ[x 1] of layer ``name``'s input (as the gates let it through), float64."""
     gram = None
     for batch in batches:
-        x = activation_at(gated, f"model.{name}", batch, "input")
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        x = with_constant(activation_at(gated, f"model.{name}", batch, "input"))
         part = (x.T @ x).double()
         gram = part if gram is None else gram + part
     return gram

@@ -58,6 +58,11 @@ def _positions(batch: Any, activation: torch.Tensor) -> torch.Tensor:
     return activation.reshape(-1, activation.shape[-1])
 
 
+def with_constant(x: torch.Tensor) -> torch.Tensor:
+    """[x 1]: the rows of ``x`` with a constant input for the bias."""
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+
 class _Reached(Exception):
     """Raised by the capture hook: the rest of the forward pass is not needed."""
 
@@ -97,7 +102,7 @@ def refit_layer(pruned: nn.Module, dense: nn.Module, name: str, batches: Iterabl
         x, y = activation_at(pruned, name, batch, "input"), activation_at(dense, name, batch, "output")
         if len(x) != len(y):
             raise PruningError(f"refit of {name}: the pruned and the dense model saw {len(x)} and {len(y)} positions")
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        x = with_constant(x)
         # each batch's moments in the layer's precision (fast), summed over batches in float64
         gram += (x.T @ x).double()
         cross += (x.T @ y).double()

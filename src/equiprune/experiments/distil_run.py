@@ -153,17 +153,18 @@ def run_distil(cfg: DistilConfig, out: str | Path, resume: bool = False, quiet: 
     held = token_batches(tokenizer, held_texts, 64, cfg.max_length)
     with torch.no_grad():
         targets = [embed(dense, b) for b in held]
+    stages = stages_for(cfg, dense)  # checks the counts before any work
     if pruned_before:
         student, pruning = load_pruned(out / "pruned"), json.loads((out / "pruned.json").read_text())
     else:
         calibration = train[: cfg.calibration_batches]
-        student, refits = prune_stages(dense, cfg.method, cfg.settings, stages_for(cfg, dense), train, calibration,
+        student, refits = prune_stages(dense, cfg.method, cfg.settings, stages, train, calibration,
                                        cfg.stage_steps, cfg.lr, not quiet)  # fmt: skip
         pruning = {"cosine_after_pruning": held_out_cosine(student, held, targets), "refit_errors": refits}
         save_pruned(student, out / "pruned")
         tokenizer.save_pretrained(out / "pruned")
         io.write_json(out / "pruned.json", pruning)
-    done = 0 if cfg.method == OBS else len(stages_for(cfg, dense)) * cfg.stage_steps
+    done = 0 if cfg.method == OBS else len(stages) * cfg.stage_steps
     distil(student, dense, train, cfg.steps, cfg.lr, start=done, progress=not quiet)
     save_pruned(student, out / "model")
     tokenizer.save_pretrained(out / "model")
@@ -177,12 +178,12 @@ def run_distil(cfg: DistilConfig, out: str | Path, resume: bool = False, quiet: 
 
 def sizes(dense, student) -> dict[str, Any]:
     """Parameters, and heads and FFN neurons per layer, before and after."""
-    from equiprune.core.hf_players import transformers_spaces
+    from equiprune.core.hf_players import query_heads_per_player, transformers_spaces
 
     def per_layer(model):
         found = {"head": [], "neuron": []}
         for s in transformers_spaces(model):
-            found[s.kind].append(s.size * (s.consumers[0].repeat // s.row_pattern[0]) if s.kind == "head" else s.size)
+            found[s.kind].append(s.size * query_heads_per_player(s) if s.kind == "head" else s.size)
         return found
 
     before, after = per_layer(dense), per_layer(student)
