@@ -15,7 +15,7 @@ from equiprune.curvature.hessian import (
     top_eigenvalues,
     unflatten,
 )
-from equiprune.curvature.lanczos import density, lanczos, ritz, slq
+from equiprune.curvature.lanczos import _reorthogonalise, density, lanczos, ritz, slq
 from equiprune.errors import EquipruneError
 
 
@@ -138,6 +138,21 @@ def test_long_float32_lanczos_finds_no_ghost_copies_of_converged_eigenvalues():
     for power in (1, 2):
         exact = ((q.double() @ torch.linalg.matrix_power(H, power)) * q.double()).sum(dim=1)
         torch.testing.assert_close((weights * nodes**power).sum(dim=1), exact, rtol=1e-4, atol=1e-4)
+
+
+def test_reorthogonalisation_subtracts_only_overlaps_above_the_square_root_of_epsilon():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(1000, 8))[0].T.unsqueeze(0)  # one probe's 8 orthonormal vectors
+    outside = torch.randn(1000)
+    outside -= basis[0].T @ (basis[0] @ outside)
+    outside /= outside.norm()
+    tolerance = torch.finfo(torch.float32).eps ** 0.5
+    nearly = (outside + 0.5 * tolerance * basis[0, 3]).unsqueeze(0)  # overlap under √ε: left as it is
+    assert torch.equal(_reorthogonalise(basis, nearly.clone()), nearly)
+    far = (outside + 4 * tolerance * basis[0, 3] + 0.3 * basis[0, 5]).unsqueeze(0)
+    cleaned = _reorthogonalise(basis, far.clone())
+    assert float((basis[0] @ cleaned[0]).abs().max()) < 1e-6
+    torch.testing.assert_close(cleaned[0], outside, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("power", [0, 1, 2, 3])
