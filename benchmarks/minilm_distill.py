@@ -3,18 +3,20 @@ repaired by a least-squares refit and distilled towards the dense model's senten
 the game, L1-norm magnitude and structured OBS (reconstruction selection), on the same steps and
 sentences, beside Torch-Pruning's cut of the same heads and neurons, refit and distilled as long.
 
-Text: the docstrings of about fifty standard-library modules, split into sentences; every fifth
-sentence is held out. Embeddings are mean-pooled over tokens and L2-normalised (the model's own
-pooling). The game and magnitude prune in two stages on the student, heads then FFN neurons, each
-stage ``--stage-steps`` distillation steps during which the method plays or waits, then compaction
-and a refit (``equiprune.core.refit``) of the layers that lost inputs on ``--calibration``
-training batches. OBS chooses from those batches alone (``equiprune.core.obs_selection``), then
-refits; it and Torch-Pruning distil for the stages' steps afterwards instead. Then every model
-distils ``--finetune-steps`` more steps. Distillation: 1 − cosine to the dense embeddings plus the
-mean squared error of every layer's token states (relative to the dense states' variance), AdamW,
-batch 32. Reported per size: the mean held-out cosine to the dense embeddings after pruning (with
-the refit) and after distillation, heads, FFN neurons, parameters, and the CPU latency of a batch
-of 32 sentences, dense and pruned timed in alternation (``experiments.timing.interleave``).
+Text: the docstrings of about 170 standard-library modules, split into sentences; every fifth
+sentence is held out, the others shuffled (``equiprune.experiments.text``). Embeddings are
+mean-pooled over tokens and L2-normalised (the model's own pooling). The game and magnitude prune
+in two stages on the student, heads then FFN neurons, each stage ``--stage-steps`` distillation
+steps during which the method plays or waits, then compaction and a refit
+(``equiprune.core.refit``) of the layers that lost inputs on ``--calibration`` training batches.
+OBS chooses from those batches alone (``equiprune.core.obs_selection``), then refits; it and
+Torch-Pruning distil for the stages' steps afterwards instead. Then every model distils
+``--finetune-steps`` more steps, the learning rate falling linearly to 0 over those last steps
+(``--schedule``). Distillation: 1 − cosine to the dense embeddings plus the mean squared error of
+every layer's token states (relative to the dense states' variance), AdamW, batch 32. Reported per
+size: the mean held-out cosine to the dense embeddings after pruning (with the refit) and after
+distillation, heads, FFN neurons, parameters, and the CPU latency of a batch of 32 sentences, dense
+and pruned timed in alternation (``experiments.timing.interleave``).
 
     pip install -e ".[hf,bench]"
     python benchmarks/minilm_distill.py [--sizes 48:4608] [--methods game,magnitude-l1,obs,torch-pruning]
@@ -35,7 +37,7 @@ import torch
 
 from equiprune.core.hf_players import head_budget
 from equiprune.core.refit import refit_consumers
-from equiprune.experiments.distil import OBS, distil, embed, held_out_cosine, prune_stages
+from equiprune.experiments.distil import OBS, SCHEDULES, distil, embed, held_out_cosine, prune_stages
 from equiprune.experiments.text import STDLIB_MODULES, split_held_out, stdlib_sentences, token_batches
 from equiprune.experiments.timing import interleave
 from protocol import add_results_argument, print_machine, record
@@ -107,10 +109,12 @@ def arguments() -> argparse.Namespace:
                     help="heads:FFN neurons to keep, comma-separated (of 72:9216)")  # fmt: skip
     ap.add_argument("--methods", default="game,magnitude-l1,obs,torch-pruning")
     ap.add_argument("--stage-steps", type=int, default=60)
-    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--finetune-steps", type=int, default=480)
     ap.add_argument("--calibration", type=int, default=16, help="training batches of 32 for refits and OBS")
     ap.add_argument("--latency-rounds", type=int, default=7)
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the distillation")
+    ap.add_argument("--schedule", choices=SCHEDULES, default="linear",
+                    help="the learning rate over the distillation after pruning")  # fmt: skip
     add_results_argument(ap)
     args = ap.parse_args()
     args.methods = args.methods.split(",")
@@ -159,7 +163,7 @@ def main() -> None:
                 continue
             before = held_out_cosine(student, held, held_targets)
             total = 2 * args.stage_steps + args.finetune_steps  # every method distils as many steps
-            distil(student, dense, train, total - done, args.lr, start=done)
+            distil(student, dense, train, total - done, args.lr, start=done, schedule=args.schedule)
             figures[label] = describe(student, before, held_out_cosine(student, held, held_targets), start)
             print(f"{size[0]}:{size[1]} {label}: held-out cosine {before:.4f} after pruning, "
                   f"{figures[label]['cosine']:.4f} after distillation ({figures[label]['seconds']:.0f} s)",

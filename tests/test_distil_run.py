@@ -132,9 +132,52 @@ def test_bad_configurations_are_named(config_file, tmp_path, capsys):
         distil_config({**base, "train": {"steps": -1}})
     with pytest.raises(ConfigError, match="lr must be a positive number"):
         distil_config({**base, "train": {"lr": 0}})
+    with pytest.raises(ConfigError, match=r"schedule must be one of \['constant', 'linear'\], got 'cosine'"):
+        distil_config({**base, "train": {"schedule": "cosine"}})
     assert main(["distil", str(config_file(heads=9)), "--out", str(tmp_path / "a"), "--quiet"]) == 2
     assert "has 8 query heads; keep 1 to 8" in capsys.readouterr().err
     broken = tmp_path / "missing.toml"
     broken.write_text('[model]\nsource = "/no/such/model"\n[prune]\nheads = 4\n')
     assert main(["distil", str(broken), "--out", str(tmp_path / "b"), "--quiet"]) == 2
     assert "not a model directory, not an installed weights package" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule, expected", [("linear", [1e-3, 7.5e-4, 5e-4, 2.5e-4]), ("constant", [1e-3] * 4)])
+def test_the_distillation_learning_rate_follows_its_schedule(model_dir, monkeypatch, schedule, expected):
+    from equiprune.experiments.distil import distil
+    from equiprune.experiments.text import token_batches
+
+    used = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    tokenizer, model = distil_run.load_model(str(model_dir))
+    batches = token_batches(tokenizer, [" ".join(WORDS[i : i + 5]) for i in range(8)], 4)
+    distil(model, distil_run.load_model(str(model_dir))[1], batches, 4, 1e-3, schedule=schedule)
+    assert used == pytest.approx(expected)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        distil(model, model, batches, 1, 1e-3, schedule="step")
+
+
+def test_training_sentences_are_shuffled_by_the_seed_and_the_held_out_ones_are_not():
+    from equiprune.experiments.text import split_held_out
+
+    sentences = [f"sentence {i:02d}" for i in range(40)]
+    training, held = split_held_out(sentences, 5, seed=0)
+    in_order, same_held = split_held_out(sentences, 5, seed=None)
+    assert held == same_held == sentences[::5]
+    assert sorted(training) == in_order and training != in_order
+    assert split_held_out(sentences, 5, seed=0)[0] == training != split_held_out(sentences, 5, seed=1)[0]
+
+
+def test_the_standard_library_gives_thousands_of_distinct_english_sentences_in_a_fixed_order():
+    from equiprune.experiments.text import stdlib_sentences
+
+    sentences = stdlib_sentences()
+    assert len(sentences) > 5000
+    assert sentences == sorted(set(sentences)) == stdlib_sentences()
+    assert all(40 <= len(s) <= 300 for s in sentences)

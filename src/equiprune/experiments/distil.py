@@ -58,12 +58,19 @@ def distillation_loss(student, teacher, batch: dict) -> torch.Tensor:
     return tokens + (1 - (pooled(states[-1], batch) * pooled(reference[-1], batch)).sum(1)).mean()
 
 
+SCHEDULES = ("constant", "linear")
+
+
 def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None, start: int = 0,
-           progress: bool = False, desc: str = "distil") -> None:  # fmt: skip
+           progress: bool = False, desc: str = "distil", schedule: str = "constant") -> None:  # fmt: skip
     """``steps`` AdamW steps of :func:`distillation_loss` on ``data`` from batch ``start`` on,
-    cycling; a method's ``after_step`` after each (it plays), its weight parameters only trained."""
+    cycling; a method's ``after_step`` after each (it plays), its weight parameters only trained.
+    ``schedule="linear"`` lowers the learning rate linearly from ``lr`` towards 0 over the steps."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     params = method.weight_parameters(model) if method else list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if schedule == "linear" else 1.0)
     model.train()
     with bar(steps, desc, "step", enabled=progress and steps > 0) as shown:
         for k in range(steps):
@@ -73,6 +80,7 @@ def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None,
                 raise FloatingPointError(f"distillation loss is {float(loss)} at step {k + 1}; lower the learning rate")
             loss.backward()
             opt.step()
+            decay.step()
             if method:
                 method.after_step(model)
             shown.update()

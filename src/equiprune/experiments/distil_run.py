@@ -23,13 +23,13 @@ import torch
 
 from equiprune import io
 from equiprune.errors import ConfigError
-from equiprune.experiments.distil import OBS, distil, embed, held_out_cosine, prune_stages
+from equiprune.experiments.distil import OBS, SCHEDULES, distil, embed, held_out_cosine, prune_stages
 from equiprune.experiments.hf_export import load_pruned, save_pruned
 from equiprune.experiments.text import STDLIB, sentences_from, split_held_out, token_batches
 
 SECTIONS = {"model": {"source"}, "text": {"source", "held_out_every", "max_length"},
             "prune": {"method", "heads", "neurons", "stage_steps", "calibration_batches", "settings"},
-            "train": {"steps", "lr", "batch_size", "seed"}}  # fmt: skip
+            "train": {"steps", "lr", "schedule", "batch_size", "seed"}}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +44,9 @@ class DistilConfig:
     stage_steps: int = 60
     calibration_batches: int = 16
     settings: dict = dataclasses.field(default_factory=dict)
-    steps: int = 300
+    steps: int = 600
     lr: float = 2e-4
+    schedule: str = "linear"  # the learning rate over the distillation after pruning: "linear" to 0, or "constant"
     batch_size: int = 32
     seed: int = 0
 
@@ -74,6 +75,8 @@ def distil_config(data: dict[str, Any], source: str = "<config>") -> DistilConfi
             raise ConfigError(f"{source}: {name} must be a whole number >= {low}, got {value!r}")
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise ConfigError(f"{source}: lr must be a positive number, got {cfg.lr!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"{source}: schedule must be one of {list(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.heads is None and cfg.neurons is None:
         raise ConfigError(f"{source}: [prune] needs heads or neurons (how many to keep in all); it has neither")
     return cfg
@@ -148,7 +151,7 @@ def run_distil(cfg: DistilConfig, out: str | Path, resume: bool = False, quiet: 
     pruned_before = _prepare(out, cfg, resume)
     torch.manual_seed(cfg.seed)
     tokenizer, dense = load_model(cfg.model)
-    train_texts, held_texts = split_held_out(sentences_from(cfg.text), cfg.held_out_every)
+    train_texts, held_texts = split_held_out(sentences_from(cfg.text), cfg.held_out_every, cfg.seed)
     train = token_batches(tokenizer, train_texts, cfg.batch_size, cfg.max_length)
     held = token_batches(tokenizer, held_texts, 64, cfg.max_length)
     with torch.no_grad():
@@ -165,7 +168,7 @@ def run_distil(cfg: DistilConfig, out: str | Path, resume: bool = False, quiet: 
         tokenizer.save_pretrained(out / "pruned")
         io.write_json(out / "pruned.json", pruning)
     done = 0 if cfg.method == OBS else len(stages) * cfg.stage_steps
-    distil(student, dense, train, cfg.steps, cfg.lr, start=done, progress=not quiet)
+    distil(student, dense, train, cfg.steps, cfg.lr, start=done, progress=not quiet, schedule=cfg.schedule)
     save_pruned(student, out / "model")
     tokenizer.save_pretrained(out / "model")
     results = {"kind": "distil", "model": cfg.model, "method": cfg.method, **pruning,
