@@ -3,7 +3,7 @@ repaired by a least-squares refit and distilled towards the dense model's senten
 the game, L1-norm magnitude and structured OBS (reconstruction selection), on the same steps and
 sentences, beside Torch-Pruning's cut of the same heads and neurons, refit and distilled as long.
 
-Text: the docstrings of about 170 standard-library modules, split into sentences; every fifth
+Text: the docstrings of about 130 standard-library modules, split into sentences; every fifth
 sentence is held out, the others shuffled (``equiprune.experiments.text``). Embeddings are
 mean-pooled over tokens and L2-normalised (the model's own pooling). The game and magnitude prune
 in two stages on the student, heads then FFN neurons, each stage ``--stage-steps`` distillation
