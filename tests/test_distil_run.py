@@ -159,6 +159,7 @@ def test_the_distillation_learning_rate_follows_its_schedule(model_dir, monkeypa
     batches = token_batches(tokenizer, [" ".join(WORDS[i : i + 5]) for i in range(8)], 4)
     distil(model, distil_run.load_model(str(model_dir))[1], batches, 4, 1e-3, schedule=schedule)
     assert used == pytest.approx(expected)
+    distil(model, model, batches, 0, 1e-3, schedule=schedule)  # no steps asked: nothing to do, no error
     with pytest.raises(ValueError, match="schedule must be one of"):
         distil(model, model, batches, 1, 1e-3, schedule="step")
 

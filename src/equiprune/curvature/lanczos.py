@@ -9,7 +9,8 @@ probes, averaged, estimate the spectral density, and a Gaussian on each node smo
 Each step takes the three-term recurrence and then re-orthogonalises against the whole basis
 wherever the overlaps exceed √ε (classical Gram–Schmidt, a second pass where the first cancelled
 most of the vector): in floating point, plain three-term Lanczos loses orthogonality and produces
-ghost copies of the extreme eigenvalues. All probes run in lockstep so that one pass over the data serves every probe.
+ghost copies of the extreme eigenvalues. All probes run in lockstep so that one pass over the data
+serves every probe.
 """
 
 from __future__ import annotations

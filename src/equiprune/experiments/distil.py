@@ -70,7 +70,9 @@ def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None,
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     params = method.weight_parameters(model) if method else list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps if schedule == "linear" else 1.0)
+    decay = None
+    if schedule == "linear":  # total_iters at least 1: no steps is a valid request, not a division by 0
+        decay = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=max(steps, 1))
     model.train()
     with bar(steps, desc, "step", enabled=progress and steps > 0) as shown:
         for k in range(steps):
@@ -80,7 +82,8 @@ def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None,
                 raise FloatingPointError(f"distillation loss is {float(loss)} at step {k + 1}; lower the learning rate")
             loss.backward()
             opt.step()
-            decay.step()
+            if decay:
+                decay.step()
             if method:
                 method.after_step(model)
             shown.update()

@@ -2,8 +2,8 @@
 
 ``stdlib-docstrings``: the docstrings of about 130 modules of Python's standard library (those
 written in Python), their classes, functions and methods, split into sentences (about 7,400 on
-Python 3.11, in a fixed order on every machine with the same Python). Or a text file of your own, one sentence (or
-passage) per line.
+Python 3.11, in a fixed order on every machine with the same Python). Or a text file of your own,
+one sentence (or passage) per line.
 """
 
 from __future__ import annotations
