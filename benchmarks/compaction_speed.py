@@ -14,7 +14,7 @@ timing, so the models are freshly initialised.
 The last line printed is ``worst_speedup_over_flop_ratio=<float>`` over all cases (each case's
 median over the interleaved rounds); target ≥ 0.8.
 
-    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7] [--round-to 8]
+    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7] [--round-to 8] [--device cuda]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from equiprune.experiments.export import speed_report
 from equiprune.experiments.timing import paired_ratios
 from equiprune.methods import build_method
 from equiprune.models import create_model
-from protocol import add_results_argument, print_machine, record
+from protocol import add_device_argument, add_results_argument, checked_device, print_machine, record
 
 CASES = [  # (model, settings, input shape, target FLOP fraction)
     ("resnet20", {}, (3, 32, 32), 0.50),
@@ -64,9 +64,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="forward passes per model in a round (their median)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (dense, pruned; pruned, dense; …)")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of this (default 1: exact)")
+    add_device_argument(p)
     add_results_argument(p)
     args = p.parse_args()
-    machine = print_machine()
+    device = checked_device(p, args.device)
+    machine = print_machine(device)
     rounding = f"; widths rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
     print(f"batch {args.batch}{rounding}; each round's speed-up is its dense median over its pruned median; the median "
           f"over {args.rounds} rounds, with the lowest and highest round's, times the FLOP ratio")  # fmt: skip
@@ -75,6 +77,7 @@ def main() -> None:
     worst, cases = float("inf"), []
     for name, settings, shape, target in CASES:
         dense, (small, ratio, budget) = prune_to_flops(name, settings, shape, target, args.round_to)
+        dense, small = dense.to(device), small.to(device)
         report = speed_report(dense, small, shape, batch_sizes=(args.batch,), repeats=args.repeats, rounds=args.rounds)
         row, flops = report["latency"][0], report["flop_ratio"]
         speedup = paired_ratios(row["dense_rounds"], row["pruned_rounds"])

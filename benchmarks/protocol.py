@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from equiprune.experiments.timing import machine_state
 
 #: Where a benchmark appends its record when ``--results`` is not given (``make bench`` sets it).
@@ -30,9 +32,24 @@ def add_results_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def print_machine() -> dict[str, Any]:
-    """Print, and return, what decides the timings besides the code: cores, threads, load, torch."""
-    machine = machine_state()
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="where the timed work runs: cpu (default) or an accelerator such as cuda")  # fmt: skip
+
+
+def checked_device(parser: argparse.ArgumentParser, device: torch.device) -> torch.device:
+    """``device`` if this machine has it; else the parser's usage error, naming what it has."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch {torch.__version__} sees no CUDA device here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {device}: the benchmarks run on cpu or cuda")
+    return device
+
+
+def print_machine(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Print, and return, what decides the timings besides the code: cores, threads, load, torch,
+    and the device the timed work runs on."""
+    machine = machine_state(device)
     load = machine["load_at_start"]
     print(f"machine: {machine['cores']} cores, {machine['threads']} torch threads, "
           f"load {'unknown' if load is None else f'{load:.2f}'} at start, torch {machine['torch']}, "

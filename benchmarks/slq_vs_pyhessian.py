@@ -6,7 +6,8 @@ same Lanczos steps. Prints both times, how far apart the two densities are, and 
 ``time_ratio=<ours / pyhessian>``.
 
     pip install -e ".[bench]"   # pyhessian 0.1
-    python benchmarks/slq_vs_pyhessian.py [--iters 64] [--probes 4] [--batches 4] [--batch-size 500] [--repeats 3]
+    python benchmarks/slq_vs_pyhessian.py [--iters 64] [--probes 4] [--batches 4] [--batch-size 500]
+        [--repeats 3] [--device cuda]
 
 The two sides run in alternation (PyHessian, equiprune; equiprune, PyHessian; …) for ``--repeats``
 rounds; the ratio is each round's, and the median is printed with the lowest and highest.
@@ -27,9 +28,9 @@ import torch.nn.functional as F
 from equiprune.curvature.hessian import HessianOperator, rademacher_probes
 from equiprune.curvature.lanczos import Spectrum, density, slq
 from equiprune.data import Batches, load_split
-from equiprune.experiments.timing import interleave, paired_ratios
+from equiprune.experiments.timing import interleave, paired_ratios, wait_for_device
 from equiprune.models import mlp
-from protocol import add_results_argument, print_machine, record
+from protocol import add_device_argument, add_results_argument, checked_device, print_machine, record
 
 
 def _eig_shim(T: torch.Tensor, eigenvectors: bool = False):
@@ -53,10 +54,11 @@ def their_spectrum(model, batches, iters: int, probes: int, seed: int) -> Spectr
     from pyhessian import hessian as PyHessian
 
     # PyHessian: one batch -> its graph-reusing mode; several -> its dataloader mode.
+    cuda = next(model.parameters()).is_cuda
     if len(batches) == 1:
-        h = PyHessian(model, F.cross_entropy, data=batches[0], cuda=False)
+        h = PyHessian(model, F.cross_entropy, data=batches[0], cuda=cuda)
     else:
-        h = PyHessian(model, F.cross_entropy, dataloader=batches, cuda=False)
+        h = PyHessian(model, F.cross_entropy, dataloader=batches, cuda=cuda)
     torch.manual_seed(seed)
     nodes, weights = h.density(iter=iters, n_v=probes)
     dim = sum(p.numel() for p in model.parameters())
@@ -73,8 +75,10 @@ def scaling(model, batches, probes: int, iters: int, seed: int) -> list[tuple[in
     """Our seconds at fewer probes and fewer steps than the comparison's: (probes, steps, seconds)."""
     rows = []
     for k, m in sorted({(1, iters), (max(probes // 2, 1), iters), (probes, max(iters // 4, 1)), (probes, iters // 2)}):
+        wait_for_device()
         start = time.perf_counter()
         our_spectrum(model, batches, m, k, seed)
+        wait_for_device()
         rows.append((k, m, time.perf_counter() - start))
     return rows
 
@@ -89,20 +93,22 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (each runs both sides once)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
     add_results_argument(p)
     args = p.parse_args()
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    device = checked_device(p, args.device)
 
     torch.eig = _eig_shim
     print("note: pyhessian 0.1's density() calls torch.eig, which torch removed; it is shimmed here with "
           "torch.linalg.eigh on PyHessian's symmetric tridiagonal Lanczos matrix")  # fmt: skip
-    machine = print_machine()
+    machine = print_machine(device)
 
     train = load_split("mnist", "train")
-    model = trained_model(train.subset(20_000), args.seed)
+    model = trained_model(train.subset(20_000), args.seed).to(device)
     data = train.subset(args.batches * args.batch_size)
-    batches = list(Batches(data, args.batch_size, shuffle=False).epoch(0))
+    batches = [(x.to(device), y.to(device)) for x, y in Batches(data, args.batch_size, shuffle=False).epoch(0)]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model 784-512-256-10 ({n_params:,} parameters), {len(batches)} batch(es) of {args.batch_size}, "
           f"{args.probes} probes × {args.iters} Lanczos steps, {args.repeats} interleaved rounds")  # fmt: skip

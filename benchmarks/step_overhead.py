@@ -14,7 +14,7 @@ configuration (η = 0); lines above give it for the settings of ``equiprune-best
 per-example gate gradients recorded in every backward pass for the Fisher information; timed with
 the game on from the first step).
 
-    python benchmarks/step_overhead.py [--rounds 40] [--block 20] [--copies 2]
+    python benchmarks/step_overhead.py [--rounds 40] [--block 20] [--copies 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from equiprune.config import shipped_config
 from equiprune.experiments.reproduce import bundled_config
 from equiprune.experiments.sweep import load_sweep
+from equiprune.experiments.timing import wait_for_device
 from equiprune.methods import build_method
 from equiprune.models import mlp
-from protocol import add_results_argument, print_machine, record
+from protocol import add_device_argument, add_results_argument, checked_device, print_machine, record
 
 PAPER = "game (l1-l2-combined, eta=0)"
 BEST = "game (equiprune-best)"
@@ -48,7 +49,7 @@ def sweep_settings(sweep: str, label: str, point: str) -> dict:
 
 def make_step(method_settings: dict | None, x, y):
     torch.manual_seed(0)
-    model = mlp(hidden=(512, 256))
+    model = mlp(hidden=(512, 256)).to(x.device)
     method = build_method("game", settings=method_settings) if method_settings is not None else None
     trained = method.prepare(model) if method else model
     params = method.weight_parameters(trained) if method else list(model.parameters())
@@ -67,9 +68,11 @@ def make_step(method_settings: dict | None, x, y):
 
 
 def time_block(step, n: int) -> float:
+    wait_for_device()
     start = time.perf_counter()
     for _ in range(n):
         step()
+    wait_for_device()
     return (time.perf_counter() - start) / n
 
 
@@ -83,12 +86,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--block", type=int, default=20, help="steps per timed block")
     ap.add_argument("--copies", type=int, default=2, help="instances of every variant")
+    add_device_argument(ap)
     add_results_argument(ap)
     args = ap.parse_args()
     if args.rounds < 1 or args.block < 1 or args.copies < 2:
         ap.error("--rounds and --block must be >= 1 and --copies >= 2 (noise= compares two plain instances)")
-    machine = print_machine()
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    device = checked_device(ap, args.device)
+    machine = print_machine(device)
+    x, y = torch.randn(128, 1, 28, 28).to(device), torch.randint(0, 10, (128,)).to(device)
     settings = {
         "plain": None,
         PAPER: {"beta": 0.05, "gamma": 0.05},

@@ -62,3 +62,38 @@ def test_models_are_timed_in_alternating_order_round_by_round():
     # each latency_ms call runs 3 warm-up passes and 1 timed one
     assert order == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4 + ["a"] * 4 + ["b"] * 4
     assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_a_device_this_machine_lacks_is_a_usage_error_naming_what_it_has(monkeypatch, capsys):
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(prog="bench")
+    protocol.add_device_argument(parser)
+    assert protocol.checked_device(parser, parser.parse_args([]).device) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        protocol.checked_device(parser, parser.parse_args(["--device", "cuda"]).device)
+    assert "--device cuda: torch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        protocol.checked_device(parser, parser.parse_args(["--device", "meta"]).device)
+    assert "run on cpu or cuda" in capsys.readouterr().err
+
+
+def test_gpu_work_is_waited_for_on_both_sides_of_every_timed_call(monkeypatch):
+    """CUDA returns before the work is done: a clock read without a synchronisation times the
+    launch. Every timed call is bracketed by one (recorded here in place of the real one)."""
+    import torch
+
+    from equiprune.experiments.timing import call_ms
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    interleave({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, repeats=2)
+    assert events == [e for side in "abba" for e in ("sync", side, "sync")]
+    events.clear()
+    call_ms(lambda: events.append("call"), repeats=2, warmup=1)
+    assert events == ["call"] + ["sync", "call", "sync"] * 2

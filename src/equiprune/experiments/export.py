@@ -30,7 +30,7 @@ from equiprune.data import DATASETS
 from equiprune.errors import EquipruneError
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.sparse_export import sparse_markdown, sparse_report
-from equiprune.experiments.timing import distrust, example_input, latency_rows, machine_state
+from equiprune.experiments.timing import distrust, example_input, latency_rows, machine_state, model_device
 
 
 @torch.no_grad()
@@ -122,7 +122,7 @@ def speed_report(
     """Size and measured latency of ``dense`` and ``pruned``, both with BatchNorm folded, timed in
     alternation over ``rounds`` rounds at each batch size so that machine load affects both alike;
     with the machine, the spread of the rounds and whether the figures can be trusted."""
-    machine = machine_state()
+    machine = machine_state(model_device(pruned))
     rows = latency_rows(fold_batchnorm(dense), fold_batchnorm(pruned), input_shape, batch_sizes, repeats, rounds)
     macs_before, macs_after = count_macs(dense, input_shape), count_macs(pruned, input_shape)
     reasons = distrust(rows, macs_after / macs_before, machine)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from equiprune import io
-from equiprune.experiments.timing import distrust, latency_rows, machine_state
+from equiprune.experiments.timing import distrust, latency_rows, machine_state, model_device
 
 #: A Linear layer is stored sparse from this share of zero weights on (below it CSR costs more bytes).
 MIN_ZERO_FRACTION = 0.5
@@ -87,7 +87,7 @@ def sparse_report(
     if not layers:
         return None
     io.torch_save(path, sparse)
-    machine = machine_state()
+    machine = machine_state(model_device(pruned))
     with torch.no_grad():  # "pruned" is the CSR form here
         rows = latency_rows(dense, sparse, input_shape, batch_sizes, repeats, rounds)
     reasons = distrust(rows, 1.0, machine)  # the same arithmetic is done either way: no FLOP-ratio test

@@ -29,18 +29,37 @@ MAX_RELATIVE_SPREAD = 0.25
 SUSPECT_FLOP_RATIO, SUSPECT_TIME_RATIO = 0.5, 0.05
 
 
-def machine_state() -> dict[str, Any]:
-    """What decides the timings besides the models: cores, threads, load at start, torch."""
+def machine_state(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What decides the timings besides the models: cores, threads, load at start, torch, and the
+    device the timed work runs on (an accelerator by its name)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return {"cores": os.cpu_count(), "threads": torch.get_num_threads(), "load_at_start": load,
-            "torch": torch.__version__, "device": "cpu"}  # fmt: skip
+            "torch": torch.__version__, "device": name}  # fmt: skip
+
+
+def wait_for_device() -> None:
+    """Block until queued GPU work is done, so that a clock read afterwards times the work and not
+    its launch (CUDA runs asynchronously); nothing to wait for on a CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int], batch: int = 2) -> torch.Tensor:
     """A random batch of ``input_shape`` inputs on the model's device and in its dtype (read from a
     buffer where it has no parameter: a model whose every layer holds sparse weights)."""
-    p = next(itertools.chain(model.parameters(), model.buffers()))
+    p = _first_tensor(model)
     return torch.randn(batch, *input_shape, dtype=p.dtype, device=p.device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device that ``model``'s tensors are on (read as :func:`example_input` reads it)."""
+    return _first_tensor(model).device
+
+
+def _first_tensor(model: nn.Module) -> torch.Tensor:
+    return next(itertools.chain(model.parameters(), model.buffers()))
 
 
 @torch.inference_mode()
@@ -50,8 +69,10 @@ def call_ms(call: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
         call()
     times = []
     for _ in range(repeats):
+        wait_for_device()
         start = time.perf_counter()
         call()
+        wait_for_device()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -113,8 +134,10 @@ def interleave(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     times: dict[str, list[float]] = {name: [] for name in sides}
     for name in alternating(list(sides), repeats):
+        wait_for_device()
         start = time.perf_counter()
         sides[name]()
+        wait_for_device()
         times[name].append(time.perf_counter() - start)
     return times
 
