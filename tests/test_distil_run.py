@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from equiprune.cli import main  # noqa: E402
-from equiprune.errors import ConfigError  # noqa: E402
+from equiprune.errors import ConfigError, EquipruneError  # noqa: E402
 from equiprune.experiments import distil_run  # noqa: E402
 from equiprune.experiments.distil_run import distil_config  # noqa: E402
 from equiprune.experiments.hf_export import load_pruned  # noqa: E402
@@ -189,3 +189,15 @@ def test_the_standard_library_gives_thousands_of_distinct_english_sentences_in_a
 
     monkeypatch.setattr(logging.Logger, "warning_once", warning_once, raising=False)  # as transformers does
     assert stdlib_sentences() == sentences == sorted(set(sentences))
+
+
+def test_without_transformers_distil_and_load_say_what_to_install_and_write_nothing(
+    config_file, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
+    out = tmp_path / "run"
+    assert main(["distil", str(config_file()), "--out", str(out), "--quiet"]) == 2
+    assert "pip install 'equiprune[hf]'" in capsys.readouterr().err
+    assert not out.exists()  # no half-made run directory left behind
+    with pytest.raises(EquipruneError, match=r"need the transformers package .*equiprune\[hf\]"):
+        load_pruned(tmp_path)

@@ -24,7 +24,7 @@ import torch
 from equiprune import io
 from equiprune.errors import ConfigError
 from equiprune.experiments.distil import OBS, SCHEDULES, distil, embed, held_out_cosine, prune_stages
-from equiprune.experiments.hf_export import load_pruned, save_pruned
+from equiprune.experiments.hf_export import load_pruned, save_pruned, transformers_module
 from equiprune.experiments.text import STDLIB, sentences_from, split_held_out, token_batches
 
 SECTIONS = {"model": {"source"}, "text": {"source", "held_out_every", "max_length"},
@@ -95,8 +95,7 @@ def load_model(source: str):
     its ``get_model_path()``), or a Hugging Face hub name (needs the network or its cache)."""
     import importlib
 
-    from transformers import AutoModel, AutoTokenizer
-
+    transformers = transformers_module()
     path = source
     if not Path(source).is_dir():
         try:
@@ -104,7 +103,7 @@ def load_model(source: str):
         except (ImportError, AttributeError):
             pass
     try:
-        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        return transformers.AutoTokenizer.from_pretrained(path), transformers.AutoModel.from_pretrained(path).eval()
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"model {source!r}: not a model directory, not an installed weights package with "
@@ -148,6 +147,7 @@ def _prepare(out: Path, cfg: DistilConfig, resume: bool) -> bool:
 def run_distil(cfg: DistilConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Prune, refit, distil and save (see the module doc); the results, also in DIR/results.json."""
     out, start = Path(out), time.perf_counter()
+    transformers_module()  # before the run directory is made: without it nothing can run
     pruned_before = _prepare(out, cfg, resume)
     torch.manual_seed(cfg.seed)
     tokenizer, dense = load_model(cfg.model)

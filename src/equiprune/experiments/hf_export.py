@@ -19,12 +19,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from equiprune.errors import DataError
+from equiprune.errors import DataError, EquipruneError
 
 #: the key of config.json that holds what differs from the config's own sizes
 PRUNED_LAYERS_KEY = "equiprune_pruned_layers"
 #: attributes the compaction sets on an attention module to the heads it kept
 HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
+
+
+def transformers_module():
+    """The transformers package, or an error saying how to install it (it is an optional extra)."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise EquipruneError(
+            f"Hugging Face models need the transformers package ({exc.name} is missing): pip install 'equiprune[hf]'"
+        ) from exc
+    return transformers
 
 
 def _fresh(model_class, config) -> nn.Module:
@@ -82,8 +93,7 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def load_pruned(directory: str | Path) -> nn.Module:
     """The model :func:`save_pruned` wrote into ``directory``, its layers at their pruned sizes."""
-    import transformers
-
+    transformers = transformers_module()
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise DataError(f"{directory} has no config.json: not a directory save_pretrained wrote")
