@@ -89,7 +89,6 @@ def test_gpu_work_is_waited_for_on_both_sides_of_every_timed_call(monkeypatch):
     from equiprune.experiments.timing import call_ms
 
     events = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
     interleave({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, repeats=2)

@@ -82,7 +82,7 @@ def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None,
                 raise FloatingPointError(f"distillation loss is {float(loss)} at step {k + 1}; lower the learning rate")
             loss.backward()
             opt.step()
-            if decay:
+            if decay is not None:
                 decay.step()
             if method:
                 method.after_step(model)

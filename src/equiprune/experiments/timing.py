@@ -41,8 +41,9 @@ def machine_state(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def wait_for_device() -> None:
     """Block until queued GPU work is done, so that a clock read afterwards times the work and not
-    its launch (CUDA runs asynchronously); nothing to wait for on a CPU."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    its launch (CUDA runs asynchronously); nothing to wait for on a CPU, or before CUDA is in use
+    (False on a build without CUDA, so no availability check is needed on this hot path)."""
+    if torch.cuda.is_initialized():
         torch.cuda.synchronize()
 
 
