@@ -199,5 +199,6 @@ def test_without_transformers_distil_and_load_say_what_to_install_and_write_noth
     assert main(["distil", str(config_file()), "--out", str(out), "--quiet"]) == 2
     assert "pip install 'equiprune[hf]'" in capsys.readouterr().err
     assert not out.exists()  # no half-made run directory left behind
-    with pytest.raises(EquipruneError, match=r"need the transformers package .*equiprune\[hf\]"):
+    expected = r"a Hugging Face model needs the hf extra \(transformers is not installed\): pip install .equiprune.hf.."
+    with pytest.raises(EquipruneError, match=expected):
         load_pruned(tmp_path)

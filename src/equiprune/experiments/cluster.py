@@ -18,6 +18,7 @@ import torch
 
 from equiprune.errors import ConfigError, EquipruneError
 from equiprune.experiments.executors import cores
+from equiprune.extras import require_extra
 
 T = TypeVar("T")
 
@@ -49,14 +50,7 @@ class ClusterSettings:
 
 def submitit_module():
     """submitit, or an error saying how to get it."""
-    try:
-        import submitit
-    except ImportError:
-        raise EquipruneError(
-            "--executor local/slurm submits through submitit, which is not installed; "
-            "install it with: pip install 'equiprune[cluster]'"
-        ) from None
-    return submitit
+    return require_extra("cluster", "--executor local/slurm (jobs submitted through submitit)", "submitit")
 
 
 class LaneJob:

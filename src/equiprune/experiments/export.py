@@ -31,6 +31,7 @@ from equiprune.errors import EquipruneError
 from equiprune.experiments.rundir import RunDir, load_trained
 from equiprune.experiments.sparse_export import sparse_markdown, sparse_report
 from equiprune.experiments.timing import distrust, example_input, latency_rows, machine_state, model_device
+from equiprune.extras import require_extra
 
 
 @torch.no_grad()
@@ -95,13 +96,7 @@ def _quiet_onnx():
 
 def save_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
     """Export the model to ONNX at ``path`` (batch dimension dynamic), atomically."""
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as exc:
-        raise EquipruneError(
-            f"ONNX export needs the onnx extra ({exc.name} is missing): pip install 'equiprune[onnx]'"
-        ) from exc
+    require_extra("onnx", "ONNX export", "onnx", "onnxscript")  # torch.onnx's dynamo exporter imports both
     batch = torch.export.Dim("batch", min=1)
     with _quiet_onnx():
         program = torch.onnx.export(

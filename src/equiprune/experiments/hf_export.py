@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from equiprune.errors import DataError, EquipruneError
+from equiprune.errors import DataError
+from equiprune.extras import require_extra
 
 #: the key of config.json that holds what differs from the config's own sizes
 PRUNED_LAYERS_KEY = "equiprune_pruned_layers"
@@ -29,13 +30,7 @@ HEAD_COUNTS = ("num_attention_heads", "num_key_value_heads")
 
 def transformers_module():
     """The transformers package, or an error saying how to install it (it is an optional extra)."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise EquipruneError(
-            f"Hugging Face models need the transformers package ({exc.name} is missing): pip install 'equiprune[hf]'"
-        ) from exc
-    return transformers
+    return require_extra("hf", "a Hugging Face model", "transformers")
 
 
 def _fresh(model_class, config) -> nn.Module:

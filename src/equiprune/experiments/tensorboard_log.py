@@ -11,17 +11,14 @@ from typing import Any
 
 from equiprune.errors import ConfigError
 from equiprune.experiments.hooks import RunHook, State, Trainer
-
-INSTALL = "pip install 'equiprune[tensorboard]' (or pip install tensorboard)"
+from equiprune.extras import require_extra
 
 
 def summary_writer_class():
     """torch's SummaryWriter, or a ConfigError saying how to install what it needs."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # torch imports tensorboard lazily, here
-        raise ConfigError(f"log.tensorboard: needs the tensorboard package, which is not installed; {INSTALL}") from exc
-    return SummaryWriter
+    # torch imports tensorboard lazily, here: ask for tensorboard first, so that its name is the one missing
+    board = require_extra("tensorboard", "log.tensorboard", "tensorboard", "torch.utils.tensorboard", error=ConfigError)
+    return board.SummaryWriter
 
 
 class TensorBoard(RunHook):
