@@ -202,3 +202,20 @@ def test_without_transformers_distil_and_load_say_what_to_install_and_write_noth
     expected = r"a Hugging Face model needs the hf extra \(transformers is not installed\): pip install .equiprune.hf.."
     with pytest.raises(EquipruneError, match=expected):
         load_pruned(tmp_path)
+
+
+def test_a_directory_is_claimed_only_for_its_own_distillation(config_file, tmp_path):
+    cfg = distil_run.load_distil_config(config_file())
+    out = tmp_path / "claimed"
+    assert distil_run._prepare(out, cfg, resume=False) is False  # new: made, nothing to resume
+    other = distil_run.load_distil_config(config_file(heads=2))
+    with pytest.raises(ConfigError, match=r"another configuration \(heads: 4 there, 2 here\)"):
+        distil_run._prepare(out, other, resume=True)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an equiprune run directory"):
+        distil_run._prepare(foreign, cfg, resume=False)
+    with pytest.raises(ConfigError, match="is a file"):
+        distil_run._prepare(foreign / "notes.txt", cfg, resume=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # nothing written into it

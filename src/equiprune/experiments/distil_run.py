@@ -25,6 +25,7 @@ from equiprune import io
 from equiprune.errors import ConfigError
 from equiprune.experiments.distil import OBS, SCHEDULES, distil, embed, held_out_cosine, prune_stages
 from equiprune.experiments.hf_export import load_pruned, save_pruned, transformers_module
+from equiprune.experiments.rundir import claim_directory, config_difference
 from equiprune.experiments.text import STDLIB, sentences_from, split_held_out, token_batches
 
 SECTIONS = {"model": {"source"}, "text": {"source", "held_out_every", "max_length"},
@@ -127,20 +128,20 @@ def stages_for(cfg: DistilConfig, dense) -> list[tuple[str, float]]:
 
 def _prepare(out: Path, cfg: DistilConfig, resume: bool) -> bool:
     """Create DIR for ``cfg``; True when a pruned model waits there to be distilled."""
-    written = out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; a run directory must be a directory")
-    if written.is_file():
-        if json.loads(written.read_text()) != dataclasses.asdict(cfg):
-            raise ConfigError(f"{out} holds a distillation run with another configuration; choose another --out")
+    written, wanted = out / "config.json", dataclasses.asdict(cfg)
+
+    def differs() -> str | None:
+        existing = json.loads(written.read_text())
+        return None if existing == wanted else config_difference(existing, wanted)
+
+    if claim_directory(out, written, differs):
+        # unlike a training run, a finished distillation has nothing left to resume
         if (out / "results.json").is_file():
             raise ConfigError(f"{out} already holds a finished run; choose another --out directory")
         if not resume:
             raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not an equiprune run directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(written, dataclasses.asdict(cfg))
+    io.write_json(written, wanted)
     return resume and (out / "pruned.json").is_file()
 
 

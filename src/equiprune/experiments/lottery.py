@@ -44,7 +44,7 @@ from equiprune.errors import ConfigError
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
 from equiprune.experiments.lottery_plots import plot_tickets
-from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.rundir import RunDir, refuse_file
 from equiprune.experiments.sweep import read_base, read_seeds
 from equiprune.progress import bar
 from equiprune.schema import unknown_key
@@ -165,8 +165,7 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, quiet: bool = False)
     writes and returns the rows of ``lottery.json``."""
     check_jobs(jobs)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; a lottery study's directory must be a directory")
+    refuse_file(out, "a lottery study's directory")
     items = [(label, seed) for seed in study.seeds for label in study.searches]
     rows: list[dict[str, Any]] = []
     with io.exclusive(out / ".lottery.lock", f"an `equiprune lottery` on {out}"):

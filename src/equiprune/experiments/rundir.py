@@ -16,6 +16,7 @@ DIR/export/            `equiprune export`: model.pt2 (torch.export) and model.on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,30 @@ from equiprune.config import RunConfig, dump_toml, load_config
 from equiprune.errors import ConfigError
 from equiprune.experiments.results import read_results
 from equiprune.experiments.setup import build_model, resolve_device
+
+
+def refuse_file(out: Path, what: str = "a run directory") -> None:
+    """``--out`` names a directory (new, or one equiprune wrote), never a file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; {what} must be a directory (new, or one equiprune wrote)")
+
+
+def claim_directory(out: Path, written_first: Path, differs: Callable[[], str | None]) -> bool:
+    """Whether ``out`` already holds this run: the file a run writes first is there and ``differs()``
+    finds nothing (it names how another run's configuration differs, or returns None). A file, a
+    directory something else wrote and a run of another configuration are refused, never overwritten;
+    what an earlier run of this configuration may resume is for the caller to decide."""
+    refuse_file(out)
+    if written_first.is_file():
+        difference = differs()
+        if difference is not None:
+            raise ConfigError(
+                f"{out} holds a run with another configuration ({difference}); choose another --out directory"
+            )
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not an equiprune run directory; choose another --out")
+    return False
 
 
 class RunDir:
@@ -56,15 +81,13 @@ class RunDir:
         Refuses to mix runs: a directory holding another configuration, or an unfinished run
         without ``resume``, is an error rather than something silently overwritten.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"--out {self.path} is a file; a run directory must be a directory (new or a run's own)")
-        if self.config.is_file():
+
+        def differs() -> str | None:
             existing = load_config(self.config)
-            if existing.identity() != cfg.identity():
-                diff = _diff(existing.to_dict(), cfg.to_dict())
-                raise ConfigError(
-                    f"{self.path} holds a run with another configuration ({diff}); choose another --out directory"
-                )
+            same = existing.identity() == cfg.identity()
+            return None if same else config_difference(existing.to_dict(), cfg.to_dict())
+
+        if claim_directory(self.path, self.config, differs):
             if self.is_finished() and not resume:
                 raise ConfigError(f"{self.path} already holds a finished run; choose another --out directory")
             if not resume and self.checkpoint.is_file():
@@ -72,8 +95,6 @@ class RunDir:
                     f"{self.path} holds an unfinished run; pass --resume to continue it, "
                     "or choose another --out directory"
                 )
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise ConfigError(f"{self.path} exists and is not an equiprune run directory; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         io.write_text(self.config, dump_toml(cfg))
         return resume and self.checkpoint.is_file()
@@ -107,13 +128,14 @@ def load_trained(run: RunDir) -> tuple[RunConfig, torch.nn.Module]:
     return cfg, model
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> str:
+def config_difference(a: dict, b: dict, prefix: str = "") -> str:
+    """Where two configurations differ, as 'key: a there, b here; …' (nested tables dotted)."""
     out = []
     for k in sorted(set(a) | set(b)):
         path = f"{prefix}{k}"
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            sub = _diff(va, vb, path + ".")
+            sub = config_difference(va, vb, path + ".")
             if sub:
                 out.append(sub)
         elif va != vb:

@@ -46,7 +46,7 @@ from equiprune.errors import ConfigError, PruningError, TrainingDiverged
 from equiprune.experiments.cluster import ClusterSettings, submit_lanes, submitit_module
 from equiprune.experiments.executors import check_jobs, run_lanes
 from equiprune.experiments.loop import run
-from equiprune.experiments.rundir import RunDir
+from equiprune.experiments.rundir import RunDir, refuse_file
 from equiprune.experiments.setup import shared_training_digest
 from equiprune.experiments.store import ResultStore
 from equiprune.methods import METHODS
@@ -209,8 +209,7 @@ def run_sweep(
     if cluster is not None:
         submitit_module()  # missing: say so before any work
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; a sweep's directory must be a directory (new, or a sweep's own)")
+    refuse_file(out, "a sweep's directory")
     # A second sweep on the same directory would train the same runs again and then fail to store them.
     with io.exclusive(out / ".sweep.lock", f"an `equiprune sweep` on {out}"):
         return _run_sweep(sweep, out, quiet, rerun, jobs, only, cluster)
