@@ -15,30 +15,16 @@ The last line is ``ratio=<concave-mask step / imp step>``.
 
 from __future__ import annotations
 
-import argparse
-
-import torch
-
-from equiprune.experiments.timing import interleave, paired_ratios
-from protocol import add_results_argument, print_machine, record
-from reparam_step import block, make_step
+from equiprune.experiments.timing import paired_ratios
+from protocol import print_machine, record
+from reparam_step import median_step_ms, step_arguments, time_steps
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--block", type=int, default=20, help="steps per timed block")
-    add_results_argument(ap)
-    args = ap.parse_args()
-    if args.rounds < 1 or args.block < 1:
-        ap.error("--rounds and --block must be >= 1")
+    args = step_arguments(__doc__)
     machine = print_machine()
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    sides = {name or "plain": block(make_step(name, x, y), args.block) for name in (None, "imp", "concave-mask")}
-    for run in sides.values():  # warm-up: allocator, optimizer state, kernels
-        run()
-    times = interleave(sides, args.rounds)
-    ms = {name: 1e3 * sorted(t)[len(t) // 2] / args.block for name, t in times.items()}
+    times = time_steps((None, "imp", "concave-mask"), args.rounds, args.block)
+    ms = {name: median_step_ms(t, args.block) for name, t in times.items()}
     print(f"LeNet-300-100, batch 128, SGD; {args.rounds} rounds x {args.block} steps, interleaved. Median step: "
           + ", ".join(f"{name} {v:.3f} ms" for name, v in ms.items()))  # fmt: skip
     ratios = {"concave-mask/imp": paired_ratios(times["concave-mask"], times["imp"]),

@@ -57,21 +57,37 @@ def block(step, n: int):
     return run
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a benchmark that times blocks of steps: --rounds, --block, --results."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--block", type=int, default=20, help="steps per timed block")
     add_results_argument(ap)
     args = ap.parse_args()
     if args.rounds < 1 or args.block < 1:
         ap.error("--rounds and --block must be >= 1")
-    machine = print_machine()
+    return args
+
+
+def time_steps(names, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per block of ``steps`` steps, per round, for each method named (None: the plain
+    step, reported as "plain"), on one batch of 128, warmed up and then run in alternation."""
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    sides = {name or "plain": block(make_step(name, x, y), args.block) for name in (None, *METHODS)}
+    sides = {name or "plain": block(make_step(name, x, y), steps) for name in names}
     for run in sides.values():  # warm-up: allocator, optimizer state, kernels
         run()
-    times = interleave(sides, args.rounds)
-    plain_ms = 1e3 * sorted(times["plain"])[len(times["plain"]) // 2] / args.block
+    return interleave(sides, rounds)
+
+
+def median_step_ms(times: list[float], steps: int) -> float:
+    return 1e3 * sorted(times)[len(times) // 2] / steps
+
+
+def main() -> None:
+    args = step_arguments(__doc__)
+    machine = print_machine()
+    times = time_steps((None, *METHODS), args.rounds, args.block)
+    plain_ms = median_step_ms(times["plain"], args.block)
     print(f"LeNet-300-100, batch 128, SGD; {args.rounds} rounds x {args.block} steps, interleaved; "
           f"plain step {plain_ms:.3f} ms. Ratio to the plain step, median (lowest-highest round):")  # fmt: skip
     ratios = {name: paired_ratios(times[name], times["plain"]) for name in METHODS}

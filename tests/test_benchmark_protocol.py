@@ -96,3 +96,17 @@ def test_gpu_work_is_waited_for_on_both_sides_of_every_timed_call(monkeypatch):
     events.clear()
     call_ms(lambda: events.append("call"), repeats=2, warmup=1)
     assert events == ["call"] + ["sync", "call", "sync"] * 2
+
+
+def test_step_benchmarks_share_one_timing_of_warmed_interleaved_blocks(monkeypatch):
+    import reparam_step  # the helpers lottery_cost.py uses too
+
+    steps = []
+    monkeypatch.setattr(reparam_step, "make_step", lambda name, x, y: lambda: steps.append(name))
+    times = reparam_step.time_steps((None, "imp"), rounds=3, steps=2)
+    assert set(times) == {"plain", "imp"} and all(len(t) == 3 for t in times.values())
+    assert len(steps) == 2 * (1 + 3) * 2  # two sides, a warm-up block and three rounds, two steps a block
+    assert reparam_step.median_step_ms([0.004, 0.002, 0.006], steps=2) == 2.0
+    monkeypatch.setattr(sys, "argv", ["reparam_step.py", "--rounds", "0"])
+    with pytest.raises(SystemExit):
+        reparam_step.step_arguments("Time steps.\n")
