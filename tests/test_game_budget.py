@@ -177,3 +177,22 @@ def test_the_hold_keeps_the_fewest_best_players_that_make_up_the_target():
     assert budgeting.hold(strategies, heavy, 0.5, 0.01) is None  # 11.5: within half a player of 11
     keep = budgeting.hold(strategies, heavy, 0.55, 0.01)  # 12.65 of 23: the two best leaving ones join
     assert [k.tolist() for k in keep] == [[True, True, True], [False, True]]
+
+
+def test_a_budgeted_game_that_empties_a_layer_advises_the_budget_not_setting_one():
+    torch.manual_seed(0)
+    model = create_model("mlp", input_shape=(1, 4, 4), hidden=(8, 6))
+    method = build_method("game", settings={"budget": 0.5})
+    gated = method.prepare(model)
+    method.before_run(gated, steps_per_epoch=1, epochs=1)
+    with torch.no_grad():
+        gated.gates[1].zero_()  # every player of the second layer has left
+    result = method.finish(gated)
+    (note,) = result.notes
+    assert "every player would leave layer" in note and note.endswith("raise method.budget, or exclude this layer")
+    unbudgeted = build_method("game", settings={"gamma": 0.1})
+    gated = unbudgeted.prepare(create_model("mlp", input_shape=(1, 4, 4), hidden=(8, 6)))
+    unbudgeted.before_run(gated, steps_per_epoch=1, epochs=1)
+    with torch.no_grad():
+        gated.gates[1].zero_()
+    assert unbudgeted.finish(gated).notes[0].endswith("set a budget, or exclude this layer")

@@ -62,6 +62,7 @@ def keep_masks(
     scores: list[torch.Tensor] | None = None,
     rule: str = "epsilon",
     notes: list[str] | None = None,
+    remedy: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Which players survive, per group: ``score >= threshold``, the score being the participation
     (the paper's rule, ``rule = "epsilon"``) or what ``scores`` gives (e.g. :func:`contributions`).
@@ -69,7 +70,7 @@ def keep_masks(
     A residual branch may lose everyone (the block then adds a constant). Any other group whose
     players would all go keeps its best-scoring one, since removing them all would disconnect the
     network; that is said through the logger and, when ``notes`` is a list, appended to it (the run
-    keeps it in results.json's ``warnings``)."""
+    keeps it in results.json's ``warnings``); ``remedy`` replaces the advice it ends with."""
     what = "participation" if scores is None else "contribution"
     scores = [s.detach() for s in gated.gates] if scores is None else scores
     masks = {}
@@ -78,7 +79,8 @@ def keep_masks(
         if not bool(keep.any()) and not group.bypassed:
             keep = torch.zeros_like(keep)
             keep[int(torch.argmax(s))] = True
-            note_emptied_layer(group.name, what, float(s.max()), f"{rule}={threshold}", group.size, "player", notes)
+            args = (group.name, what, float(s.max()), f"{rule}={threshold}", group.size, "player", notes)
+            note_emptied_layer(*args, **({"remedy": remedy} if remedy else {}))
         masks[group.name] = keep
     return masks
 

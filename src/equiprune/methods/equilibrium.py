@@ -22,6 +22,9 @@ from equiprune.methods.game_settings import DECISIONS, PRESETS, GameSettings
 
 #: Bin edges of the participation histogram written each epoch.
 HISTOGRAM_BINS = 20
+#: What to change when a budgeted game's decision would empty a layer: the budget holds the best
+#: players of all layers together, so one layer may lose them all.
+BUDGETED_REMEDY = "raise method.budget, or exclude this layer"
 
 
 @METHODS.register("game")
@@ -357,10 +360,12 @@ class EquilibriumPruner(Method):
                 for d in others}  # fmt: skip
 
     def _keep_masks(self, trained: GatedModel, decision: str, notes: list[str]) -> dict[str, torch.Tensor]:
+        # with a budget the advice to set one would mislead: the budget (or the layer) is what to change
+        remedy = BUDGETED_REMEDY if self.settings.budget is not None else None
         if decision == "contribution":
             return keep_masks(trained, self.settings.contribution_threshold, contributions(trained),
-                              rule="contribution_threshold", notes=notes)  # fmt: skip
-        return keep_masks(trained, self.settings.epsilon, notes=notes)
+                              rule="contribution_threshold", notes=notes, remedy=remedy)  # fmt: skip
+        return keep_masks(trained, self.settings.epsilon, notes=notes, remedy=remedy)
 
 
 def _undecided_among(s: torch.Tensor) -> float | None:
