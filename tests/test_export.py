@@ -163,3 +163,11 @@ def test_export_of_an_unstructured_result_adds_the_csr_form_with_its_size_and_la
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(loaded(x), small(x), rtol=1e-4, atol=1e-5)
     assert "## Sparse weights" in (run_dir / "speed.md").read_text()
+
+
+def test_export_of_a_missing_or_unfinished_directory_says_which(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "typo")]) == 2
+    assert "typo does not exist; give the directory of a finished run" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()  # nothing made where nothing was
+    assert main(["export", str(tmp_path)]) == 2
+    assert "holds no finished run (no results.json)" in capsys.readouterr().err

@@ -184,6 +184,10 @@ def export_run(
         io.write_text(Path(run_dir) / "speed.md", speed_markdown(report))
         return report
     run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise EquipruneError(
+            f"{run.path} does not exist; give the directory of a finished run (`equiprune run CONFIG --out DIR`)"
+        )
     if not run.is_finished():
         raise EquipruneError(f"{run.path} holds no finished run (no results.json): finish it first")
     cfg, dense = load_trained(run)
