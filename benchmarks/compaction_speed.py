@@ -14,7 +14,8 @@ timing, so the models are freshly initialised.
 The last line printed is ``worst_speedup_over_flop_ratio=<float>`` over all cases (each case's
 median over the interleaved rounds); target ≥ 0.8.
 
-    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7] [--round-to 8] [--device cuda]
+    python benchmarks/compaction_speed.py [--batch 256] [--repeats 5] [--rounds 7] [--round-to 8] [--channels-last]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -58,18 +59,24 @@ def prune_to_flops(name: str, settings: dict, shape, target: float, round_to: in
     return dense, best
 
 
+def has_convolutions(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5, help="forward passes per model in a round (their median)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (dense, pruned; pruned, dense; …)")
     p.add_argument("--round-to", type=int, default=1, help="keep widths that are multiples of this (default 1: exact)")
+    p.add_argument("--channels-last", action="store_true", help="time both models with channels-last weights")
     add_device_argument(p)
     add_results_argument(p)
     args = p.parse_args()
     device = checked_device(p, args.device)
     machine = print_machine(device)
     rounding = f"; widths rounded to multiples of {args.round_to}" if args.round_to > 1 else ""
+    rounding += "; convolution weights channels-last (the ViT has none)" if args.channels_last else ""
     print(f"batch {args.batch}{rounding}; each round's speed-up is its dense median over its pruned median; the median "
           f"over {args.rounds} rounds, with the lowest and highest round's, times the FLOP ratio")  # fmt: skip
     print(f"{'case':<24} {'kept':>6} {'FLOP ratio':>10} {'dense ms':>9} {'pruned ms':>9} {'speed-up':>8} "
@@ -78,7 +85,8 @@ def main() -> None:
     for name, settings, shape, target in CASES:
         dense, (small, ratio, budget) = prune_to_flops(name, settings, shape, target, args.round_to)
         dense, small = dense.to(device), small.to(device)
-        report = speed_report(dense, small, shape, batch_sizes=(args.batch,), repeats=args.repeats, rounds=args.rounds)
+        report = speed_report(dense, small, shape, batch_sizes=(args.batch,), repeats=args.repeats, rounds=args.rounds,
+                              channels_last=args.channels_last and has_convolutions(dense))  # fmt: skip
         row, flops = report["latency"][0], report["flop_ratio"]
         speedup = paired_ratios(row["dense_rounds"], row["pruned_rounds"])
         score = speedup["median"] * flops

@@ -11,7 +11,8 @@ import torch.nn as nn
 from equiprune.cli import main
 from equiprune.core.compact import compact, keep_masks
 from equiprune.core.players import attach
-from equiprune.experiments.export import fold_batchnorm, save_exported, save_onnx, speed_report
+from equiprune.errors import EquipruneError
+from equiprune.experiments.export import deployable, fold_batchnorm, save_exported, save_onnx, speed_report
 from equiprune.models import create_model
 
 from .helpers import mlp_config
@@ -95,6 +96,7 @@ def test_timings_are_distrusted_for_a_busy_machine_a_wide_spread_or_a_time_slice
     assert "cannot be trusted" in text and "speed-up ×" not in text and "– (not trusted)" in text
 
 
+@pytest.mark.filterwarnings("ignore:No complete tensor found in the group")  # torch 2.13, loading channels-last weights
 def test_export_command_writes_deployable_files_and_the_speed_report(tmp_path, data_root, capsys):
     config = tmp_path / "lenet.toml"
     config.write_text(f"""
@@ -126,6 +128,11 @@ budget = 0.5
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(loaded(x), small(x), rtol=1e-4, atol=1e-5)
     assert (run_dir / "export" / "model.onnx").stat().st_size > 0
+    assert main(["export", str(run_dir), "--channels-last", "--batch-sizes", "2", "--repeats", "1"]) == 0
+    assert json.loads((run_dir / "speed.json").read_text())["memory_format"] == "channels_last"
+    assert "weights stored channels-last in both" in (run_dir / "speed.md").read_text()
+    torch.testing.assert_close(torch.export.load(run_dir / "export" / "model.pt2").module()(x), small(x), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
     for flag, bad in (("--batch-sizes", "0"), ("--batch-sizes", "1,x"), ("--batch-sizes", ","), ("--repeats", "0")):
         assert main(["export", str(run_dir), flag, bad]) == 2
         assert f"equiprune: error: {flag}" in capsys.readouterr().err
@@ -171,3 +178,19 @@ def test_export_of_a_missing_or_unfinished_directory_says_which(tmp_path, capsys
     assert not (tmp_path / "typo").exists()  # nothing made where nothing was
     assert main(["export", str(tmp_path)]) == 2
     assert "holds no finished run (no results.json)" in capsys.readouterr().err
+
+
+def test_channels_last_stores_convolution_weights_so_computes_the_same_and_refuses_a_model_without_them():
+    dense, pruned = _pruned_resnet()
+    fast = deployable(pruned, channels_last=True)
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x = torch.randn(3, 3, 32, 32)  # an ordinary NCHW batch: the weights decide the layout
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), fold_batchnorm(pruned)(x), rtol=1e-4, atol=1e-5)
+    assert speed_report(dense, pruned, (3, 32, 32), batch_sizes=(1,), repeats=1, rounds=1,
+                        channels_last=True)["memory_format"] == "channels_last"  # fmt: skip
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(EquipruneError, match="--channels-last: the model has no convolutions"):
+        deployable(mlp, channels_last=True)
+    assert speed_report(mlp, mlp, (1, 2, 2), batch_sizes=(1,), repeats=1, rounds=1)["memory_format"] == "contiguous"
