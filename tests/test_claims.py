@@ -244,3 +244,15 @@ def test_the_convex_claim_reads_the_check(tmp_path, claims):
     rows[0]["test_accuracy"] = 0.97
     (tmp_path / "mask_convex.json").write_text(json.dumps({"rows": rows}))
     assert claims["convex_claim"](tmp_path).verdict == "does not hold"
+
+
+def test_the_headline_says_when_equiprune_best_sits_at_the_edge_of_two_percent(claims):
+    def rows(kept: float) -> dict:
+        return {"equiprune-best": {"test_accuracy_mean": 0.94, "test_accuracy_std": 0.004, "kept_fraction_mean": kept}}
+
+    missed = claims["_headline"](rows(0.0208), "cmd")
+    assert missed.verdict == "does not hold" and "nor with ours" in missed.why
+    assert "at the edge (2.08% against 2%)" in missed.why and "can change with the machine" in missed.why
+    met = claims["_headline"](rows(0.0191), "cmd").why
+    assert "it holds with equiprune-best's" in met and "at the edge (1.91% against 2%)" in met
+    assert "at the edge" not in claims["_headline"](rows(0.015), "cmd").why

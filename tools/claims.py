@@ -55,6 +55,9 @@ PAPERS = {
 BIMODAL_MAX_UNDECIDED = 0.05
 #: The gated network's test accuracy may fall at most this much from one pruning epoch to the next.
 SMOOTH_MAX_FALL = 0.01
+#: A kept fraction this close to the headline's 2% line (either side) is at its edge: the game's
+#: width moves with the CPU's summation order (equiprune-best kept 1.91% on one CPU, 2.08% on another).
+HEADLINE_EDGE = 0.0025
 
 
 # --- paper 000, from `equiprune reproduce game-mnist` ----------------------------------------------
@@ -134,16 +137,17 @@ def _headline(rows: dict[str, dict[str, Any]], command: str) -> Claim:
             f"; `equiprune-best`: {_pct(best['test_accuracy_mean'])} ± {_pct(best['test_accuracy_std'])} "
             f"at {_pct(best['kept_fraction_mean'])}"
         )
-    why = (
-        "with the paper's configurations and either decision"
-        if by_paper
-        else "not with the paper's configurations; "
-        + (
-            "it holds with equiprune-best's (anchored Newton play, a cost ramp, fine-tuning)"
-            if best_meets
-            else "nor with ours"
+    ours = "nor with ours"
+    if best_meets:
+        ours = "it holds with equiprune-best's (anchored Newton play, a cost ramp, fine-tuning)"
+    if best and abs(best["kept_fraction_mean"] - 0.02) <= HEADLINE_EDGE:
+        ours += (
+            f"; equiprune-best is at the edge ({_pct(best['kept_fraction_mean'])} against 2%): its width moves with "
+            "the CPU's summation order by more than the margin, so this verdict can change with the machine"
         )
-    )
+    why = "with the paper's configurations and either decision"
+    if not by_paper:
+        why = "not with the paper's configurations; " + ours
     return Claim(
         "000",
         "headline: over 91% test accuracy on MNIST with under 2% of the neurons",
