@@ -21,6 +21,8 @@ from equiprune.progress import logger
 
 #: How the warning begins when a layer's decision would remove every player (see :func:`keep_masks`).
 EMPTIED_LAYER_WARNING = "every player would leave layer"
+#: What that warning advises unless its caller knows better (a budgeted method, a mask method).
+EMPTIED_LAYER_REMEDY = "lower the costs (beta, gamma, eta), set a budget, or exclude this layer"
 
 
 @dataclass
@@ -79,8 +81,8 @@ def keep_masks(
         if not bool(keep.any()) and not group.bypassed:
             keep = torch.zeros_like(keep)
             keep[int(torch.argmax(s))] = True
-            args = (group.name, what, float(s.max()), f"{rule}={threshold}", group.size, "player", notes)
-            note_emptied_layer(*args, **({"remedy": remedy} if remedy else {}))
+            note_emptied_layer(group.name, what, float(s.max()), f"{rule}={threshold}", group.size, "player", notes,
+                               remedy)  # fmt: skip
         masks[group.name] = keep
     return masks
 
@@ -93,13 +95,14 @@ def note_emptied_layer(
     size: int,
     player: str,
     notes: list[str] | None,
-    remedy: str = "lower the costs (beta, gamma, eta), set a budget, or exclude this layer",
+    remedy: str | None = None,
 ) -> None:
     """Say (logger, and ``notes`` when a list) that a decision would have removed all ``size``
-    players of ``layer`` and that it keeps its best one instead; ``remedy`` says what to change."""
+    players of ``layer`` and that it keeps its best one instead; ``remedy`` says what to change
+    (default :data:`EMPTIED_LAYER_REMEDY`)."""
     message = (
         f"{EMPTIED_LAYER_WARNING} {layer!r} (largest {what} {largest:.3g} < {rule}): it keeps its best "
-        f"{player}, since removing all {size} would disconnect the network; {remedy}"
+        f"{player}, since removing all {size} would disconnect the network; {remedy or EMPTIED_LAYER_REMEDY}"
     )
     logger.warning(message)
     if notes is not None:
