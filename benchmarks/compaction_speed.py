@@ -26,7 +26,7 @@ import copy
 import torch
 
 from equiprune.core.measure import count_macs
-from equiprune.experiments.export import speed_report
+from equiprune.experiments.export import has_convolutions, speed_report
 from equiprune.experiments.timing import paired_ratios
 from equiprune.methods import build_method
 from equiprune.models import create_model
@@ -57,10 +57,6 @@ def prune_to_flops(name: str, settings: dict, shape, target: float, round_to: in
             best = (small, ratio, budget)
         lo, hi = (budget, hi) if ratio < target else (lo, budget)
     return dense, best
-
-
-def has_convolutions(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
 def main() -> None:

@@ -106,6 +106,11 @@ def save_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) ->
     return io.atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()), binary=True)
 
 
+def has_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` has a 2-d convolution (the only layers channels-last changes)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def deployable(model: nn.Module, channels_last: bool = False) -> nn.Module:
     """The inference copy that is exported and timed: BatchNorm folded (:func:`fold_batchnorm`) and,
     with ``channels_last``, 4-d weights stored channels-last, so that convolutions run on
@@ -114,7 +119,7 @@ def deployable(model: nn.Module, channels_last: bool = False) -> nn.Module:
     model = fold_batchnorm(model)
     if not channels_last:
         return model
-    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if not has_convolutions(model):
         raise EquipruneError(
             "--channels-last: the model has no convolutions, and channels-last changes only how convolution "
             "weights and feature maps are stored; leave it out"
