@@ -250,3 +250,35 @@ def test_round_to_keeps_hardware_friendly_widths_in_every_layer():
     assert list(result.kept.values()) == [16, 8]  # 15 -> 16, 10 -> 8
     with pytest.raises(ConfigError, match="round_to"):
         build_method("magnitude-l1", settings={"budget": 0.5, "round_to": 0})
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("taylor", {"budget": 0.5}),
+        ("snip", {"budget": 0.5}),
+        ("grasp", {"budget": 0.5}),
+        ("synflow", {"budget": 0.5}),
+        ("game", {"cost_weighting": "macs"}),
+        ("game", {"budget": 0.5, "budget_unit": "macs"}),
+    ],
+)
+def test_a_data_driven_method_called_without_batches_says_how_to_give_them(name, settings):
+    method = build_method(name, settings=settings)
+    gated = method.prepare(mlp(hidden=(6, 4)))
+    with pytest.raises(ConfigError, match=r"training batch.*none were given.*Calibration\.from_loader\(train_loader\)"):
+        method.before_run(gated, steps_per_epoch=2, epochs=1)
+        method.finish(gated)
+
+
+def test_taylor_from_python_prunes_with_the_users_own_data_loader():
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True)
+    method = build_method("taylor", settings={"budget": 0.5, "calibration_batches": 2})
+    calibration = Calibration.from_loader(loader)
+    gated = method.prepare(mlp(hidden=(8, 6)))
+    method.before_run(gated, steps_per_epoch=len(loader), epochs=1, calibration=calibration)
+    small = method.finish(gated, calibration=calibration).model
+    widths = [m.out_features for m in small.modules() if isinstance(m, nn.Linear)]
+    assert widths == [4, 3, 10] and small(data.tensors[0][:2]).shape == (2, 10)

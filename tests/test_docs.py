@@ -34,3 +34,19 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_the_quickstarts_python_example_runs_on_a_users_own_model_and_loader():
+    import torch
+    import torch.nn as nn
+
+    page = (ROOT / "docs" / "quickstart.md").read_text(encoding="utf-8")
+    example = page.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 12), torch.randint(0, 3, (64,)))
+    model = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 3))
+    names = {"model": model, "loader": torch.utils.data.DataLoader(data, batch_size=16, shuffle=True), "epochs": 1}
+    exec(compile(example, "docs/quickstart.md", "exec"), names)
+    small = names["small"]
+    assert isinstance(small, nn.Sequential) and small[0].out_features == 2  # 5% of 40 neurons
+    assert small(torch.randn(2, 12)).shape == (2, 3)

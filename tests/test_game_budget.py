@@ -94,7 +94,7 @@ def test_a_budget_below_one_player_per_layer_names_the_smallest_feasible_one():
     with pytest.raises(ConfigError, match=r"method.budget: 0.05 of the players.*smallest feasible budget is 0.1429"):
         budgeting.check_feasible(gated, 0.05, "players", None)
     budgeting.check_feasible(gated, 0.15, "players", None)
-    with pytest.raises(ConfigError, match="budget_unit = 'macs' needs the input shape"):
+    with pytest.raises(ConfigError, match=r"budget_unit = 'macs' reads the input shape.*Calibration.from_loader"):
         budgeting.unit_weights(gated, "macs", None)
     low = budgeting.smallest_feasible(gated, "params", None)
     with pytest.raises(ConfigError, match=f"smallest feasible budget is {low:.4g}"):

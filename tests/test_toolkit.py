@@ -8,9 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
 
 from equiprune.core.selection import alive_metrics, cubic_fraction, geometric_fraction, top_k_among_alive
 from equiprune.data import Split
+from equiprune.errors import ConfigError
 from equiprune.methods.base import Calibration
 
 
@@ -57,3 +59,54 @@ def test_mean_saliency_is_the_mean_over_batches_of_each_batchs_product():
         expected[1] += (model.bias * model.bias.grad).abs().detach() / 3
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, atol=1e-7) and not math.isnan(float(g.sum()))
+
+
+def _loader(n=40, batch_size=10):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(n, 5), torch.randint(0, 3, (n,)))
+    return DataLoader(data, batch_size=batch_size, shuffle=False), data
+
+
+def test_a_loader_calibration_gives_its_first_batches_afresh_on_every_call():
+    loader, data = _loader()
+    calibration = Calibration.from_loader(loader)
+    assert calibration.input_shape == (5,)
+    for _ in range(2):  # a fresh pass each time: a method may read its batches more than once
+        batches = list(calibration.batches(3))
+        assert len(batches) == 3
+        for i, (x, y) in enumerate(batches):
+            assert torch.equal(x, data.tensors[0][10 * i : 10 * (i + 1)])
+            assert torch.equal(y, data.tensors[1][10 * i : 10 * (i + 1)])
+    assert len(list(calibration.batches(99))) == 4  # no more than the loader has
+
+
+def test_a_loader_calibration_scores_as_the_same_batches_from_a_split_do():
+    split = Split(torch.randn(40, 5), torch.randint(0, 3, (40,)))
+    model = nn.Linear(5, 3)
+    from_split = Calibration(split, batch_size=10, seed=0)
+    from_loader = Calibration.from_loader(list(from_split.batches(3)))
+    for a, b in zip(
+        from_split.mean_saliency(model, [model.weight], 3), from_loader.mean_saliency(model, [model.weight], 3)
+    ):
+        assert torch.equal(a, b)
+
+
+def test_a_loader_calibration_moves_its_batches_to_the_device_asked_for():
+    loader, _ = _loader()
+    x, y = next(iter(Calibration.from_loader(loader, device="meta").batches(1)))
+    assert x.device.type == y.device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    ("loader", "message"),
+    [
+        ((b for b in [(torch.zeros(2, 5), torch.zeros(2))]), "can be read only once.*give a DataLoader"),
+        ([], "yielded no batches"),
+        ([{"x": torch.zeros(2, 5), "y": torch.zeros(2)}], r"an \(inputs, labels\) pair of tensors, got a dict"),
+        ([(torch.zeros(2, 5), torch.zeros(2), torch.zeros(2))], r"got a tuple of 3 \(Tensor, Tensor, Tensor\)"),
+        ([(torch.zeros(2, 5), [0, 1])], r"got a tuple of 2 \(Tensor, list\)"),
+    ],
+)
+def test_a_loader_that_cannot_calibrate_is_refused_with_what_would_do(loader, message):
+    with pytest.raises(ConfigError, match=message):
+        Calibration.from_loader(loader)

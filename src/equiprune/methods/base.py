@@ -14,7 +14,8 @@ A new method is one file: a settings dataclass, a :class:`Method` subclass, and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,17 +33,36 @@ from equiprune.schema import from_dict
 
 class Calibration:
     """The first ``n`` batches of the training split in an order of their own (seeded apart from the
-    training order), for methods that score players on data outside the training steps."""
+    training order), for methods that score players on data outside the training steps; or, from
+    Python, of any loader of ``(inputs, labels)`` batches (:meth:`from_loader`)."""
 
     def __init__(self, split, batch_size: int, seed: int):
-        self._batches = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
+        order = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
+        self._epoch: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] = lambda: order.epoch(0)
         self.input_shape = tuple(split.x.shape[1:])
 
+    @classmethod
+    def from_loader(cls, loader: Iterable, device: torch.device | str | None = None) -> Calibration:
+        """Calibration batches from ``loader``, anything that yields ``(inputs, labels)`` pairs of
+        tensors and can be iterated again (a ``torch.utils.data.DataLoader``, a list of batches): a
+        method that asks for n batches gets the first n of a fresh pass (so a shuffling loader gives
+        other batches each time), moved to ``device`` when one is given. The input shape of one
+        example is read from the first batch."""
+        if iter(loader) is loader:
+            raise ConfigError(
+                f"calibration: a {type(loader).__name__} can be read only once, but methods read their batches "
+                "more than once; give a DataLoader or a list of (inputs, labels) batches"
+            )
+        first = next(iter(loader), None)
+        if first is None:
+            raise ConfigError("calibration: the loader yielded no batches; give one with at least one batch")
+        calibration = cls.__new__(cls)
+        calibration._epoch = lambda: (_moved(_pair(batch), device) for batch in loader)
+        calibration.input_shape = tuple(_pair(first)[0].shape[1:])
+        return calibration
+
     def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i, batch in enumerate(self._batches.epoch(0)):
-            if i == n:
-                return
-            yield batch
+        return itertools.islice(self._epoch(), n)
 
     def mean_saliency(self, model: nn.Module, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
         """|t ⊙ ∂L/∂t| for each tensor t, averaged over the first ``n`` batches (L: the
@@ -56,6 +76,34 @@ class Calibration:
                 acc += (t.detach() * g).abs()
             seen += 1
         return [t / max(seen, 1) for t in total]
+
+
+def _pair(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        return batch[0], batch[1]
+    if isinstance(batch, (tuple, list)):
+        what = f"a {type(batch).__name__} of {len(batch)} ({', '.join(type(t).__name__ for t in batch)})"
+    else:
+        what = f"a {type(batch).__name__}"
+    raise ConfigError(f"calibration: each batch must be an (inputs, labels) pair of tensors, got {what}")
+
+
+def _moved(batch: tuple[torch.Tensor, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch if device is None else (batch[0].to(device), batch[1].to(device))
+
+
+#: How a data-driven method gets its batches; every "needs data" error ends with it.
+CALIBRATION_HINT = (
+    "from Python, pass calibration=Calibration.from_loader(train_loader) (equiprune.methods.base) to "
+    "before_run() and finish(); `equiprune run` passes the training split itself"
+)
+
+
+def require_calibration(calibration: Calibration | None, needed_by: str) -> Calibration:
+    """``calibration``, or an error saying what needs the batches (``needed_by``, a clause) and how to give them."""
+    if calibration is None:
+        raise ConfigError(f"{needed_by}, and none were given: {CALIBRATION_HINT}")
+    return calibration
 
 
 class Method:

@@ -17,7 +17,7 @@ from equiprune.core.weight_players import WeightGatedModel
 from equiprune.errors import ConfigError
 from equiprune.methods import game_budget as budgeting
 from equiprune.methods import game_math as game
-from equiprune.methods.base import METHODS, Method
+from equiprune.methods.base import METHODS, Method, require_calibration
 from equiprune.methods.game_settings import DECISIONS, PRESETS, GameSettings
 
 #: Bin edges of the participation histogram written each epoch.
@@ -129,9 +129,10 @@ class EquilibriumPruner(Method):
         elif self.settings.cost_weighting == "macs":
             if isinstance(trained, WeightGatedModel):
                 raise ConfigError("method.cost_weighting = 'macs' weighs structured players; use 'uniform' for weights")
-            if calibration is None:
-                raise ConfigError("method.cost_weighting = 'macs' needs the input shape: the loop gave no data")
-            macs = macs_per_player(trained, calibration.input_shape)
+            shape = require_calibration(
+                calibration, "method.cost_weighting = 'macs' reads the input shape from a training batch"
+            ).input_shape
+            macs = macs_per_player(trained, shape)
             mean = sum(m * g.size for m, g in zip(macs, trained.groups)) / sum(g.size for g in trained.groups)
             self._gamma_weights = [m / mean for m in macs]
         self._input_shape = calibration.input_shape if calibration is not None else None
@@ -141,8 +142,8 @@ class EquilibriumPruner(Method):
 
     def _start_budget(self, trained: GatedModel, total_steps: int) -> None:
         cfg = self.settings
+        units = budgeting.unit_weights(trained, cfg.budget_unit, self._input_shape)  # first: says if a shape is missing
         budgeting.check_feasible(trained, cfg.budget, cfg.budget_unit, self._input_shape)
-        units = budgeting.unit_weights(trained, cfg.budget_unit, self._input_shape)
         self._units = torch.tensor(units, dtype=torch.float64)
         end = self._start_steps + (self._ramp_steps or (total_steps - self._start_steps))
         # a resumed run replaces the price with its checkpoint's (load_state_dict comes after)

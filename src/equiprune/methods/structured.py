@@ -38,7 +38,14 @@ from equiprune.core.selection import (
     top_k_among_alive,
 )
 from equiprune.errors import ConfigError
-from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.methods.base import (
+    METHODS,
+    Calibration,
+    Method,
+    check_selection,
+    require_at_least,
+    require_calibration,
+)
 from equiprune.methods.game_math import squared_norms
 
 
@@ -198,9 +205,9 @@ class TaylorPruner(StructuredPruner):
     name = "taylor"
 
     def scores(self, trained, calibration=None):
-        if calibration is None:
-            raise ConfigError("method 'taylor' scores players on training data, but the loop gave it none")
-        saliency = calibration.mean_saliency(trained, list(trained.gates), self.settings.calibration_batches)
+        saliency = require_calibration(calibration, "method 'taylor' scores players on training batches").mean_saliency(
+            trained, list(trained.gates), self.settings.calibration_batches
+        )
         return {grp.name: s for grp, s in zip(trained.groups, saliency)}
 
 

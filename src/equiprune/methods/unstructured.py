@@ -33,7 +33,14 @@ from equiprune.core.compact import PruneResult
 from equiprune.core.selection import Allocation, alive_metrics, cubic_fraction, geometric_fraction, top_k_among_alive
 from equiprune.core.weight_players import WeightMasks, compact_unstructured
 from equiprune.errors import ConfigError
-from equiprune.methods.base import METHODS, Calibration, Method, check_selection, require_at_least
+from equiprune.methods.base import (
+    METHODS,
+    Calibration,
+    Method,
+    check_selection,
+    require_at_least,
+    require_calibration,
+)
 from equiprune.methods.tickets import TicketRounds, check_rounds
 
 
@@ -88,6 +95,7 @@ class UnstructuredPruner(Method):
         self.masks.apply()
 
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
+        self._calibration = calibration or self._calibration
         if self.when != "init":  # "during" schedules also land exactly on the budget here
             self.prune_to(trained, self.settings.budget)
         return compact_unstructured(trained, self.masks)
@@ -170,7 +178,9 @@ class Snip(UnstructuredPruner):
 
     def scores(self, model, calibration=None):
         weights = self.masks.weights()
-        saliency = calibration.mean_saliency(model, list(weights.values()), self.settings.calibration_batches)
+        saliency = require_calibration(calibration, "method 'snip' scores weights on training batches").mean_saliency(
+            model, list(weights.values()), self.settings.calibration_batches
+        )
         return dict(zip(weights, saliency))
 
 
@@ -195,7 +205,11 @@ class Grasp(UnstructuredPruner):
 
     def scores(self, model, calibration=None):
         weights = list(self.masks.weights().values())
-        batches = list(calibration.batches(self.settings.calibration_batches))
+        batches = list(
+            require_calibration(calibration, "method 'grasp' scores weights on training batches").batches(
+                self.settings.calibration_batches
+            )
+        )
         t = self.settings.temperature
         with torch.enable_grad():
             g = [torch.zeros_like(w) for w in weights]  # the gradient, summed over batches, held fixed
@@ -235,9 +249,10 @@ class Synflow(UnstructuredPruner):
         with torch.no_grad():
             for p in probe.parameters():
                 p.abs_()
-        if self._calibration is None:
-            raise ConfigError("method 'synflow' needs the input shape, but the loop gave it no calibration data")
-        x = torch.ones(1, *self._calibration.input_shape, dtype=torch.float64)
+        shape = require_calibration(
+            self._calibration, "method 'synflow' reads the input shape from a training batch"
+        ).input_shape
+        x = torch.ones(1, *shape, dtype=torch.float64)
         n = self.settings.iterations
         for k in range(1, n + 1):
             probe_masks.set(self.masks.masks)
