@@ -177,7 +177,16 @@ def test_export_of_a_missing_or_unfinished_directory_says_which(tmp_path, capsys
     assert "typo does not exist; give the directory of a finished run" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()  # nothing made where nothing was
     assert main(["export", str(tmp_path)]) == 2
-    assert "holds no finished run (no results.json)" in capsys.readouterr().err
+    assert "is not a run directory (no config.toml)" in capsys.readouterr().err
+    (tmp_path / "runs").mkdir()  # a sweep's directory
+    assert main(["export", str(tmp_path)]) == 2
+    assert "a sweep keeps its runs under its runs/ directory" in capsys.readouterr().err
+    (tmp_path / "config.toml").write_text("seed = 0\n")  # a run that has not finished
+    assert main(["export", str(tmp_path)]) == 2
+    assert (
+        f"holds no finished run (no results.json): finish it first (`equiprune run CONFIG --out {tmp_path} --resume`)"
+        in capsys.readouterr().err
+    )
 
 
 def test_channels_last_stores_convolution_weights_so_computes_the_same_and_refuses_a_model_without_them():

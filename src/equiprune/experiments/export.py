@@ -221,8 +221,17 @@ def export_run(
         raise EquipruneError(
             f"{run.path} does not exist; give the directory of a finished run (`equiprune run CONFIG --out DIR`)"
         )
+    if not run.config.is_file():
+        inside = " (a sweep keeps its runs under its runs/ directory)" if (run.path / "runs").is_dir() else ""
+        raise EquipruneError(
+            f"{run.path} is not a run directory (no config.toml); give one that `equiprune run CONFIG --out DIR` "
+            f"wrote{inside}"
+        )
     if not run.is_finished():
-        raise EquipruneError(f"{run.path} holds no finished run (no results.json): finish it first")
+        raise EquipruneError(
+            f"{run.path} holds no finished run (no results.json): finish it first (`equiprune run CONFIG --out "
+            f"{run.path} --resume`)"
+        )
     cfg, dense = load_trained(run)
     pruned = torch.load(run.model, map_location="cpu", weights_only=False)
     dense, shape = dense.cpu(), DATASETS.get(cfg.data.dataset).input_shape
