@@ -53,7 +53,7 @@ def test_a_run_whose_compaction_loses_accuracy_says_so_in_its_results(tmp_path, 
     assert results["compaction_flagged"] and results["test_accuracy_after_compaction"] < 0.2
     assert results["test_accuracy_before_compaction"] > 0.5
     assert any(w.startswith("compaction cost") for w in results["warnings"])
-    assert any(r.getMessage().startswith("compaction cost") for r in caplog.records)
+    assert any(r.getMessage().startswith(f"{tmp_path / 'r'}: compaction cost") for r in caplog.records)
     stored = json.loads((tmp_path / "r" / "results.json").read_text())
     assert stored["compaction_flagged"] is True
     lines = compaction_lines([{"run_id": "game/x/seed0", "status": "finished", "results": stored}])

@@ -184,7 +184,8 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
     assert "gamma, eta, lr_s" in results["warnings"][0] and "finetune_lr" in results["warnings"][1]
     assert [r.get("warning") for r in rows] == results["warnings"]
     assert json.loads((tmp_path / "r" / "results.json").read_text())["warnings"] == results["warnings"]
-    assert printed.err.count("equiprune: warning: epoch") == 2  # said at once, even with quiet
+    # said at once, even with quiet, naming the run (a sweep's runs warn side by side)
+    assert printed.err.count(f"equiprune: warning: {tmp_path / 'r'}: epoch") == 2
 
 
 def test_the_library_logs_what_goes_wrong_and_prints_nothing(tmp_path, data_root, capsys, caplog):
@@ -192,7 +193,7 @@ def test_the_library_logs_what_goes_wrong_and_prints_nothing(tmp_path, data_root
     with caplog.at_level(logging.INFO, logger="equiprune"):
         results = run(parse_config(text), tmp_path / "r", quiet=True)
     warned = [r.getMessage() for r in caplog.records if r.name == "equiprune" and r.levelno == logging.WARNING]
-    assert warned == results["warnings"] and len(warned) == 2
+    assert warned == [f"{tmp_path / 'r'}: {w}" for w in results["warnings"]] and len(warned) == 2
     assert not [r for r in caplog.records if r.levelno == logging.INFO]  # quiet: no per-epoch lines
     assert capsys.readouterr() == ("", "")  # shown only by a handler the caller (here caplog) set up
 
@@ -226,3 +227,20 @@ def test_cli_rejects_bad_config_before_training(tmp_path):
     assert proc.returncode == 2
     assert "equiprune: error:" in proc.stderr and "method.beta: must be a finite number >= 0, got -1" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_warning_names_what_it_concerns_and_the_innermost_label_wins(caplog):
+    from equiprune.progress import concerning, logger
+
+    with caplog.at_level(logging.INFO, logger="equiprune"):
+        logger.warning("plain")
+        with concerning("runs/a"):
+            logger.info("an epoch line")  # only warnings: a run's own progress lines stay as they are
+            logger.warning("%d%% kept", 5)
+            with concerning("runs/a/100%"):  # a % in the label is text, not a format
+                logger.warning("inner %s", "x")
+            logger.warning("back")
+        logger.warning("after")
+    assert [r.getMessage() for r in caplog.records] == [
+        "plain", "an epoch line", "runs/a: 5% kept", "runs/a/100%: inner x", "runs/a: back", "after",
+    ]  # fmt: skip

@@ -11,10 +11,40 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("equiprune")
+
+
+class _Concerning(logging.Filter):
+    """Puts what a warning concerns (a run's directory, set by :func:`concerning`) in front of it."""
+
+    label: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.label is not None and record.levelno >= logging.WARNING:
+            label = self.label.replace("%", "%%") if record.args else self.label
+            record.msg = f"{label}: {record.msg}"
+        return True
+
+
+_concerning = _Concerning()
+logger.addFilter(_concerning)  # a filter on our own logger: it shows nothing by itself
+
+
+@contextmanager
+def concerning(label: str) -> Iterator[None]:
+    """Warnings logged inside begin with ``label``: the run they come from, so that a sweep's or a
+    study's runs, side by side in one terminal, do not warn anonymously. The innermost label wins."""
+    previous, _concerning.label = _concerning.label, label
+    try:
+        yield
+    finally:
+        _concerning.label = previous
+
 
 #: The level :func:`show_messages` set in this process (None: it was not called), so that worker
 #: processes can show what their parent shows.

@@ -61,7 +61,7 @@ from equiprune.experiments.setup import (
 from equiprune.experiments.tensorboard_log import TensorBoard
 from equiprune.methods import Method
 from equiprune.methods.base import Calibration
-from equiprune.progress import bar
+from equiprune.progress import bar, concerning
 
 #: How often (in steps) the loss is checked for NaN/inf; a check forces a device sync.
 FINITE_CHECK_EVERY = 25
@@ -380,6 +380,7 @@ def run(cfg: RunConfig, out, resume: bool = False, quiet: bool = False, shared=N
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return Trainer(cfg, out, resume, quiet, shared, hooks).run()
+        with concerning(str(out)):  # its warnings name it: a sweep runs many side by side
+            return Trainer(cfg, out, resume, quiet, shared, hooks).run()
     finally:  # a sweep runs many configs in one process: leave the next one torch's default
         torch.set_num_threads(previous)
