@@ -256,3 +256,15 @@ def test_the_headline_says_when_equiprune_best_sits_at_the_edge_of_two_percent(c
     met = claims["_headline"](rows(0.0191), "cmd").why
     assert "it holds with equiprune-best's" in met and "at the edge (1.91% against 2%)" in met
     assert "at the edge" not in claims["_headline"](rows(0.015), "cmd").why
+
+
+def test_a_difference_another_cpu_could_make_is_a_tie_in_the_published_verdicts(tmp_path, claims):
+    from equiprune.experiments.comparison import CPU_SHIFT, judge
+
+    # the MNIST lottery study's 20% cell on two machines: a 0.06-point loss on one, a tie on the other
+    assert judge(0.9819, 0.0004, 0.9825, 0.0003) == "loss"
+    assert judge(0.9819, 0.0004, 0.9825, 0.0003, CPU_SHIFT) == "tie"
+    assert judge(0.9819, 0.0004, 0.9825 + CPU_SHIFT, 0.0003, CPU_SHIFT) == "loss"  # beyond the floor it counts
+    cells = {("log", "ticket", 0.2): (0.9819, 0.0004), ("imp", "ticket", 0.2): (0.9825, 0.0003)}
+    row = claims["lottery_claims"]([_lottery_dir(tmp_path / "a", cells)])[0]
+    assert row.verdict == "holds" and "(tie)" in row.figure and "or 0.3 points, what another CPU moves them" in row.why
