@@ -106,6 +106,10 @@ def test_lomp_is_judged_against_imp_budget_by_budget_by_the_tie_rule(tmp_path, c
     rows[4] = row("lomp-one-shot", 0.1, 0.90, 0.001)
     (tmp_path / "frontier.json").write_text(json.dumps(rows))
     assert claims["lomp_claim"](tmp_path).verdict == "does not hold"
+    rows[4] = row("lomp-one-shot", 0.1, 0.968, 0.0005)  # 0.2 points below imp: what another CPU could make
+    (tmp_path / "frontier.json").write_text(json.dumps(rows))
+    claim = claims["lomp_claim"](tmp_path)
+    assert claim.verdict == "holds" and "(tie)" in claim.figure and "or 0.3 points" in claim.why
 
 
 def test_the_slq_claim_reads_every_benchmark_record(tmp_path, claims):
