@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,8 +37,8 @@ class Calibration:
     Python, of any loader of ``(inputs, labels)`` batches (:meth:`from_loader`)."""
 
     def __init__(self, split, batch_size: int, seed: int):
-        order = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
-        self._epoch: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] = lambda: order.epoch(0)
+        self._batches = Batches(split, batch_size, shuffle=True, seed=seed + 7919)
+        self._loader, self._device = None, None
         self.input_shape = tuple(split.x.shape[1:])
 
     @classmethod
@@ -56,13 +56,15 @@ class Calibration:
         first = next(iter(loader), None)
         if first is None:
             raise ConfigError("calibration: the loader yielded no batches; give one with at least one batch")
-        calibration = cls.__new__(cls)
-        calibration._epoch = lambda: (_moved(_pair(batch), device) for batch in loader)
+        calibration = cls.__new__(cls)  # no split to shuffle: the loader's own order
+        calibration._batches, calibration._loader, calibration._device = None, loader, device
         calibration.input_shape = tuple(_pair(first)[0].shape[1:])
         return calibration
 
     def batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return itertools.islice(self._epoch(), n)
+        if self._loader is None:
+            return itertools.islice(self._batches.epoch(0), n)
+        return (_moved(_pair(batch), self._device) for batch in itertools.islice(self._loader, n))
 
     def mean_saliency(self, model: nn.Module, tensors: list[torch.Tensor], n: int) -> list[torch.Tensor]:
         """|t ⊙ ∂L/∂t| for each tensor t, averaged over the first ``n`` batches (L: the
