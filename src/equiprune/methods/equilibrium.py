@@ -129,10 +129,8 @@ class EquilibriumPruner(Method):
         elif self.settings.cost_weighting == "macs":
             if isinstance(trained, WeightGatedModel):
                 raise ConfigError("method.cost_weighting = 'macs' weighs structured players; use 'uniform' for weights")
-            shape = require_calibration(
-                calibration, "method.cost_weighting = 'macs' reads the input shape from a training batch"
-            ).input_shape
-            macs = macs_per_player(trained, shape)
+            needs = "method.cost_weighting = 'macs' reads the input shape from a training batch"
+            macs = macs_per_player(trained, require_calibration(calibration, needs).input_shape)
             mean = sum(m * g.size for m, g in zip(macs, trained.groups)) / sum(g.size for g in trained.groups)
             self._gamma_weights = [m / mean for m in macs]
         self._input_shape = calibration.input_shape if calibration is not None else None

@@ -205,9 +205,8 @@ class TaylorPruner(StructuredPruner):
     name = "taylor"
 
     def scores(self, trained, calibration=None):
-        saliency = require_calibration(calibration, "method 'taylor' scores players on training batches").mean_saliency(
-            trained, list(trained.gates), self.settings.calibration_batches
-        )
+        calibration = require_calibration(calibration, "method 'taylor' scores players on training batches")
+        saliency = calibration.mean_saliency(trained, list(trained.gates), self.settings.calibration_batches)
         return {grp.name: s for grp, s in zip(trained.groups, saliency)}
 
 

@@ -178,9 +178,8 @@ class Snip(UnstructuredPruner):
 
     def scores(self, model, calibration=None):
         weights = self.masks.weights()
-        saliency = require_calibration(calibration, "method 'snip' scores weights on training batches").mean_saliency(
-            model, list(weights.values()), self.settings.calibration_batches
-        )
+        calibration = require_calibration(calibration, "method 'snip' scores weights on training batches")
+        saliency = calibration.mean_saliency(model, list(weights.values()), self.settings.calibration_batches)
         return dict(zip(weights, saliency))
 
 
@@ -205,11 +204,8 @@ class Grasp(UnstructuredPruner):
 
     def scores(self, model, calibration=None):
         weights = list(self.masks.weights().values())
-        batches = list(
-            require_calibration(calibration, "method 'grasp' scores weights on training batches").batches(
-                self.settings.calibration_batches
-            )
-        )
+        calibration = require_calibration(calibration, "method 'grasp' scores weights on training batches")
+        batches = list(calibration.batches(self.settings.calibration_batches))
         t = self.settings.temperature
         with torch.enable_grad():
             g = [torch.zeros_like(w) for w in weights]  # the gradient, summed over batches, held fixed
@@ -249,10 +245,10 @@ class Synflow(UnstructuredPruner):
         with torch.no_grad():
             for p in probe.parameters():
                 p.abs_()
-        shape = require_calibration(
+        calibration = require_calibration(
             self._calibration, "method 'synflow' reads the input shape from a training batch"
-        ).input_shape
-        x = torch.ones(1, *shape, dtype=torch.float64)
+        )
+        x = torch.ones(1, *calibration.input_shape, dtype=torch.float64)
         n = self.settings.iterations
         for k in range(1, n + 1):
             probe_masks.set(self.masks.masks)
