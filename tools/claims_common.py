@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from equiprune.experiments.comparison import CPU_SHIFT
+
+#: How a claim's tie rule ends when it passes ``judge`` the floor :data:`CPU_SHIFT`.
+CPU_FLOOR = f"or {100 * CPU_SHIFT:g} points, what another CPU moves them"
+
 
 @dataclass
 class Claim:

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from claims_common import Claim, _holds, _pct
+from claims_common import CPU_FLOOR, Claim, _holds, _pct
 
 from equiprune.experiments.comparison import CPU_SHIFT, judge
 
@@ -125,7 +125,7 @@ def lomp_claim(sweep_dir: Path | None) -> Claim:
     why = (f"the paper's LOMP (no retraining) {paper.count('win')} wins, {paper.count('tie')} ties, "
            f"{paper.count('loss')} losses over {len(paper)} budgets; holds with no loss. With the sweep's 8 epochs "
            f"of fine-tuning: {', '.join(verdicts.get('lomp', [])) or 'not run'}. A tie: the means differ by at most "
-           f"the larger standard deviation or {100 * CPU_SHIFT:g} points, what another CPU moves them")  # fmt: skip
+           f"the larger standard deviation {CPU_FLOOR}")  # fmt: skip
     command = (
         f"`equiprune sweep configs/sweeps/mnist_mlp_weights.toml --out {sweep_dir}` (labels imp, lomp, lomp-one-shot)"
     )

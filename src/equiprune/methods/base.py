@@ -101,10 +101,15 @@ CALIBRATION_HINT = (
 )
 
 
+def no_calibration(needed_by: str) -> ConfigError:
+    """The error for a method given no batches: what needs them (``needed_by``, a clause) and how to give them."""
+    return ConfigError(f"{needed_by}, and none were given: {CALIBRATION_HINT}")
+
+
 def require_calibration(calibration: Calibration | None, needed_by: str) -> Calibration:
-    """``calibration``, or an error saying what needs the batches (``needed_by``, a clause) and how to give them."""
+    """``calibration``, or :func:`no_calibration`'s error."""
     if calibration is None:
-        raise ConfigError(f"{needed_by}, and none were given: {CALIBRATION_HINT}")
+        raise no_calibration(needed_by)
     return calibration
 
 

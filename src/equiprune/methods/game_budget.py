@@ -29,7 +29,7 @@ from equiprune.core.measure import count_macs, count_params, macs_per_player
 from equiprune.core.players import GatedModel
 from equiprune.core.selection import cubic_fraction, top_k_global
 from equiprune.errors import ConfigError
-from equiprune.methods.base import CALIBRATION_HINT
+from equiprune.methods.base import no_calibration
 
 
 def unit_weights(gated: GatedModel, unit: str, input_shape) -> list[float]:
@@ -38,10 +38,7 @@ def unit_weights(gated: GatedModel, unit: str, input_shape) -> list[float]:
         return [1.0] * len(gated.groups)
     if unit == "macs":
         if input_shape is None:
-            raise ConfigError(
-                f"method.budget_unit = 'macs' reads the input shape from a training batch, and none were given: "
-                f"{CALIBRATION_HINT}"
-            )
+            raise no_calibration("method.budget_unit = 'macs' reads the input shape from a training batch")
         return macs_per_player(gated, input_shape)
     if unit == "params":
         return [_params_per_player(g) for g in gated.groups]
