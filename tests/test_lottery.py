@@ -134,13 +134,14 @@ def test_the_masks_gradient_is_that_of_the_loss_plus_lambda_r_times_the_step(nam
 
 def _steps(method, model, n):
     opt = torch.optim.SGD(method.weight_parameters(model), lr=0.5)
-    for _ in range(n):
+    for _ in range(n):  # the training loop's order: a round ends in one step and is pruned at the next's start
+        method.before_step(model)
+        if method.optimizer_restart():
+            opt = torch.optim.SGD(method.weight_parameters(model), lr=0.5)
         opt.zero_grad()
         F.cross_entropy(model(X), Y).backward()
         opt.step()
         method.after_step(model)
-        if method.optimizer_restart():
-            opt = torch.optim.SGD(method.weight_parameters(model), lr=0.5)
 
 
 def test_rounds_keep_their_fractions_nested_masks_stay_projected_and_the_ticket_is_the_rewound_weights():

@@ -1,5 +1,7 @@
 """Unstructured baselines (single weights as players) against independent references."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -129,13 +131,15 @@ def test_imp_rewinds_survivors_to_initialisation_and_restarts_the_optimizer():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     data = _Data()
     restarts = []
-    for _ in range(8):
+    for _ in range(8):  # the training loop's order
+        method.before_step(model)
+        restarts.append(method.optimizer_restart())
         opt.zero_grad()
         F.cross_entropy(model(data.x), data.y).backward()
         opt.step()
         method.after_step(model)
-        restarts.append(method.optimizer_restart())
-    assert restarts == [None, None, None, 4, None, None, None, None]
+    # round 1 ends with step 4; it is pruned and rewound as step 5 starts, which restarts the optimizer
+    assert restarts == [None, None, None, None, 4, None, None, None]
     assert sum(method.masks.kept().values()) == round(0.5 * 18)  # 0.25^(1/2) after round 1
     result = method.finish(model)
     assert sum(result.kept.values()) == round(0.25 * 18)
@@ -243,3 +247,33 @@ rewind_step = 3
     for r in (whole, resumed):
         r.pop("seconds")
     assert resumed == whole
+
+
+def test_the_epoch_that_ends_a_lottery_round_reports_the_network_the_round_trained(tmp_path, data_root):
+    """A round's prune and rewind wait for the next step: the epoch's evaluation between them sees
+    what the round trained (its accuracy, all its players), not the rewound network at chance."""
+    cfg = parse_config(f"""
+seed = 0
+device = "cpu"
+[data]
+root = "{data_root}"
+train_subset = 3000
+test_subset = 500
+[model]
+hidden = [32, 16]
+[train]
+epochs = 2
+finetune_epochs = 0
+lr = 0.003
+[method]
+name = "imp"
+budget = 0.25
+rounds = 2
+""")
+    run_dir = tmp_path / "imp"
+    train.run(cfg, run_dir, quiet=True)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    weights = 784 * 32 + 32 * 16 + 16 * 10
+    assert rows[0]["players_alive"] == weights  # round 1 ended here, not yet pruned
+    assert rows[0]["test_accuracy"] > 0.6  # trained; rewound to the initialisation it scores about 0.1
+    assert rows[1]["players_alive"] == round(0.5 * weights)  # round 2 trained the survivors of round 1

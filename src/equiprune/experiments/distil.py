@@ -64,7 +64,7 @@ SCHEDULES = ("constant", "linear")
 def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None, start: int = 0,
            progress: bool = False, desc: str = "distil", schedule: str = "constant") -> None:  # fmt: skip
     """``steps`` AdamW steps of :func:`distillation_loss` on ``data`` from batch ``start`` on,
-    cycling; a method's ``after_step`` after each (it plays), its weight parameters only trained.
+    cycling; a method's ``before_step`` and ``after_step`` around each (it plays), its weight parameters only trained.
     ``schedule="linear"`` lowers the learning rate linearly from ``lr`` towards 0 over the steps."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -76,6 +76,8 @@ def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None,
     model.train()
     with bar(steps, desc, "step", enabled=progress and steps > 0) as shown:
         for k in range(steps):
+            if method:
+                method.before_step(model)
             opt.zero_grad(set_to_none=True)
             loss = distillation_loss(model, teacher, data[(start + k) % len(data)])
             if not torch.isfinite(loss):

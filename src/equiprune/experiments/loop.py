@@ -1,7 +1,7 @@
 """One training loop for every method: train, prune, compact, fine-tune, evaluate, write the run.
 
 The loop owns the optimizer, the data order, checkpoints and the run directory; a method sees it
-only through its hooks (``prepare``, ``penalty``, ``after_step``, ``epoch_metrics``, ``finish``).
+only through its hooks (``prepare``, ``penalty``, ``before_step``, ``after_step``, ``epoch_metrics``, ``finish``).
 
 Budget: ``train.epochs`` counts every epoch. The first ``epochs − finetune_epochs`` train the model
 under the method; then the method's result is compacted and the smaller model is fine-tuned for the
@@ -190,6 +190,13 @@ class Trainer:
         seen = 0
         forward = self._parallel(model)
         for step, (x, y) in enumerate(self.batches.epoch(epoch)):
+            if use_method:
+                self.method.before_step(model)
+                restart = self.method.optimizer_restart()
+                if restart:
+                    kind, lr, decay = self._phase_optimizer_settings("prune")
+                    params = self.method.weight_parameters(model)
+                    self.opt, self.sched = optimizer_and_schedule(self.cfg, params, kind, lr, 1, restart, decay)
             model.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 logits = forward(x)
@@ -209,11 +216,6 @@ class Trainer:
                         p.mul_(m)
             if use_method and stepped:
                 self.method.after_step(model)
-                restart = self.method.optimizer_restart()
-                if restart:
-                    kind, lr, decay = self._phase_optimizer_settings("prune")
-                    params = self.method.weight_parameters(model)
-                    self.opt, self.sched = optimizer_and_schedule(self.cfg, params, kind, lr, 1, restart, decay)
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)

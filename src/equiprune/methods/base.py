@@ -227,6 +227,11 @@ class Method:
     def penalty(self, trained: nn.Module) -> torch.Tensor | None:
         return None
 
+    def before_step(self, trained: nn.Module) -> None:
+        """Called at the start of every step of the method's phase, before its forward pass: work
+        that must follow the last step's epoch-end evaluation and checkpoint (a lottery round's
+        prune and rewind)."""
+
     def after_step(self, trained: nn.Module) -> None:
         pass
 
@@ -237,7 +242,7 @@ class Method:
         return False
 
     def optimizer_restart(self) -> int | None:
-        """Asked after every ``after_step``: a number of steps if the weight optimizer should start
+        """Asked after every ``before_step``: a number of steps if the weight optimizer should start
         afresh (state and learning-rate schedule, the schedule spanning that many steps), else None.
         Rewinding methods (lottery tickets) restart training from their rewind point."""
         return None

@@ -159,7 +159,10 @@ class ConcaveMask(ContinuousSparsifier):
         self._step += 1
         for name, m in self.masks().items():
             m.clamp_(0, 1).mul_(self.alive[name])  # the projection, and the pruned stay pruned
-        r = self.rounds.after_step(trained, self._step)
+        self.rounds.after_step(trained, self._step)
+
+    def before_step(self, trained: nn.Module) -> None:
+        r = self.rounds.take_ended()
         if r is not None:
             self._end_round(trained, r)
 
@@ -261,8 +264,7 @@ class ConcaveMask(ContinuousSparsifier):
         survivors = torch.cat([m.detach()[self.alive[n]].flatten() for n, m in masks.items()])
         return {**alive_metrics(alive, sizes), "mask_mean": float(survivors.mean()),
                 "mask_below_threshold": float((survivors < self.settings.threshold).float().mean()),
-                "mask_penalty": self.penalty_value(), "round": min(self._step // self.rounds.length + 1,
-                                                                   self.settings.rounds)}  # fmt: skip
+                "mask_penalty": self.penalty_value(), "round": self.rounds.current(self._step)}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self._step, "alive": self.alive, "histograms": self.histograms, "budget_fit": self.budget_fit,

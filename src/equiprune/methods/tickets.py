@@ -62,6 +62,7 @@ class TicketRounds:
         self.rewind_state: dict[str, torch.Tensor] | None = None
         self.masks: list[dict[str, torch.Tensor]] = []  # every round's, layer -> bool, weight-shaped
         self._restart: int | None = None
+        self._ended: int | None = None  # a round that ended at the last step, not yet pruned and rewound
 
     def start(self, model: nn.Module, steps_per_epoch: int, epochs: int) -> None:
         """Lay the rounds over the phase's steps; at a rewind point of 0, keep the weights now."""
@@ -86,13 +87,28 @@ class TicketRounds:
     def fractions(self) -> list[float]:
         return [self.fraction(r) for r in range(1, self.settings.rounds + 1)]
 
-    def after_step(self, model: nn.Module, step: int) -> int | None:
-        """Keep the rewind point's weights at its step; the round (1-based, before the last) that
-        ``step`` ends, else None (the last round ends in the method's ``finish``)."""
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Keep the rewind point's weights at its step, and note the round (1-based, before the last)
+        that ``step`` ends, for :meth:`take_ended` (the last round ends in the method's ``finish``)."""
         if step == self.rewind_step:
             self._keep(model)
         r = step // self.length
-        return r if step % self.length == 0 and 1 <= r < self.settings.rounds else None
+        if step % self.length == 0 and 1 <= r < self.settings.rounds:
+            self._ended = r
+
+    def take_ended(self) -> int | None:
+        """The round that ended at the last step, once, else None. The methods prune and rewind at the
+        start of the next step (``Method.before_step``), not at the end of the round's last one: a
+        round ends with an epoch, and the epoch's evaluation then sees the network the round trained,
+        not the rewound one (which scores chance). Nothing runs in between, so the masks and weights
+        are those the round ended with either way."""
+        ended, self._ended = self._ended, None
+        return ended
+
+    def current(self, step: int) -> int:
+        """The round whose network the model holds after ``step`` steps (1-based): a round that has
+        ended but not yet been pruned and rewound is still the current one."""
+        return self._ended or min(step // self.length + 1, self.settings.rounds)
 
     def rewind(self, model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
         """Record a round's weight ``masks`` (None: not a weight ticket), load the rewind point's
@@ -112,10 +128,11 @@ class TicketRounds:
         return tickets_payload(self.masks, self.fractions(), plain_state(self.rewind_state), **extra)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rewind": self.rewind_state, "round_masks": self.masks}
+        return {"rewind": self.rewind_state, "round_masks": self.masks, "round_ended": self._ended}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rewind_state, self.masks = state["rewind"], state.get("round_masks", [])
+        self._ended = state.get("round_ended")  # absent from checkpoints that rewound at the round's end
 
 
 def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -332,7 +332,10 @@ class IterativeMagnitudeRewind(_ByMagnitude):
 
     def after_step(self, trained: nn.Module) -> None:
         super().after_step(trained)
-        r = self.rounds.after_step(trained, self._step)
+        self.rounds.after_step(trained, self._step)
+
+    def before_step(self, trained: nn.Module) -> None:
+        r = self.rounds.take_ended()
         if r is not None:  # the next round trains with a fresh optimizer and schedule
             self._prune_and_rewind(trained, self.rounds.fraction(r))
 
