@@ -14,6 +14,7 @@ from equiprune.config import parse_config
 from equiprune.core.mask_regularizers import REGULARIZERS, regularizer
 from equiprune.errors import ConfigError
 from equiprune.experiments import loop as train
+from equiprune.experiments import lottery
 from equiprune.experiments.lottery import load_study, run_study
 from equiprune.experiments.mask_convex import ConvexSettings, _loss_grad, run_check
 from equiprune.methods import build_method
@@ -369,6 +370,48 @@ def test_a_study_retrains_every_rounds_ticket_and_its_baselines_and_resumes_with
     stamp = finished.stat().st_mtime_ns
     assert run_study(study, tmp_path / "out", quiet=True) == rows
     assert finished.stat().st_mtime_ns == stamp
+
+
+def test_a_study_lists_the_runs_whose_loss_was_worse_than_a_uniform_guess(tmp_path, data_root, monkeypatch):
+    """A search that did not train chose its tickets from masks that moved under λ alone: the report
+    says which runs, and which epochs, below its table."""
+    path = tmp_path / "study.toml"
+    path.write_text(_study_text(data_root, "variants = ['ticket']"))
+    warning = "epoch 1 (prune): the mean training loss 2.303 is above 2.3, the loss of a uniform guess"
+
+    def finished(cfg, where):
+        bad = cfg.method.name == "concave-mask"  # the log search
+        return {"kept_fraction": 0.1, "test_accuracy": 0.5, "params_after": 1, "nonzero_params_after": 1,
+                "warnings": [warning] if bad else [],
+                "diverged_epochs": [{"epoch": 1, "phase": "prune"}] if bad else []}  # fmt: skip
+
+    monkeypatch.setattr(lottery, "_run_or_resume", finished)
+    run_study(load_study(path), tmp_path / "out", quiet=True)
+    report = (tmp_path / "out" / "lottery.md").read_text()
+    assert "## Runs that diverged" in report
+    assert "- `log/seed0/search`: 1 epoch(s): epoch 1 (prune)" in report
+    assert "imp/" not in report.split("## Runs that diverged")[1]
+    written = json.loads((tmp_path / "out" / "lottery.json").read_text())
+    assert written["diverged"] == [{"run": "log/seed0/search", "warnings": [warning]}]
+
+
+def test_a_study_whose_runs_all_trained_lists_none(tmp_path, data_root, monkeypatch):
+    path = tmp_path / "study.toml"
+    path.write_text(_study_text(data_root, "variants = ['ticket']"))
+    monkeypatch.setattr(
+        lottery,
+        "_run_or_resume",
+        lambda cfg, where: {
+            "kept_fraction": 0.1,
+            "test_accuracy": 0.5,
+            "params_after": 1,
+            "nonzero_params_after": 1,
+            "warnings": [],
+        },
+    )
+    run_study(load_study(path), tmp_path / "out", quiet=True)
+    assert "diverged" not in (tmp_path / "out" / "lottery.md").read_text()
+    assert json.loads((tmp_path / "out" / "lottery.json").read_text())["diverged"] == []
 
 
 @pytest.mark.parametrize("extra, message", [

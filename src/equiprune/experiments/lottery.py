@@ -24,7 +24,8 @@ A study file is TOML::
 
 Layout: ``DIR/<label>/seed<k>/search`` (the method's run: ``tickets.pt``, ``masks.png``) and
 ``DIR/<label>/seed<k>/round-<r>/<variant>`` (ticket retrainings), each an ordinary run directory;
-``DIR/lottery.json`` (every ticket), ``DIR/lottery.md`` (mean ± std over seeds) and
+``DIR/lottery.json`` (every ticket), ``DIR/lottery.md`` (mean ± std over seeds, and the runs whose
+training loss was worse than a uniform guess in some epoch) and
 ``DIR/lottery.png`` (accuracy against weights remaining, log axis). Started again, the study skips
 finished runs and resumes interrupted ones.
 """
@@ -46,6 +47,7 @@ from equiprune.experiments.loop import run
 from equiprune.experiments.lottery_plots import plot_tickets
 from equiprune.experiments.rundir import RunDir, refuse_file
 from equiprune.experiments.sweep import read_base, read_seeds
+from equiprune.experiments.sweep_report import diverged_lines
 from equiprune.progress import bar
 from equiprune.schema import unknown_key
 
@@ -140,24 +142,33 @@ def _run_or_resume(cfg: RunConfig, path: Path) -> dict[str, Any]:
     return run(cfg, path, resume=rd.checkpoint.is_file(), quiet=True)
 
 
-def _lane(item: tuple[str, int], study: Study, out: Path) -> list[dict[str, Any]]:
-    """One method and seed: its search, then every chosen round's retrainings; the tickets' rows."""
+def _lane(item: tuple[str, int], study: Study, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One method and seed: its search, then every chosen round's retrainings; the tickets' rows,
+    and the runs with an epoch whose loss was worse than a uniform guess (``flagged``)."""
     label, seed = item
     where = out / label / f"seed{seed}"
     cfg = search_config(study, label, seed)
-    _run_or_resume(cfg, where / "search")
+    flagged = []
+
+    def note(results: dict[str, Any], path: Path) -> dict[str, Any]:
+        if results.get("warnings"):
+            flagged.append({"run_id": path.relative_to(out).as_posix(), "results": {
+                "warnings": results["warnings"], "diverged_epochs": results.get("diverged_epochs")}})  # fmt: skip
+        return results
+
+    note(_run_or_resume(cfg, where / "search"), where / "search")
     fractions = [cfg.method.settings.fractions[r - 1] if cfg.method.settings.fractions else None
                  for r in range(1, cfg.method.settings.rounds + 1)]  # fmt: skip
     rows = []
     for r in study.rounds or range(1, cfg.method.settings.rounds + 1):
         for variant in study.variants:
-            results = _run_or_resume(ticket_config(study, where / "search", seed, r, variant),
-                                     where / f"round-{r}" / variant)  # fmt: skip
+            path = where / f"round-{r}" / variant
+            results = note(_run_or_resume(ticket_config(study, where / "search", seed, r, variant), path), path)
             rows.append({"label": label, "method": cfg.method.name, "seed": seed, "round": r, "variant": variant,
                          "target_fraction": fractions[r - 1], "kept_fraction": results["kept_fraction"],
                          "test_accuracy": results["test_accuracy"], "params_after": results["params_after"],
                          "nonzero_params_after": results["nonzero_params_after"]})  # fmt: skip
-    return rows
+    return rows, flagged
 
 
 def run_study(study: Study, out: str | Path, jobs: int = 1, quiet: bool = False) -> list[dict[str, Any]]:
@@ -168,16 +179,19 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, quiet: bool = False)
     refuse_file(out, "a lottery study's directory")
     items = [(label, seed) for seed in study.seeds for label in study.searches]
     rows: list[dict[str, Any]] = []
+    flagged: list[dict[str, Any]] = []
     with io.exclusive(out / ".lottery.lock", f"an `equiprune lottery` on {out}"):
         with bar(len(items), f"lottery {study.name}", "search", enabled=not quiet) as progress:
 
-            def ended(item, lane_rows):
-                rows.extend(lane_rows)
+            def ended(item, lane):
+                rows.extend(lane[0])
+                flagged.extend(lane[1])
                 progress.update(1)
 
             run_lanes(functools.partial(_lane, study=study, out=out), [[i] for i in items], jobs, ended)
         rows.sort(key=lambda r: (r["label"], r["seed"], r["round"], r["variant"]))
-        write_report(study, rows, out)
+        flagged.sort(key=lambda r: r["run_id"])
+        write_report(study, rows, out, flagged)
     return rows
 
 
@@ -196,9 +210,13 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_report(study: Study, rows: list[dict[str, Any]], out: Path) -> None:
+def write_report(study: Study, rows: list[dict[str, Any]], out: Path, flagged: list[dict[str, Any]] = ()) -> None:
+    """``lottery.json``, ``lottery.md`` and ``lottery.png``; ``flagged``: the runs (``run_id``,
+    ``results``' warnings) with an epoch worse than a uniform guess, listed below the table: a
+    search that did not train chose its tickets from masks that moved under λ alone."""
     summary = summarise(rows)
-    io.write_json(out / "lottery.json", {"name": study.name, "rows": rows, "summary": summary})
+    diverged = [{"run": r["run_id"], "warnings": r["results"]["warnings"]} for r in flagged]
+    io.write_json(out / "lottery.json", {"name": study.name, "rows": rows, "summary": summary, "diverged": diverged})
     lines = [f"# Lottery study {study.name}", "",
              f"Every ticket retrained {study.ticket_epochs} epochs from its rewind point (ticket), from a fresh "
              "initialisation (reinit) or as a random mask with the same per-layer counts (random); test accuracy "
@@ -212,5 +230,7 @@ def write_report(study: Study, rows: list[dict[str, Any]], out: Path) -> None:
         kept = next(s["kept_fraction"] for s in here if s)
         acc = [f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}" if s else "" for s in here]
         lines.append(f"| {label} | {round_} | {100 * kept:.2f}% | " + " | ".join(acc) + " |")
+    flagged_lines = diverged_lines(list(flagged))
+    lines += ["", *flagged_lines[:-1]] if flagged_lines else []
     io.write_text(out / "lottery.md", "\n".join(lines) + "\n")
     plot_tickets(out / "lottery.png", summary)
