@@ -225,6 +225,18 @@ def test_lottery_claims_follow_the_studys_means_and_spreads(tmp_path, claims):
     assert rows[0].verdict == "holds"  # 20% unchanged
 
 
+def test_the_log_against_l1_claim_names_the_strength_each_study_gave_them(tmp_path, claims):
+    cells = {(label, "ticket", 0.2): (0.98, 0.001) for label in ("imp", "log", "l1")}
+    study = _lottery_dir(tmp_path / "lottery-mnist", cells)
+    assert "the studies' λ unknown" in claims["lottery_claims"]([study])[2].why
+    for label, lam in (("log", 1e-4), ("l1", 1.6667e-5)):
+        search = study / label / "seed0" / "search"
+        search.mkdir(parents=True)
+        (search / "config.toml").write_text(f"seed = 0\n[method]\nname = 'concave-mask'\nlam = {lam}\n")
+    why = claims["lottery_claims"]([study])[2].why
+    assert "lottery-mnist: λ log 0.0001, ℓ1 1.67e-05 (ℓ1's λ·ε/(ε + 0.5)" in why
+
+
 def test_the_threshold_claim_interpolates_the_percentage_curve_in_log_fraction(tmp_path, claims):
     pct = _lottery_dir(tmp_path / "p", {("log", "ticket", 0.1): (0.98, 0.001), ("log", "ticket", 0.01): (0.96, 0.001)})
     thr = _lottery_dir(tmp_path / "t", {("log-a", "ticket", 0.0316): (0.975, 0.001)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 from claims_common import CPU_FLOOR, Claim, _holds
@@ -46,6 +47,25 @@ def _compare(studies, ours, theirs, fractions, variants=("ticket", "ticket")):
     return parts, verdicts
 
 
+def _strengths(studies) -> str:
+    """The λ each study gave log and ℓ1, read from their seed-0 searches: equal λ is not equal
+    strength (at m = 0.5 log's slope is ε/(ε + m), a sixth of ℓ1's at ε 0.1)."""
+    said = []
+    for study in studies:
+        configs = {label: study / label / "seed0" / "search" / "config.toml" for label in ("log", "l1")}
+        lam = {label: tomllib.loads(c.read_text())["method"]["lam"] for label, c in configs.items() if c.is_file()}
+        if len(lam) == 2:
+            said.append(f"{study.name}: λ log {lam['log']:.3g}, ℓ1 {lam['l1']:.3g}")
+    return (
+        (
+            "; ".join(said) + " (ℓ1's λ·ε/(ε + 0.5): the same pull on the masks at their start, so that the two differ "
+            "in shape alone)"
+        )
+        if said
+        else "the studies' λ unknown"
+    )
+
+
 def _row(text, studies, parts, verdicts, ok, why) -> Claim:
     if not verdicts:
         return Claim("001", text, "–", "–", "not measured yet", "no lottery study with these methods given")
@@ -64,7 +84,8 @@ def lottery_claims(studies: list[Path]) -> list[Claim]:
                        f"holds only with a win and no loss ({TIE_RULE})"))  # fmt: skip
     parts, v = _compare(studies, "log", "l1", MODERATE + HIGH)
     claims.append(_row("the log regulariser on the mask finds better tickets than ℓ1 on the mask", studies, parts, v,
-                       "win" in v and "loss" not in v, f"holds only with a win and no loss ({TIE_RULE})"))  # fmt: skip
+                       "win" in v and "loss" not in v,
+                       f"holds only with a win and no loss ({TIE_RULE}); {_strengths(studies)}"))  # fmt: skip
     parts, v = [], []
     for label in ("log", "imp"):
         for baseline in ("reinit", "random"):
