@@ -188,6 +188,24 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
     assert printed.err.count(f"equiprune: warning: {tmp_path / 'r'}: epoch") == 2
 
 
+def test_an_epoch_stuck_at_a_uniform_guess_is_flagged_though_its_loss_is_a_hair_below_it():
+    """A network that learns nothing averages just under ln(classes) (a stalled mask search: 2.3018
+    against ln 10 = 2.3026); within 1% of it counts as not learned, and a loss that learned is left."""
+    from equiprune.experiments.hooks import worse_than_chance
+
+    def row(loss):
+        return {"epoch": 9, "phase": "prune", "loss": loss}
+
+    stuck = worse_than_chance(row(2.3018), 10, "mask_step")
+    assert stuck.startswith("epoch 9 (prune): the mean training loss 2.302 is within 1% of 2.3, the loss of a uniform")
+    assert "diverged or not learned" in stuck and "mask_step" in stuck
+    assert "is above 2.3" in worse_than_chance(row(2.31), 10, "mask_step")
+    assert worse_than_chance(row(2.27), 10, "mask_step") is None  # 1.4% below: it learned something
+    assert worse_than_chance(row(0.688), 2, "x") and worse_than_chance(row(0.68), 2, "x") is None  # 0.99 ln 2 = 0.686
+    # the data loss, not the penalised one, is what a uniform guess is measured against
+    assert worse_than_chance({**row(5.0), "cross_entropy": 0.4}, 10, "x") is None
+
+
 def test_the_library_logs_what_goes_wrong_and_prints_nothing(tmp_path, data_root, capsys, caplog):
     text = small_config(data_root, epochs=2, finetune=1, train_subset=1000).replace("lr = 0.002", "lr = 10.0")
     with caplog.at_level(logging.INFO, logger="equiprune"):

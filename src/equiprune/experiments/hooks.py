@@ -1,7 +1,7 @@
 """What happens around the training loop's epochs, as hooks the loop calls in order.
 
 The loop (:mod:`equiprune.experiments.loop`) trains; everything else a run does with its epochs
-is a :class:`RunHook`: flagging a loss worse than a uniform guess, writing the checkpoint and
+is a :class:`RunHook`: flagging a loss no better than a uniform guess, writing the checkpoint and
 metrics, the per-epoch message, and at the end the model files, plots and ``results.json``.
 Pass more to ``run(..., hooks=[...])`` to watch a run (they run after these).
 """
@@ -43,11 +43,19 @@ class RunHook:
         """The run is done; ``results`` is what ``results.json`` holds."""
 
 
+#: How close to a uniform guess's loss, ln(classes), an epoch's mean cross-entropy may come before
+#: the epoch counts as not learned: an epoch stuck at a uniform guess averages a hair *below* ln(classes)
+#: (the mask searches' stalled rounds: 2.3018-2.3026 against ln 10 = 2.3026), so "above ln(classes)"
+#: alone misses it.
+CHANCE_MARGIN = 0.01
+
+
 class FlagDivergence(RunHook):
-    """Marks an epoch whose mean cross-entropy is above that of a uniform guess, ln(classes): the
-    network has diverged while its loss stayed finite, so nothing else stops the run (strong game
-    costs can leave a few survivors with tiny participations that Adam then throws about). The
-    row gets a ``warning``, said at once through the logger."""
+    """Marks an epoch whose mean cross-entropy is no better than that of a uniform guess (within
+    ``CHANCE_MARGIN`` of ln(classes), or above it): the network has diverged while its loss stayed
+    finite (strong game costs can leave a few survivors with tiny participations that Adam then
+    throws about), or has not learned, so nothing else stops the run. The row gets a ``warning``,
+    said at once through the logger."""
 
     def on_epoch(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
         warning = worse_than_chance(row, trainer.num_classes, trainer.method.divergence_hint)
@@ -58,19 +66,21 @@ class FlagDivergence(RunHook):
 
 
 def worse_than_chance(row: dict[str, Any], classes: int, method_hint: str) -> str | None:
-    """The warning for a metrics ``row`` whose data loss is above ln(``classes``), else None."""
+    """The warning for a metrics ``row`` whose data loss is no better than a uniform guess's,
+    ln(``classes``) less ``CHANCE_MARGIN`` of it, else None."""
     chance = math.log(classes)
     data_loss = row.get("cross_entropy", row["loss"])
-    if not data_loss > chance:
+    if not data_loss >= (1 - CHANCE_MARGIN) * chance:
         return None
     if row["phase"] == "prune":
         hint = f"lower train.lr or the method's {method_hint}"
     else:
         hint = "lower train.finetune_lr (or train.lr, which fine-tuning takes when it sets none)"
+    what = "is above" if data_loss > chance else f"is within {CHANCE_MARGIN:.0%} of"
     return (
-        f"epoch {row['epoch']} ({row['phase']}): the mean training loss {data_loss:.4g} is above "
+        f"epoch {row['epoch']} ({row['phase']}): the mean training loss {data_loss:.4g} {what} "
         f"{chance:.3g}, the loss of a uniform guess over {classes} classes: the network has "
-        f"diverged, and the result will be poor; {hint}"
+        f"diverged or not learned, and the result will be poor; {hint}"
     )
 
 

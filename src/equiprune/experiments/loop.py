@@ -327,7 +327,7 @@ class Trainer:
         small = st.result.model
         acc, test_loss = evaluate(small, self.test_split, self.cfg.data.eval_batch_size)
         last_pruning = [r for r in st.metrics if r["phase"] == "prune"]
-        flagged = [r for r in st.metrics if "warning" in r]  # epochs whose loss was worse than a uniform guess
+        flagged = [r for r in st.metrics if "warning" in r]  # epochs no better than a uniform guess
         results = RunResults(
             method=self.cfg.method.name,
             seed=self.cfg.seed,

@@ -25,7 +25,7 @@ A study file is TOML::
 Layout: ``DIR/<label>/seed<k>/search`` (the method's run: ``tickets.pt``, ``masks.png``) and
 ``DIR/<label>/seed<k>/round-<r>/<variant>`` (ticket retrainings), each an ordinary run directory;
 ``DIR/lottery.json`` (every ticket), ``DIR/lottery.md`` (mean ± std over seeds, and the runs whose
-training loss was worse than a uniform guess in some epoch) and
+training loss was no better than a uniform guess in some epoch) and
 ``DIR/lottery.png`` (accuracy against weights remaining, log axis). Started again, the study skips
 finished runs and resumes interrupted ones.
 """
@@ -144,7 +144,7 @@ def _run_or_resume(cfg: RunConfig, path: Path) -> dict[str, Any]:
 
 def _lane(item: tuple[str, int], study: Study, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One method and seed: its search, then every chosen round's retrainings; the tickets' rows,
-    and the runs with an epoch whose loss was worse than a uniform guess (``flagged``)."""
+    and the runs with an epoch whose loss was no better than a uniform guess (``flagged``)."""
     label, seed = item
     where = out / label / f"seed{seed}"
     cfg = search_config(study, label, seed)
@@ -212,7 +212,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_report(study: Study, rows: list[dict[str, Any]], out: Path, flagged: list[dict[str, Any]] = ()) -> None:
     """``lottery.json``, ``lottery.md`` and ``lottery.png``; ``flagged``: the runs (``run_id``,
-    ``results``' warnings) with an epoch worse than a uniform guess, listed below the table: a
+    ``results``' warnings) with an epoch no better than a uniform guess, listed below the table: a
     search that did not train chose its tickets from masks that moved under λ alone."""
     summary = summarise(rows)
     diverged = [{"run": r["run_id"], "warnings": r["results"]["warnings"]} for r in flagged]

@@ -59,7 +59,7 @@ class RunResults:
     budget_fit: dict[str, Any] | None = None
     nonzero_params_after: int | None = None  # unstructured results keep zeros
     shared_training: bool = False  # the training phase was reused from an identical run of a sweep
-    warnings: list[str] = field(default_factory=list)  # per epoch worse than a uniform guess
+    warnings: list[str] = field(default_factory=list)  # per epoch no better than a uniform guess
     diverged_epochs: list[dict[str, Any]] = field(default_factory=list)  # {"epoch": N, "phase": ...}
     environment: dict[str, Any] = field(default_factory=dict)  # torch, threads, device, processes (ranks), precision
     schema_version: int = SCHEMA_VERSION  # 2; runs of equiprune 0.1 read as 1

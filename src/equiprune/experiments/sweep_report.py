@@ -158,13 +158,13 @@ def render_markdown(
 
 
 def diverged_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """The finished runs whose training loss was worse than a uniform guess in some epoch (their
+    """The finished runs whose training loss was no better than a uniform guess in some epoch (their
     ``warnings``): they are in the tables, but a reader should know their networks diverged."""
     flagged = [r for r in runs if _finished(r) and r["results"].get("warnings")]
     if not flagged:
         return []
     lines = ["## Runs that diverged", "",
-             "In these runs the training loss was, in some epoch, worse than a uniform guess (it stayed finite, "
+             "In these runs the training loss was, in some epoch, no better than a uniform guess (it stayed finite, "
              "so the run went on); their results are in the tables above.", ""]  # fmt: skip
     for r in flagged:
         # Stores written before results carried ``diverged_epochs`` have only the messages, which
