@@ -191,19 +191,20 @@ def test_a_loss_worse_than_a_uniform_guess_is_flagged_in_every_epoch_it_occurs(t
 def test_an_epoch_stuck_at_a_uniform_guess_is_flagged_though_its_loss_is_a_hair_below_it():
     """A network that learns nothing averages just under ln(classes) (a stalled mask search: 2.3018
     against ln 10 = 2.3026); within 1% of it counts as not learned, and a loss that learned is left."""
-    from equiprune.experiments.hooks import worse_than_chance
+    from equiprune.experiments.hooks import no_better_than_chance
 
     def row(loss):
         return {"epoch": 9, "phase": "prune", "loss": loss}
 
-    stuck = worse_than_chance(row(2.3018), 10, "mask_step")
+    stuck = no_better_than_chance(row(2.3018), 10, "mask_step")
     assert stuck.startswith("epoch 9 (prune): the mean training loss 2.302 is within 1% of 2.3, the loss of a uniform")
     assert "diverged or not learned" in stuck and "mask_step" in stuck
-    assert "is above 2.3" in worse_than_chance(row(2.31), 10, "mask_step")
-    assert worse_than_chance(row(2.27), 10, "mask_step") is None  # 1.4% below: it learned something
-    assert worse_than_chance(row(0.688), 2, "x") and worse_than_chance(row(0.68), 2, "x") is None  # 0.99 ln 2 = 0.686
+    assert "is above 2.3" in no_better_than_chance(row(2.31), 10, "mask_step")
+    assert no_better_than_chance(row(2.27), 10, "mask_step") is None  # 1.4% below: it learned something
+    assert no_better_than_chance(row(0.688), 2, "x")  # two classes: 0.99 ln 2 = 0.686
+    assert no_better_than_chance(row(0.68), 2, "x") is None
     # the data loss, not the penalised one, is what a uniform guess is measured against
-    assert worse_than_chance({**row(5.0), "cross_entropy": 0.4}, 10, "x") is None
+    assert no_better_than_chance({**row(5.0), "cross_entropy": 0.4}, 10, "x") is None
 
 
 def test_the_library_logs_what_goes_wrong_and_prints_nothing(tmp_path, data_root, capsys, caplog):

@@ -64,7 +64,8 @@ SCHEDULES = ("constant", "linear")
 def distil(model, teacher, data: list[dict], steps: int, lr: float, method=None, start: int = 0,
            progress: bool = False, desc: str = "distil", schedule: str = "constant") -> None:  # fmt: skip
     """``steps`` AdamW steps of :func:`distillation_loss` on ``data`` from batch ``start`` on,
-    cycling; a method's ``before_step`` and ``after_step`` around each (it plays), its weight parameters only trained.
+    cycling; a method's ``before_step`` and ``after_step`` around each (it plays), its weight
+    parameters only trained.
     ``schedule="linear"`` lowers the learning rate linearly from ``lr`` towards 0 over the steps."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")

@@ -58,14 +58,14 @@ class FlagDivergence(RunHook):
     said at once through the logger."""
 
     def on_epoch(self, trainer: Trainer, st: State, row: dict[str, Any]) -> None:
-        warning = worse_than_chance(row, trainer.num_classes, trainer.method.divergence_hint)
+        warning = no_better_than_chance(row, trainer.num_classes, trainer.method.divergence_hint)
         if warning:
             row["warning"] = warning
             if trainer.rank == 0:
                 logger.warning(warning)
 
 
-def worse_than_chance(row: dict[str, Any], classes: int, method_hint: str) -> str | None:
+def no_better_than_chance(row: dict[str, Any], classes: int, method_hint: str) -> str | None:
     """The warning for a metrics ``row`` whose data loss is no better than a uniform guess's,
     ln(``classes``) less ``CHANCE_MARGIN`` of it, else None."""
     chance = math.log(classes)

@@ -1,7 +1,8 @@
 """One training loop for every method: train, prune, compact, fine-tune, evaluate, write the run.
 
 The loop owns the optimizer, the data order, checkpoints and the run directory; a method sees it
-only through its hooks (``prepare``, ``penalty``, ``before_step``, ``after_step``, ``epoch_metrics``, ``finish``).
+only through its hooks (``prepare``, ``penalty``, ``before_step``, ``after_step``, ``epoch_metrics``,
+``finish``).
 
 Budget: ``train.epochs`` counts every epoch. The first ``epochs − finetune_epochs`` train the model
 under the method; then the method's result is compacted and the smaller model is fine-tuned for the
