@@ -22,6 +22,7 @@ from equiprune import io
 from equiprune.errors import ConfigError
 from equiprune.experiments.comparison import TIE_RULE, judge, mean_std
 from equiprune.experiments.figures import save_png, subplots
+from equiprune.experiments.hooks import CHANCE_MARGIN
 from equiprune.experiments.store import ResultStore
 from equiprune.methods import METHODS
 
@@ -159,13 +160,15 @@ def render_markdown(
 
 def diverged_lines(runs: list[dict[str, Any]]) -> list[str]:
     """The finished runs whose training loss was no better than a uniform guess in some epoch (their
-    ``warnings``): they are in the tables, but a reader should know their networks diverged."""
+    ``warnings``): they are in the tables, but a reader should know their networks diverged or did
+    not learn."""
     flagged = [r for r in runs if _finished(r) and r["results"].get("warnings")]
     if not flagged:
         return []
     lines = ["## Runs that diverged", "",
-             "In these runs the training loss was, in some epoch, no better than a uniform guess (it stayed finite, "
-             "so the run went on); their results are in the tables above.", ""]  # fmt: skip
+             "In these runs the training loss was, in some epoch, no better than a uniform guess (above it or "
+             f"within {CHANCE_MARGIN:.0%} of it: the network had diverged or not learned; the loss stayed finite, so "
+             "the run went on); their results are in the tables above.", ""]  # fmt: skip
     for r in flagged:
         # Stores written before results carried ``diverged_epochs`` have only the messages, which
         # begin with the same "epoch N (phase)" label.
