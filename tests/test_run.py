@@ -248,6 +248,29 @@ def test_cli_rejects_bad_config_before_training(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_runs_in_two_threads_each_name_their_own_warnings(caplog):
+    import threading
+
+    from equiprune.progress import concerning, logger
+
+    both_inside = threading.Barrier(2)
+
+    def run(label):
+        with concerning(label):
+            both_inside.wait()  # the other thread's label is set too by now
+            logger.warning("epoch 1")
+            both_inside.wait()
+
+    with caplog.at_level(logging.WARNING, logger="equiprune"):
+        threads = [threading.Thread(target=run, args=(f"runs/{name}",)) for name in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        logger.warning("after")
+    assert sorted(r.getMessage() for r in caplog.records) == ["after", "runs/a: epoch 1", "runs/b: epoch 1"]
+
+
 def test_a_warning_names_what_it_concerns_and_the_innermost_label_wins(caplog):
     from equiprune.progress import concerning, logger
 

@@ -13,37 +13,42 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("equiprune")
 
 
+#: What the warnings logged now concern (see :func:`concerning`): a context variable, so that runs
+#: in different threads (or asyncio tasks) each keep their own label.
+_label: ContextVar[str | None] = ContextVar("equiprune_concerning", default=None)
+
+
 class _Concerning(logging.Filter):
     """Puts what a warning concerns (a run's directory, set by :func:`concerning`) in front of it."""
 
-    label: str | None = None
-
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.label is not None and record.levelno >= logging.WARNING:
-            label = self.label.replace("%", "%%") if record.args else self.label
+        label = _label.get()
+        if label is not None and record.levelno >= logging.WARNING:
+            label = label.replace("%", "%%") if record.args else label
             record.msg = f"{label}: {record.msg}"
         return True
 
 
-_concerning = _Concerning()
-logger.addFilter(_concerning)  # a filter on our own logger: it shows nothing by itself
+logger.addFilter(_Concerning())  # a filter on our own logger: it shows nothing by itself
 
 
 @contextmanager
 def concerning(label: str) -> Iterator[None]:
     """Warnings logged inside begin with ``label``: the run they come from, so that a sweep's or a
-    study's runs, side by side in one terminal, do not warn anonymously. The innermost label wins."""
-    previous, _concerning.label = _concerning.label, label
+    study's runs, side by side in one terminal, do not warn anonymously. The innermost label wins;
+    each thread has its own."""
+    token = _label.set(label)
     try:
         yield
     finally:
-        _concerning.label = previous
+        _label.reset(token)
 
 
 #: The level :func:`show_messages` set in this process (None: it was not called), so that worker
