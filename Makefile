@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/slq_vs_pyhessian.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/pruning_limit.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/compaction_speed.py --results $(BENCH_RESULTS)
+	$(BIN)/python benchmarks/conv_width_rate.py --layers --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/cnn_filters_fashion.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/reparam_step.py --results $(BENCH_RESULTS)
 	$(BIN)/python benchmarks/lottery_cost.py --results $(BENCH_RESULTS)
