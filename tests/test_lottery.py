@@ -388,6 +388,8 @@ def test_a_study_lists_the_runs_whose_loss_was_worse_than_a_uniform_guess(tmp_pa
     monkeypatch.setattr(lottery, "_run_or_resume", finished)
     run_study(load_study(path), tmp_path / "out", quiet=True)
     report = (tmp_path / "out" / "lottery.md").read_text()
+    assert "- `imp`: imp; rounds = 2, budget = 0.1" in report  # each label's settings, as the study gives them
+    assert "- `log`: concave-mask; rounds = 2, budget = 0.1" in report
     assert "## Runs that diverged" in report
     assert "- `log/seed0/search`: 1 epoch(s): epoch 1 (prune)" in report
     assert "imp/" not in report.split("## Runs that diverged")[1]

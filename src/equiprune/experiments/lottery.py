@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _search_lines(study: Study) -> list[str]:
+    """Each label's method and the settings the study file gives it (the rest are the method's
+    defaults): what a reader needs to compare two labels, such as two regularizers' λ."""
+    lines = ["Searches (settings from the study file; the rest are each method's defaults):", ""]
+    for label, entry in study.searches.items():
+        given = ", ".join(f"{k} = {json.dumps(v)}" for k, v in entry.items() if k != "name")  # TOML-like
+        lines.append(f"- `{label}`: {entry['name']}" + (f"; {given}" if given else ""))
+    return lines
+
+
 def write_report(study: Study, rows: list[dict[str, Any]], out: Path, flagged: list[dict[str, Any]] = ()) -> None:
     """``lottery.json``, ``lottery.md`` and ``lottery.png``; ``flagged``: the runs (``run_id``,
     ``results``' warnings) with an epoch no better than a uniform guess, listed below the table: a
@@ -222,6 +233,7 @@ def write_report(study: Study, rows: list[dict[str, Any]], out: Path, flagged: l
              "initialisation (reinit) or as a random mask with the same per-layer counts (random); test accuracy "
              f"in %, mean ± std over {len(study.seeds)} seed(s). Mask values per round: "
              "`<label>/seed<k>/search/masks.png`.",
+             "", *_search_lines(study),
              "", "| method | round | weights left | " + " | ".join(study.variants) + " |",
              "|---|---:|---:|" + "---:|" * len(study.variants)]  # fmt: skip
     cells = {(s["label"], s["round"], s["variant"]): s for s in summary}
