@@ -237,6 +237,23 @@ def test_the_log_against_l1_claim_names_the_strength_each_study_gave_them(tmp_pa
     assert "lottery-mnist: λ log 0.0001, ℓ1 1.67e-05 (ℓ1's λ·ε/(ε + 0.5)" in why
 
 
+def test_lottery_claims_name_the_searches_that_sat_at_a_uniform_guess(tmp_path, claims):
+    cells = {(label, "ticket", f): (0.98, 0.001) for label in ("imp", "log", "l1") for f in (0.2, 0.05, 0.02)}
+    study = _lottery_dir(tmp_path / "lottery-fashion", cells)
+    losses = {("log", 0): [1.7, 0.5, 2.3018, 0.8], ("log", 1): [1.6, 0.5, 0.9, 0.4], ("imp", 0): [0.7, 0.3, 0.7, 0.3]}
+    for (label, seed), epoch_losses in losses.items():
+        search = study / label / f"seed{seed}" / "search"
+        search.mkdir(parents=True)
+        (search / "config.toml").write_text('seed = 0\n[data]\ndataset = "fashion-mnist"\n[method]\nname = "imp"\n'
+                                            "budget = 0.1\n")  # fmt: skip
+        rows = [{"epoch": i + 1, "phase": "prune", "loss": loss} for i, loss in enumerate(epoch_losses)]
+        rows.append({"epoch": 5, "phase": "finetune", "loss": 2.31})  # not a search epoch
+        (search / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rows = claims["lottery_claims"]([study])
+    assert rows[1].why.endswith("did not learn): lottery-fashion log 1 of 2")  # 2.3018 is within 1% of ln 10
+    assert "imp" not in rows[1].why.split("did not learn):")[1]
+
+
 def test_the_threshold_claim_interpolates_the_percentage_curve_in_log_fraction(tmp_path, claims):
     pct = _lottery_dir(tmp_path / "p", {("log", "ticket", 0.1): (0.98, 0.001), ("log", "ticket", 0.01): (0.96, 0.001)})
     thr = _lottery_dir(tmp_path / "t", {("log-a", "ticket", 0.0316): (0.975, 0.001)})

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from claims_common import CPU_FLOOR, Claim, _holds
 
+from equiprune.config import load_config
+from equiprune.data import DATASETS
 from equiprune.experiments.comparison import CPU_SHIFT, judge
+from equiprune.experiments.hooks import no_better_than_chance
 
 MODERATE, HIGH = (0.2,), (0.05, 0.02)  # fractions of the weights left where the paper makes its claims
 #: When two tickets tie: what another CPU moves their means by counts as no difference either.
@@ -53,17 +56,38 @@ def _strengths(studies) -> str:
     said = []
     for study in studies:
         configs = {label: study / label / "seed0" / "search" / "config.toml" for label in ("log", "l1")}
-        lam = {label: tomllib.loads(c.read_text())["method"]["lam"] for label, c in configs.items() if c.is_file()}
+        given = {label: tomllib.loads(c.read_text())["method"] for label, c in configs.items() if c.is_file()}
+        lam = {label: method["lam"] for label, method in given.items() if "lam" in method}
         if len(lam) == 2:
             said.append(f"{study.name}: λ log {lam['log']:.3g}, ℓ1 {lam['l1']:.3g}")
-    return (
-        (
-            "; ".join(said) + " (ℓ1's λ·ε/(ε + 0.5): the same pull on the masks at their start, so that the two differ "
-            "in shape alone)"
-        )
-        if said
-        else "the studies' λ unknown"
-    )
+    shape = " (ℓ1's λ·ε/(ε + 0.5): the same pull on the masks at their start, so that the two differ in shape alone)"
+    return "; ".join(said) + shape if said else "the studies' λ unknown"
+
+
+def _stalled(studies, labels) -> str:
+    """Which of ``labels``' searches had an epoch no better than a uniform guess, read from their
+    metrics with the run's own test (so that runs written before the test widened count alike):
+    a round that starts at chance picks its next ticket by masks that moved while the network did
+    not learn."""
+    said = []
+    for study in studies:
+        for label in labels:
+            searches = sorted(study.glob(f"{label}/seed*/search"))
+            stalled = [s for s in searches if _has_stalled_epoch(s)]
+            if stalled:
+                said.append(f"{study.name} {label} {len(stalled)} of {len(searches)}")
+    if not said:
+        return ""
+    return ("; searches with an epoch no better than a uniform guess (the round's ticket chosen by masks that moved "
+            f"while the network did not learn): {', '.join(said)}")  # fmt: skip
+
+
+def _has_stalled_epoch(search: Path) -> bool:
+    if not (search / "metrics.jsonl").is_file():  # an unfinished search, or none
+        return False
+    classes = DATASETS.get(load_config(search / "config.toml").data.dataset).num_classes
+    rows = [json.loads(line) for line in (search / "metrics.jsonl").read_text().splitlines()]
+    return any(no_better_than_chance(r, classes, "") for r in rows if r["phase"] == "prune")
 
 
 def _row(text, studies, parts, verdicts, ok, why) -> Claim:
@@ -75,17 +99,20 @@ def _row(text, studies, parts, verdicts, ok, why) -> Claim:
 
 def lottery_claims(studies: list[Path]) -> list[Claim]:
     claims = []
+    stalled = _stalled(studies, ("log", "imp"))
     parts, v = _compare(studies, "log", "imp", MODERATE)
     claims.append(_row("the log-regularised ticket is comparable to IMP's at moderate sparsity (20% of weights left)",
-                       studies, parts, v, bool(v) and "loss" not in v, f"holds with no loss ({TIE_RULE})"))  # fmt: skip
+                       studies, parts, v, bool(v) and "loss" not in v,
+                       f"holds with no loss ({TIE_RULE}){stalled}"))  # fmt: skip
     parts, v = _compare(studies, "log", "imp", HIGH)
     claims.append(_row("the log-regularised ticket outperforms IMP's at high sparsity (5% and 2% of weights left)",
                        studies, parts, v, "win" in v and "loss" not in v,
-                       f"holds only with a win and no loss ({TIE_RULE})"))  # fmt: skip
+                       f"holds only with a win and no loss ({TIE_RULE}){stalled}"))  # fmt: skip
     parts, v = _compare(studies, "log", "l1", MODERATE + HIGH)
     claims.append(_row("the log regulariser on the mask finds better tickets than ℓ1 on the mask", studies, parts, v,
                        "win" in v and "loss" not in v,
-                       f"holds only with a win and no loss ({TIE_RULE}); {_strengths(studies)}"))  # fmt: skip
+                       f"holds only with a win and no loss ({TIE_RULE}); {_strengths(studies)}"
+                       f"{_stalled(studies, ('log', 'l1'))}"))  # fmt: skip
     parts, v = [], []
     for label in ("log", "imp"):
         for baseline in ("reinit", "random"):
