@@ -275,5 +275,6 @@ rounds = 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     weights = 784 * 32 + 32 * 16 + 16 * 10
     assert rows[0]["players_alive"] == weights  # round 1 ended here, not yet pruned
+    assert [r["round"] for r in rows] == [1, 2]
     assert rows[0]["test_accuracy"] > 0.6  # trained; rewound to the initialisation it scores about 0.1
     assert rows[1]["players_alive"] == round(0.5 * weights)  # round 2 trained the survivors of round 1

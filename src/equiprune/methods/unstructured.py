@@ -342,6 +342,9 @@ class IterativeMagnitudeRewind(_ByMagnitude):
     def optimizer_restart(self) -> int | None:
         return self.rounds.take_restart()
 
+    def epoch_metrics(self, trained: nn.Module) -> dict[str, Any]:
+        return {**super().epoch_metrics(trained), "round": self.rounds.current(self._step)}  # as concave-mask's
+
     def finish(self, trained: nn.Module, calibration: Calibration | None = None) -> PruneResult:
         # The final ticket: the budget's mask on the rewound weights; the fine-tuning epochs train it.
         self._prune_and_rewind(trained, self.settings.budget)
