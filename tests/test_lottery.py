@@ -372,7 +372,7 @@ def test_a_study_retrains_every_rounds_ticket_and_its_baselines_and_resumes_with
     assert finished.stat().st_mtime_ns == stamp
 
 
-def test_a_study_lists_the_runs_whose_loss_was_worse_than_a_uniform_guess(tmp_path, data_root, monkeypatch):
+def test_a_study_lists_the_runs_whose_loss_was_no_better_than_a_uniform_guess(tmp_path, data_root, monkeypatch, capsys):
     """A search that did not train chose its tickets from masks that moved under λ alone: the report
     says which runs, and which epochs, below its table."""
     path = tmp_path / "study.toml"
@@ -386,7 +386,8 @@ def test_a_study_lists_the_runs_whose_loss_was_worse_than_a_uniform_guess(tmp_pa
                 "diverged_epochs": [{"epoch": 1, "phase": "prune"}] if bad else []}  # fmt: skip
 
     monkeypatch.setattr(lottery, "_run_or_resume", finished)
-    run_study(load_study(path), tmp_path / "out", quiet=True)
+    assert main(["lottery", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "1 run(s) had an epoch no better than a uniform guess: listed in" in capsys.readouterr().out
     report = (tmp_path / "out" / "lottery.md").read_text()
     assert "- `imp`: imp; rounds = 2, budget = 0.1" in report  # each label's settings, as the study gives them
     assert "- `log`: concave-mask; rounds = 2, budget = 0.1" in report
@@ -397,7 +398,7 @@ def test_a_study_lists_the_runs_whose_loss_was_worse_than_a_uniform_guess(tmp_pa
     assert written["diverged"] == [{"run": "log/seed0/search", "warnings": [warning]}]
 
 
-def test_a_study_whose_runs_all_trained_lists_none(tmp_path, data_root, monkeypatch):
+def test_a_study_whose_runs_all_trained_lists_none(tmp_path, data_root, monkeypatch, capsys):
     path = tmp_path / "study.toml"
     path.write_text(_study_text(data_root, "variants = ['ticket']"))
     monkeypatch.setattr(
@@ -411,7 +412,8 @@ def test_a_study_whose_runs_all_trained_lists_none(tmp_path, data_root, monkeypa
             "warnings": [],
         },
     )
-    run_study(load_study(path), tmp_path / "out", quiet=True)
+    assert main(["lottery", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "uniform guess" not in capsys.readouterr().out
     assert "diverged" not in (tmp_path / "out" / "lottery.md").read_text()
     assert json.loads((tmp_path / "out" / "lottery.json").read_text())["diverged"] == []
 

@@ -164,6 +164,8 @@ def _cmd_mirror_flow(args) -> int:
 
 
 def _cmd_lottery(args) -> int:
+    from pathlib import Path
+
     from equiprune.experiments.lottery import load_study, run_study, summarise
 
     study = load_study(_config_path(args.config, "lottery", "lottery study"))
@@ -172,6 +174,9 @@ def _cmd_lottery(args) -> int:
         print(f"{s['label']} round {s['round']} weights_left={100 * s['kept_fraction']:.2f}% {s['variant']} "
               f"test_accuracy={100 * s['accuracy_mean']:.2f}±{100 * s['accuracy_std']:.2f}")  # fmt: skip
     print(f"wrote {args.out}/lottery.json, lottery.md and lottery.png")
+    diverged = json.loads((Path(args.out) / "lottery.json").read_text())["diverged"]
+    if diverged:
+        print(f"{len(diverged)} run(s) had an epoch no better than a uniform guess: listed in {args.out}/lottery.md")
     return 0
 
 
