@@ -4,9 +4,9 @@ puts them on the page."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import tomllib
 from pathlib import Path
 
 from claims_common import CPU_FLOOR, Claim, _holds
@@ -56,8 +56,8 @@ def _strengths(studies) -> str:
     said = []
     for study in studies:
         configs = {label: study / label / "seed0" / "search" / "config.toml" for label in ("log", "l1")}
-        given = {label: tomllib.loads(c.read_text())["method"] for label, c in configs.items() if c.is_file()}
-        lam = {label: method["lam"] for label, method in given.items() if "lam" in method}
+        given = {label: load_config(c).method.settings for label, c in configs.items() if c.is_file()}
+        lam = {label: settings.lam for label, settings in given.items() if hasattr(settings, "lam")}
         if len(lam) == 2:
             said.append(f"{study.name}: λ log {lam['log']:.3g}, ℓ1 {lam['l1']:.3g}")
     shape = " (ℓ1's λ·ε/(ε + 0.5): the same pull on the masks at their start, so that the two differ in shape alone)"
@@ -82,6 +82,7 @@ def _stalled(studies, labels) -> str:
             f"while the network did not learn): {', '.join(said)}")  # fmt: skip
 
 
+@functools.cache  # one read per search: the rows comparing log with IMP and with ℓ1 both ask
 def _has_stalled_epoch(search: Path) -> bool:
     if not (search / "metrics.jsonl").is_file():  # an unfinished search, or none
         return False

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from equiprune.config import load_config
 from equiprune.data import Batches
@@ -45,20 +46,14 @@ class Epoch:
 def masked_epoch(model: nn.Module, masks: dict[str, torch.Tensor], multiplier: float, lr: float, momentum: float,
                  batches: Batches, epoch: int, round_steps: int) -> tuple[float, float]:  # fmt: skip
     """One epoch of SGD in which every masked layer computes with ``weight·mask·multiplier``."""
-    layers = {name: model.get_submodule(name) for name in masks}
-    fixed = {name: m.to(torch.float32) * multiplier for name, m in masks.items()}
+    weights = {f"{name}.weight": model.get_submodule(name).weight for name in masks}
+    fixed = {f"{name}.weight": m.to(torch.float32) * multiplier for name, m in masks.items()}
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, round_steps)
     total, right, seen = 0.0, 0, 0
     for x, y in batches.epoch(epoch):
-        weights = {name: layer.weight for name, layer in layers.items()}
-        for name, layer in layers.items():  # the forward pass reads weight·mask·multiplier
-            del layer.weight
-            layer.weight = weights[name] * fixed[name]
-        out = model(x)
-        for name, layer in layers.items():
-            del layer.weight
-            layer.weight = weights[name]
+        # the forward pass reads weight·mask·multiplier; the gradient reaches the weights through it
+        out = functional_call(model, {key: w * fixed[key] for key, w in weights.items()}, (x,))
         loss = F.cross_entropy(out, y)
         opt.zero_grad()
         loss.backward()
